@@ -1,0 +1,73 @@
+"""Safe files: atomic writes, checksummed checkpoints read with ``weights_only=True``."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "save_checkpoint", "load_checkpoint", "CorruptCheckpointError"]
+
+_TRAILER = b"\nPURSAMERE-SHA256:"
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file is truncated, altered or not a pursamere checkpoint."""
+
+
+def atomic_write_bytes(path, data: bytes) -> Path:
+    """Write to a temporary file in the same folder, fsync, then rename: never a half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path, obj) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_checkpoint(path, state: dict) -> Path:
+    """``torch.save`` the state, append its SHA-256, write atomically."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    digest = hashlib.sha256(payload).hexdigest().encode()
+    return atomic_write_bytes(path, payload + _TRAILER + digest)
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`; verify its checksum first.
+
+    The payload is then read with ``torch.load(..., weights_only=True)``: tensors and plain
+    containers only, never code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    blob = path.read_bytes()
+    cut = blob.rfind(_TRAILER)
+    if cut < 0 or len(blob) - cut - len(_TRAILER) != 64:
+        raise CorruptCheckpointError(f"{path} has no pursamere checksum trailer (truncated, or not written by pursamere)")
+    payload, digest = blob[:cut], blob[cut + len(_TRAILER):]
+    if hashlib.sha256(payload).hexdigest().encode() != digest:
+        raise CorruptCheckpointError(f"{path} fails its SHA-256 check: the file is corrupt; delete it and retrain (or use --fresh)")
+    return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
