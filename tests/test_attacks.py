@@ -1,0 +1,327 @@
+"""Attacks: PGD (ℓ∞/ℓ2/ℓ1, EoT, any-iterate success), the Defended wrapper, bad inputs.
+
+References: a hand-written PGD loop, torchattacks' PGD/PGDL2 on the same model, finite
+differences of the true defence, and the classifier's own input gradient (BPDA).
+"""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pursamere.attacks import (
+    Defended, Threat, default_step_size, margin_loss, one_step, pgd, robust_accuracy, slide_direction,
+)
+from pursamere.geometry import lp_norm, project
+from pursamere.models import SCORE_TINY, ScoreNet
+from pursamere.purify import InvalidInputError, Purifier, PurifyConfig
+from pursamere.train import ClassifierTrainConfig, accuracy, train_classifier
+
+torchattacks = pytest.importorskip("torchattacks")
+
+TOL = 1e-5
+
+
+def _mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.SiLU(), nn.Linear(128, 10))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These tensors are tiny: intra-op threads only add spin-waiting (10-50x slower on a busy 2-core box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data / 16.0, dtype=torch.float32).view(-1, 1, 8, 8)
+    y = torch.tensor(d.target)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    return x[perm[:1400]], y[perm[:1400]], x[perm[1400:1700]], y[perm[1400:1700]]
+
+
+@pytest.fixture(scope="module")
+def net(digits):
+    xtr, ytr, _, _ = digits
+    model = train_classifier(_mlp(), xtr, ytr, ClassifierTrainConfig(epochs=8, batch_size=64, seed=0))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _tiny_purifier(dtype=torch.float32, **cfg):
+    torch.manual_seed(1)
+    score = ScoreNet(SCORE_TINY).to(dtype).eval()
+    for p in score.parameters():
+        p.requires_grad_(False)
+    base = dict(eps_pur=0.1, m=2, sigma_max=0.2, sigma_min=0.05, n_levels=2, steps_per_level=2, lr_max=0.01, lr_min=0.005)
+    base.update(cfg)
+    return Purifier(score, PurifyConfig(**base))
+
+
+# --------------------------------------------------------------------- PGD finds adversarials
+@pytest.mark.parametrize("threat", [Threat("inf", 0.2), Threat(2, 1.5), Threat(1, 4.0)], ids=str)
+def test_pgd_breaks_undefended_net_within_budget(net, digits, threat):
+    _, _, x, y = digits
+    x, y = x[:200], y[:200]
+    clean = accuracy(net, x, y)
+    x_adv = pgd(net, x, y, threat, steps=20)
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert float(lp_norm(x_adv - x, threat.norm).max()) <= threat.eps + TOL
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+    robust = robust_accuracy(net, x_adv, y)
+    assert clean > 0.85 and robust < 0.15, (clean, robust)
+
+
+def test_pgd_is_deterministic_and_seeded(net, digits):
+    _, _, x, y = digits
+    x, y = x[:32], y[:32]
+    th = Threat(2, 0.5)
+    a, b = pgd(net, x, y, th, steps=3, seed=5), pgd(net, x, y, th, steps=3, seed=5)
+    c = pgd(net, x, y, th, steps=3, seed=6)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_default_step_sizes():
+    assert default_step_size(Threat("inf", 8 / 255), 20) == pytest.approx(2 / 255)
+    assert default_step_size(Threat("inf", 8 / 255), 200) == pytest.approx(2.5 * 8 / 255 / 200)
+    assert default_step_size(Threat(2, 0.5), 20) == pytest.approx(2.5 * 0.5 / 20)
+    assert default_step_size(Threat("inf", 0.1), 1) >= 0.1  # FGSM reaches the ball's face
+
+
+def test_slide_direction_excludes_box_faces_and_keeps_top_quantile():
+    g = torch.tensor([[5.0, -4.0, 3.0, -2.0, 1.0, 0.5, -0.1, 0.0]])
+    x = torch.tensor([[1.0, 0.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]])  # coords 0 and 1 cannot move that way
+    e = slide_direction(g, x, q=0.7)  # 6 movable coords with g≠0 → ceil(0.3·6) = 2 move
+    assert torch.equal(e, torch.tensor([[0.0, 0.0, 0.5, -0.5, 0.0, 0.0, 0.0, 0.0]]))
+    assert float(e.abs().sum()) == pytest.approx(1.0)
+
+
+def test_one_step_is_fgsm(net, digits):
+    _, _, x, y = digits
+    x, y = x[:16], y[:16]
+    xv = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(F.cross_entropy(net(xv), y), xv)
+    ref = (x + 0.1 * g.sign()).clamp(0, 1)
+    assert torch.equal(one_step(net, x, y, Threat("inf", 0.1), keep="last"), ref)
+
+
+# ------------------------------------------------------------------ agreement with torchattacks
+@pytest.mark.parametrize("norm,eps", [("inf", 0.1), (2, 0.75)])
+def test_pgd_agrees_with_torchattacks(net, digits, norm, eps):
+    _, _, x, y = digits  # 300 images
+    th, steps = Threat(norm, eps), 20
+    alpha = default_step_size(th, steps)
+    ours_last = robust_accuracy(net, pgd(net, x, y, th, steps=steps, keep="last"), y)
+    ours_best = robust_accuracy(net, pgd(net, x, y, th, steps=steps), y)
+    torch.manual_seed(0)
+    atk = (torchattacks.PGD(net, eps=eps, alpha=alpha, steps=steps) if norm == "inf"
+           else torchattacks.PGDL2(net, eps=eps, alpha=alpha, steps=steps))
+    theirs = robust_accuracy(net, atk(x, y), y)
+    assert 0.1 < theirs < 0.9  # a budget where the comparison means something
+    assert abs(ours_last - theirs) <= 0.02, (ours_last, theirs)
+    assert ours_best <= ours_last + 1e-9
+
+
+# -------------------------------------------------------------------------------------- EoT
+def test_eot1_equals_a_plain_pgd_loop(net, digits):
+    _, _, x, y = digits
+    x, y, eps, alpha = x[:64], y[:64], 0.1, 0.02
+    ref = x.clone()
+    for _ in range(7):
+        xv = ref.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(net(xv), y), xv)
+        ref = torch.min(torch.max(ref + alpha * g.sign(), x - eps), x + eps).clamp(0, 1)
+    ours = pgd(net, x, y, Threat("inf", eps), steps=7, step_size=alpha, random_start=False, eot=1, keep="last")
+    assert torch.equal(ours, ref)
+    # a deterministic model: averaging identical gradients changes nothing
+    ours3 = pgd(net, x, y, Threat("inf", eps), steps=7, step_size=alpha, random_start=False, eot=3, keep="last")
+    assert torch.equal(ours3, ref)
+
+
+class _Alternating(nn.Module):
+    """A 'stochastic' model with a known schedule of draws: call i uses weights A or B."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.a, self.b = nn.Linear(64, 10), nn.Linear(64, 10)
+        for lin in (self.a, self.b):
+            lin.weight.data = torch.randn(10, 64, generator=g)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return (self.a if self.calls % 2 else self.b)(x.flatten(1))
+
+
+def test_eot_averages_gradients_over_draws(digits):
+    _, _, x, y = digits
+    x, y, eps = x[:8], y[:8], 0.5
+    model = _Alternating()
+    xa = x.clone().requires_grad_(True)
+    (ga,) = torch.autograd.grad(F.cross_entropy(model.a(xa.flatten(1)), y, reduction="sum"), xa)
+    (gb,) = torch.autograd.grad(F.cross_entropy(model.b(xa.flatten(1)), y, reduction="sum"), xa)
+    g = (ga + gb) / 2
+    step = 0.3 * g / lp_norm(g, 2).view(-1, 1, 1, 1)
+    ref = project(x + step, x, eps, 2)
+    model.calls = 0
+    out = pgd(model, x, y, Threat(2, eps), steps=1, step_size=0.3, random_start=False, eot=2, keep="last")
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert model.calls == 1 * 2 + 2  # steps × eot gradient passes + eot passes on the last iterate
+    out1 = pgd(model, x, y, Threat(2, eps), steps=1, step_size=0.3, random_start=False, eot=1, keep="last")
+    assert not torch.allclose(out1, ref, atol=1e-3)  # one draw alone gives another direction
+
+
+# -------------------------------------------------------------------- any-iterate success
+class _Band(nn.Module):
+    """Class 1 wins only while mean(x) ∈ (0.30, 0.40); the gradient always says 'increase x'.
+
+    PGD walks straight through the band and out the other side, so only an intermediate
+    iterate fools the model.
+    """
+
+    def forward(self, x):
+        s = x.flatten(1).mean(1)
+        band = 1.0 - ((s.detach() - 0.35) / 0.05) ** 2
+        z1 = band + (s - s.detach())  # value: the band; gradient: +1 on every pixel
+        return torch.stack([torch.zeros_like(z1), z1], 1)
+
+
+def test_any_iterate_success_counts(digits):
+    model = _Band()
+    x, y = torch.full((3, 1, 2, 2), 0.1), torch.zeros(3, dtype=torch.long)
+    kw = dict(steps=10, step_size=0.05, random_start=False)
+    last = pgd(model, x, y, Threat("inf", 0.5), keep="last", **kw)
+    best, ok = pgd(model, x, y, Threat("inf", 0.5), return_success=True, **kw)
+    assert robust_accuracy(model, last, y) == 1.0  # the final iterate is classified correctly
+    assert robust_accuracy(model, best, y) == 0.0 and bool(ok.all())
+    assert float(best.mean()) == pytest.approx(0.35, abs=1e-6)
+
+
+def test_margin_loss():
+    z = torch.tensor([[2.0, 1.0, 0.5], [0.0, 3.0, 1.0]])
+    assert torch.allclose(margin_loss(z, torch.tensor([0, 0])), torch.tensor([-1.0, 3.0]))
+
+
+# ------------------------------------------------------------------------- Defended wrapper
+def test_defended_runs_in_torchattacks_apgd_and_square(net, digits):
+    _, _, x, y = digits
+    x, y = x[:6], y[:6]
+    pur = _tiny_purifier(n_levels=1, sigma_min=0.2, steps_per_level=1)
+    for gradient in ("exact", "bpda"):
+        d = Defended(net, pur, gradient=gradient).eval()
+        x_a = torchattacks.APGD(d, norm="Linf", eps=0.1, steps=2, n_restarts=1, eot_iter=2, seed=0)(x, y)
+        assert float((x_a.detach() - x).abs().max()) <= 0.1 + TOL and x_a.shape == x.shape
+    d = Defended(net, pur, gradient="bpda").eval()
+    x_s = torchattacks.Square(d, norm="L2", eps=1.0, n_queries=10, seed=0)(x, y)
+    assert float(lp_norm(x_s - x, 2).max()) <= 1.0 + TOL
+    ref = net(pur(x_s))  # (the Purifier needs grad mode on internally)
+    with torch.no_grad():
+        assert torch.equal(d(x_s), ref)  # the forward is the true defence
+
+
+def test_exact_gradient_matches_finite_differences_and_bpda_is_straight_through(digits):
+    _, _, x, y = digits
+    torch.manual_seed(0)
+    x = (0.2 + 0.6 * torch.rand(2, 1, 8, 8)).double()  # interior: ±h stays in the box
+    y = y[:2]
+    clf = _mlp(1).double().eval()
+    pur = _tiny_purifier(torch.float64)
+
+    def loss_at(z):
+        return F.cross_entropy(Defended(clf, pur, "exact")(z), y, reduction="sum")
+
+    grads = {}
+    for ck in (True, False):
+        xv = x.clone().requires_grad_(True)
+        (grads[ck],) = torch.autograd.grad(F.cross_entropy(Defended(clf, pur, "exact", checkpoint=ck)(xv), y, reduction="sum"), xv)
+    assert torch.allclose(grads[True], grads[False], rtol=1e-9, atol=1e-12)  # checkpointing is exact
+
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    h = 1e-6
+    with torch.no_grad():
+        fd = (loss_at(x + h * v) - loss_at(x - h * v)) / (2 * h)
+    ad = (grads[True] * v).sum()
+    assert float(abs(ad - fd)) <= 1e-5 * max(1.0, float(abs(fd))), (float(ad), float(fd))
+
+    # BPDA: exactly the classifier's input gradient at the purified point
+    xv = x.clone().requires_grad_(True)
+    (g_bpda,) = torch.autograd.grad(F.cross_entropy(Defended(clf, pur, "bpda")(xv), y, reduction="sum"), xv)
+    z = pur(x).requires_grad_(True)
+    (g_ref,) = torch.autograd.grad(F.cross_entropy(clf(z), y, reduction="sum"), z)
+    assert torch.equal(g_bpda, g_ref)
+    assert not torch.allclose(g_bpda, grads[True], rtol=1e-3)  # the two rules really differ
+
+
+def test_gray_box_attacks_the_classifier_only(net, digits):
+    _, _, x, y = digits
+    x, y = x[:16], y[:16]
+    pur = _tiny_purifier(n_levels=1, sigma_min=0.2, steps_per_level=1)
+    d = Defended(net, pur, gradient="none")
+    assert d.attack_surface() is net
+    th = Threat("inf", 0.1)
+    assert torch.equal(pgd(d, x, y, th, steps=3), pgd(net, x, y, th, steps=3))
+    xv = x.clone().requires_grad_(True)
+    assert not d(xv).requires_grad  # nothing flows through the purifier in the gray-box model
+    ref = net(pur(x))
+    with torch.no_grad():
+        assert torch.equal(d(x), ref)
+
+
+# ------------------------------------------------------------------------------- bad inputs
+def test_bad_threats():
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+        Threat("inf", 0.0)
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+        Threat(2, -1.0)
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+        Threat(1, math.nan)
+    with pytest.raises(ValueError, match="unknown norm"):
+        Threat("l3", 0.1)
+
+
+def test_bad_attack_inputs(net, digits):
+    _, _, x, y = digits
+    x, y = x[:4], y[:4]
+    th = Threat("inf", 0.1)
+    with pytest.raises(ValueError, match="labels out of range"):
+        pgd(net, x, torch.tensor([0, 1, 2, 10]), th, steps=1)
+    with pytest.raises(ValueError, match="labels out of range"):
+        pgd(net, x, torch.tensor([0, -1, 2, 3]), th, steps=1)
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        pgd(net, x, y[:3], th, steps=1)
+    with pytest.raises(InvalidInputError, match="outside the box"):
+        pgd(net, x * 2 - 0.5, y, th, steps=1)
+    bad = x.clone()
+    bad[0, 0, 0, 0] = math.nan
+    with pytest.raises(InvalidInputError, match="NaN"):
+        pgd(net, bad, y, th, steps=1)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        pgd(net, x, y, th, steps=0)
+    with pytest.raises(ValueError, match="eot must be an integer >= 1"):
+        pgd(net, x, y, th, steps=1, eot=0)
+    with pytest.raises(ValueError, match="unknown loss"):
+        pgd(net, x, y, th, steps=1, loss="hinge")
+    with pytest.raises(ValueError, match="integer tensor"):
+        pgd(net, x, y.float(), th, steps=1)
+    with pytest.raises(TypeError, match="Threat"):
+        pgd(net, x, y, ("inf", 0.1), steps=1)
+
+
+def test_bad_defended():
+    with pytest.raises(ValueError, match="unknown gradient"):
+        Defended(_mlp(), lambda x: x, gradient="magic")
+    with pytest.raises(TypeError, match="unrolled"):
+        Defended(_mlp(), lambda x: x, gradient="exact")
+    d = Defended(_mlp(), lambda x: x[:, :, :4], gradient="bpda")
+    with pytest.raises(ValueError, match="changed the shape"):
+        d(torch.rand(2, 1, 8, 8).requires_grad_(True))
