@@ -20,6 +20,10 @@ class NoiseBank:
         shape: shape of one item, e.g. ``(1, 8, 8)`` or ``(2,)``.
         m: number of draws M (eq. 13).
         seed: seed of the generator (CPU, so the draws are the same on every device).
+        antithetic: draw M/2 vectors and use each with both signs (``z, −z``). The draws then
+            average to exactly zero, which removes a bias of the fixed-draw estimate: with
+            i.i.d. draws the minimiser of ``ê_σ`` for a Gaussian of variance s² is shifted
+            by ``z̄ s²/σ`` (z̄ the draws' mean), which GROWS as σ → 0. Needs an even M.
 
     Example:
         >>> bank = NoiseBank((2,), m=4, seed=0)
@@ -27,15 +31,21 @@ class NoiseBank:
         torch.Size([4, 2])
     """
 
-    def __init__(self, shape: Sequence[int], m: int, seed: int):
+    def __init__(self, shape: Sequence[int], m: int, seed: int, antithetic: bool = False):
         shape = tuple(int(s) for s in shape)
         if not shape or any(s <= 0 for s in shape):
             raise ValueError(f"NoiseBank shape must be a non-empty tuple of positive sizes, got {shape}")
         if int(m) != m or m < 1:
             raise ValueError(f"NoiseBank needs m >= 1 draws, got m={m}")
+        if antithetic and m % 2:
+            raise ValueError(f"antithetic draws need an even m, got m={m}")
         gen = torch.Generator().manual_seed(int(seed))
-        self.shape, self.m, self.seed = shape, int(m), int(seed)
-        self.z = torch.randn((self.m, *shape), generator=gen, dtype=torch.float64)
+        self.shape, self.m, self.seed, self.antithetic = shape, int(m), int(seed), bool(antithetic)
+        if antithetic:
+            half = torch.randn((self.m // 2, *shape), generator=gen, dtype=torch.float64)
+            self.z = torch.cat([half, -half])
+        else:
+            self.z = torch.randn((self.m, *shape), generator=gen, dtype=torch.float64)
 
     def to(self, like: torch.Tensor) -> torch.Tensor:
         """The draws as a tensor of ``like``'s dtype and device, shape ``(M, *shape)``."""

@@ -62,6 +62,7 @@ class PurifyConfig:
     rho: Optional[float] = None  # SAM radius ρ; None → ε_pur/2 (ours: "smaller than, same order as ε_pur"); 0 → SAM off
     sam_norm: Optional[str | int] = None  # q of the SAM ball; None → same as `norm`
     m: int = 4  # Monte-Carlo draws M of eq. 16 (paper's value lost; ours)
+    antithetic: bool = False  # use draws in ± pairs (removes the fixed-draw bias z̄ s²/σ; see NoiseBank). Paper: i.i.d.
     sigma_max: float = 0.25  # first (largest) purification noise level (ours)
     sigma_min: float = 0.01  # last (smallest) level; the score net's smallest σ
     n_levels: int = 10  # geometric levels from sigma_max to sigma_min
@@ -97,6 +98,8 @@ class PurifyConfig:
             val = getattr(self, name)
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
                 bad(f"{name} must be an integer >= 1, got {val!r}")
+        if self.antithetic and self.m % 2:
+            bad(f"antithetic draws need an even m, got m={self.m}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             bad(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -207,7 +210,7 @@ class Purifier:
         """The fixed noise bank for items of this shape (drawn once from ``config.seed``)."""
         key = tuple(item_shape)
         if key not in self._banks:
-            self._banks[key] = NoiseBank(key, self.config.m, self.config.seed)
+            self._banks[key] = NoiseBank(key, self.config.m, self.config.seed, self.config.antithetic)
         return self._banks[key]
 
     # ----------------------------------------------------------------- one step of Algorithm 1

@@ -1,0 +1,100 @@
+"""The ``pursamere`` command: thin wrappers over the package (logic lives in the modules)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def _run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def cmd_demo(args) -> int:
+    if args.toy:
+        from .toydemo import run_toy_demo
+
+        out = Path(args.out or f"results/toy/{_run_id()}")
+        res = run_toy_demo(out)
+        print(res["report"])
+        print(f"wrote {out}/results.json, report.md, toy.png")
+        return 0
+    from .pipeline import run_demo  # the digits pipeline
+
+    return run_demo(args)
+
+
+def cmd_data(args) -> int:
+    from .data import download_cifar10, load_cifar10
+
+    if args.name != "cifar10":
+        raise SystemExit(f"unknown data set {args.name!r}: only 'cifar10' can be fetched")
+    root = Path(args.root)
+    if args.download:
+        path = download_cifar10(root, progress=True)
+        print(f"CIFAR-10 ready in {path}")
+    x, y = load_cifar10(root, "test", limit=10)
+    print(f"CIFAR-10 at {root}: test batch readable, images {tuple(x.shape[1:])}")
+    return 0
+
+
+def cmd_purify(args) -> int:
+    import torch
+
+    from .data import load_images, save_images
+    from .presets import get_preset
+    from .pipeline import load_trained_score
+    from .purify import Purifier
+
+    preset = get_preset(args.preset)
+    x, names = load_images(args.input)
+    score = load_trained_score(preset, Path(args.workdir))
+    cfg = preset.purify
+    if args.eps_pur is not None:
+        cfg = cfg.replace(eps_pur=args.eps_pur)
+    y = Purifier(score, cfg)(x.to(torch.float32))
+    paths = save_images(y, args.out, names=names)
+    print(f"purified {len(x)} image(s) → {paths[0] if len(paths) == 1 else args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pursamere", description="PurSAMERE adversarial purification: demo, training, purification, evaluation.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="the main job: digits end to end (or --toy: 2-D toy in seconds)")
+    d.add_argument("--toy", action="store_true", help="run the 2-D toy demo (exact score, no training)")
+    d.add_argument("--out", default=None, help="output folder (default results/<preset>/<run-id>)")
+    d.add_argument("--preset", default="digits")
+    d.add_argument("--workdir", default="runs", help="where checkpoints and caches live")
+    d.add_argument("--fresh", action="store_true", help="retrain instead of reusing cached checkpoints")
+    d.set_defaults(func=cmd_demo)
+
+    dd = sub.add_parser("data", help="fetch or check a data set")
+    dd.add_argument("name", help="cifar10")
+    dd.add_argument("--root", default="data", help="folder that holds (or will hold) cifar-10-batches-py/")
+    dd.add_argument("--download", action="store_true", help="download the official archive and check its MD5")
+    dd.set_defaults(func=cmd_data)
+
+    pu = sub.add_parser("purify", help="purify images (PNG/JPEG/.npy file or folder)")
+    pu.add_argument("input")
+    pu.add_argument("--out", required=True, help="output .npy, .png or folder")
+    pu.add_argument("--preset", default="digits")
+    pu.add_argument("--workdir", default="runs")
+    pu.add_argument("--eps-pur", type=float, default=None)
+    pu.set_defaults(func=cmd_purify)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"pursamere: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
