@@ -1,0 +1,316 @@
+"""Robustness evaluation: defences × attacks × threats → rows, worst case, tables, plots, checks.
+
+One row per (defence, attack, threat) with n, clean accuracy, robust accuracy and a 95% Wilson
+interval, the attack's settings, the purifier's config, seed, version and wall time, and the
+per-image survival flags. The headline number of a defence is its WORST CASE per image over the
+whole attack suite (AutoAttack's way of counting): an image is robust only if it survived every
+attack run at that threat. Results are written atomically after every row; an interrupted
+evaluation resumes from the rows already in ``results.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .attacks import Defended, Threat, pgd
+from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+__all__ = ["Defence", "AttackSpec", "ATTACKS", "wilson", "predict", "attack_flags", "evaluate", "worst_case",
+           "render_table", "plot_results", "Identity"]
+
+
+class Identity:
+    """The no-op purifier (the undefended classifier), differentiable for every gradient mode."""
+
+    def __call__(self, x):
+        return x
+
+    def unrolled(self, x, checkpoint: bool = True):
+        return x
+
+
+@dataclass
+class Defence:
+    """A classifier with an optional purifier in front.
+
+    Args:
+        name: label in tables.
+        classifier: ``nn.Module`` ``x -> logits`` (eval mode).
+        purifier: ``x -> x`` (``None`` = undefended).
+        stochastic: the purifier draws fresh noise per call (attack with EoT; predictions
+            average ``n_runs`` runs). Read from ``purifier.config.fixed_noise`` when omitted.
+        n_runs: runs averaged per prediction (ADP's protocol: 10). Read from the config.
+    """
+
+    name: str
+    classifier: nn.Module
+    purifier: Optional[Callable] = None
+    stochastic: Optional[bool] = None
+    n_runs: Optional[int] = None
+
+    def __post_init__(self):
+        if self.purifier is None:
+            self.purifier = Identity()
+        cfg = getattr(self.purifier, "config", None)
+        if self.stochastic is None:
+            self.stochastic = cfg is not None and hasattr(cfg, "fixed_noise") and not cfg.fixed_noise
+        if self.n_runs is None:
+            self.n_runs = int(getattr(cfg, "n_runs", 1)) if self.stochastic else 1
+
+    def model(self, gradient: str) -> Defended:
+        """The defence as an attackable module with the given gradient rule."""
+        return Defended(self.classifier, self.purifier, gradient=gradient)
+
+    def config_dict(self) -> dict:
+        cfg = getattr(self.purifier, "config", None)
+        if cfg is None or not dataclasses.is_dataclass(cfg):
+            return {}
+        return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack of the suite.
+
+    ``gradient``: how gradients cross the purifier (``"none"`` gray-box, ``"bpda"``,
+    ``"exact"``); ``kind``: ``"pgd"``, ``"square"`` (gradient-free), ``"apgd-ce"``/``"apgd-dlr"``
+    (torchattacks). ``eot`` is used only against stochastic defences (it is 1 otherwise).
+    """
+
+    name: str
+    gradient: str = "bpda"
+    steps: int = 20
+    eot: int = 1
+    loss: str = "ce"
+    kind: str = "pgd"
+    step_size: Optional[float] = None
+    restarts: int = 1
+    queries: int = 1000  # Square only
+
+    def settings(self, threat: Threat) -> dict:
+        d = dataclasses.asdict(self)
+        if self.kind == "pgd":
+            from .attacks import default_step_size
+
+            d["step_size"] = self.step_size if self.step_size is not None else default_step_size(threat, self.steps)
+        return d
+
+
+#: The named attacks of the paper (and what it lacks). "-det": the purifier's seed is fixed and known.
+ATTACKS = {
+    "gpgd20": AttackSpec("gpgd20", gradient="none", steps=20),
+    "bpda20-det": AttackSpec("bpda20-det", gradient="bpda", steps=20),
+    "bpda200-det": AttackSpec("bpda200-det", gradient="bpda", steps=200),
+    "exact20": AttackSpec("exact20", gradient="exact", steps=20),
+    "bpda20-eot": AttackSpec("bpda20-eot", gradient="bpda", steps=20, eot=8),
+    "fgsm-bpda": AttackSpec("fgsm-bpda", gradient="bpda", steps=1),
+    "square": AttackSpec("square", gradient="none", kind="square", queries=1000),
+    "apgd-ce": AttackSpec("apgd-ce", gradient="bpda", kind="apgd-ce", steps=50),
+    "apgd-dlr": AttackSpec("apgd-dlr", gradient="bpda", kind="apgd-dlr", steps=50),
+}
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, mid - half), min(1.0, mid + half))
+
+
+@torch.no_grad()
+def predict(defence: Defence, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Labels of the full defence; a stochastic one averages softmax over ``n_runs`` runs."""
+    model = defence.model("none")
+    out = []
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i:i + batch_size]
+        probs = sum(torch.softmax(model(xb), 1) for _ in range(defence.n_runs))
+        out.append(probs.argmax(1))
+    return torch.cat(out)
+
+
+def _torchattacks(spec: AttackSpec, model: nn.Module, threat: Threat, x, y, seed: int):
+    import torchattacks
+
+    norm = {"inf": "Linf", 2: "L2"}.get(threat.norm)
+    if norm is None:
+        raise ValueError(f"{spec.kind} supports ℓ∞ and ℓ2 only, not ℓ{threat.norm}")
+    if spec.kind == "square":
+        atk = torchattacks.Square(model, norm=norm, eps=threat.eps, n_queries=spec.queries, n_restarts=1, seed=seed)
+    else:
+        atk = torchattacks.APGD(model, norm=norm, eps=threat.eps, steps=spec.steps, n_restarts=spec.restarts,
+                                loss=spec.kind.split("-")[1].replace("dlr", "dlr"), eot_iter=spec.eot, seed=seed)
+    return atk(x, y).detach()
+
+
+def attack_flags(defence: Defence, spec: AttackSpec, threat: Threat, x, y, seed: int = 0,
+                 batch_size: int = 64, progress=None) -> torch.Tensor:
+    """Per-image survival of ``defence`` against one attack: True where still correct.
+
+    Only images the defence classifies correctly are attacked (the others count as broken).
+    """
+    alive = predict(defence, x) == y
+    eot = spec.eot if defence.stochastic else 1
+    model = defence.model(spec.gradient)
+    idx = alive.nonzero().flatten()
+    for i in range(0, len(idx), batch_size):
+        b = idx[i:i + batch_size]
+        if spec.kind == "pgd":
+            best = None
+            for r in range(spec.restarts):
+                xa = pgd(model, x[b], y[b], threat, steps=spec.steps, step_size=spec.step_size, loss=spec.loss,
+                         eot=eot, seed=seed + 1000 * r, random_start=spec.steps > 1)
+                ok = predict(defence, xa) == y[b]
+                best = ok if best is None else best & ok
+            alive[b] = best
+        else:
+            xa = _torchattacks(dataclasses.replace(spec, eot=eot), model if spec.kind != "square" else defence.model("none"),
+                               threat, x[b], y[b], seed)
+            alive[b] = predict(defence, xa) == y[b]
+        if progress is not None:
+            progress(int(alive[idx[: i + len(b)]].sum()), i + len(b))
+    return alive
+
+
+def _row_key(defence: str, attack: str, threat: Threat) -> str:
+    return f"{defence}|{attack}|{threat.norm}|{threat.eps:.6g}"
+
+
+def _bits(flags: torch.Tensor) -> str:
+    return "".join("1" if f else "0" for f in flags.tolist())
+
+
+def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats: Sequence[Threat],
+             x: torch.Tensor, y: torch.Tensor, out_dir: str | Path, seed: int = 0, meta: Optional[dict] = None,
+             progress: bool = True, batch_size: int = 64, skip: Optional[Callable] = None) -> dict:
+    """Run every (defence × attack × threat) and write ``results.json`` after each row.
+
+    Rows already present (same key and settings) are reused: an interrupted evaluation resumes.
+    ``skip(defence, spec, threat) -> bool`` leaves out combinations that do not apply.
+    Returns the results dictionary (``meta``, ``rows``, ``worst_case``).
+    """
+    from tqdm.auto import tqdm
+
+    from . import __version__
+
+    out = Path(out_dir)
+    path = out / "results.json"
+    results = {"meta": {"version": __version__, "n": int(x.shape[0]), "seed": seed, **(meta or {})}, "rows": []}
+    done = {}
+    if path.exists():
+        old = json.loads(path.read_text())
+        done = {r["key"]: r for r in old.get("rows", []) if r.get("n") == int(x.shape[0])}
+    for d in defences:
+        clean = predict(d, x) == y
+        for threat in threats:
+            for spec in attacks:
+                if skip is not None and skip(d, spec, threat):
+                    continue
+                key = _row_key(d.name, spec.name, threat)
+                settings = spec.settings(threat)
+                if key in done and done[key]["attack_settings"] == json.loads(json.dumps(settings)):
+                    results["rows"].append(done[key])
+                    continue
+                t0 = time.perf_counter()
+                bar = tqdm(total=int(clean.sum()), desc=f"{d.name} · {spec.name} · {threat}", leave=False,
+                           disable=not progress, dynamic_ncols=True)
+
+                def tick(alive, seen, bar=bar):
+                    bar.n = seen
+                    bar.set_postfix(robust=f"{alive / max(seen, 1):.1%}")
+                    bar.refresh()
+
+                flags = attack_flags(d, spec, threat, x, y, seed=seed, batch_size=batch_size, progress=tick)
+                bar.close()
+                k, n = int(flags.sum()), int(x.shape[0])
+                lo, hi = wilson(k, n)
+                results["rows"].append({
+                    "key": key, "defence": d.name, "attack": spec.name, "norm": str(threat.norm), "eps": threat.eps,
+                    "n": n, "clean_acc": float(clean.double().mean()), "robust_acc": k / n, "ci95": [lo, hi],
+                    "attack_settings": json.loads(json.dumps(settings)), "stochastic": bool(d.stochastic),
+                    "config": d.config_dict(), "seed": seed, "version": __version__,
+                    "seconds": round(time.perf_counter() - t0, 2), "survived": _bits(flags),
+                })
+                results["worst_case"] = worst_case(results["rows"])
+                atomic_write_json(path, results)
+    results["worst_case"] = worst_case(results["rows"])
+    atomic_write_json(path, results)
+    return results
+
+
+def worst_case(rows: Sequence[dict]) -> list[dict]:
+    """Per (defence, threat): an image is robust only if it survived EVERY attack run there."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["defence"], r["norm"], r["eps"]), []).append(r)
+    out = []
+    for (d, norm, eps), rs in groups.items():
+        flags = [int(all(r["survived"][i] == "1" for r in rs)) for i in range(rs[0]["n"])]
+        k, n = sum(flags), len(flags)
+        out.append({"defence": d, "norm": norm, "eps": eps, "n": n, "clean_acc": rs[0]["clean_acc"],
+                    "robust_acc": k / n, "ci95": list(wilson(k, n)), "attacks": [r["attack"] for r in rs],
+                    "per_attack": {r["attack"]: r["robust_acc"] for r in rs}})
+    return out
+
+
+def _norm_label(norm: str, eps: float) -> str:
+    return f"ℓ{'∞' if norm == 'inf' else norm} ε={eps:.4g}"
+
+
+def render_table(results: dict, title: str = "") -> str:
+    """Markdown: one line per defence and threat; clean, each attack, and the worst case (bold)."""
+    rows, wc = results["rows"], results.get("worst_case") or worst_case(results["rows"])
+    attacks = list(dict.fromkeys(r["attack"] for r in rows))
+    lines = [f"## {title}" if title else "", "",
+             f"n = {results['meta']['n']} images; robust accuracy in % (95% Wilson interval in the JSON); "
+             "worst case = robust to every attack in the row.", "",
+             "| defence | threat | clean | " + " | ".join(attacks) + " | **worst case** |",
+             "|---|---|---|" + "---|" * len(attacks) + "---|"]
+    for w in wc:
+        cells = [f"{100 * w['per_attack'][a]:.1f}" if a in w["per_attack"] else "–" for a in attacks]
+        lines.append(f"| {w['defence']} | {_norm_label(w['norm'], w['eps'])} | {100 * w['clean_acc']:.1f} | "
+                     + " | ".join(cells) + f" | **{100 * w['robust_acc']:.1f}** [{100 * w['ci95'][0]:.0f}–{100 * w['ci95'][1]:.0f}] |")
+    return "\n".join(lines).lstrip() + "\n"
+
+
+def plot_results(results: dict, path: str | Path) -> Path:
+    """Seaborn figure: worst-case robust accuracy per defence (against ε where several were run)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    wc = results.get("worst_case") or worst_case(results["rows"])
+    df = pd.DataFrame([{"defence": w["defence"], "threat": f"ℓ{'∞' if w['norm'] == 'inf' else w['norm']}", "ε": w["eps"],
+                        "robust accuracy (%)": 100 * w["robust_acc"], "clean accuracy (%)": 100 * w["clean_acc"]} for w in wc])
+    threats = sorted(df["threat"].unique())
+    fig, axes = plt.subplots(1, len(threats), figsize=(5.5 * len(threats), 4), squeeze=False)
+    for ax, t in zip(axes[0], threats):
+        sub = df[df["threat"] == t]
+        if sub["ε"].nunique() > 1:
+            sns.lineplot(data=sub, x="ε", y="robust accuracy (%)", hue="defence", marker="o", ax=ax)
+        else:
+            sns.barplot(data=sub, y="defence", x="robust accuracy (%)", ax=ax, color="tab:blue")
+            ax.set_xlim(0, 100)
+        ax.set_title(f"worst-case robust accuracy, {t}" + (f", ε = {sub['ε'].iloc[0]:.3g}" if sub["ε"].nunique() == 1 else ""))
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
