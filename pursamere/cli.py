@@ -25,6 +25,62 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
+def cmd_reproduce(args) -> int:
+    """The preset's full protocol (all test images, long attacks), resumable."""
+    from .pipeline import run_pipeline
+    from .presets import get_preset
+
+    preset = get_preset(args.preset)
+    out = Path(args.out or f"results/{preset.name}/full")
+    res = run_pipeline(preset, preset.full, args.workdir, out, fresh=args.fresh, device=args.device, data_root=args.data_root)
+    print(res["table"])
+    return 0
+
+
+def cmd_train_score(args) -> int:
+    from .pipeline import prepare
+    from .presets import get_preset
+
+    prepare(get_preset(args.preset), args.workdir, fresh=args.fresh, device=args.device, data_root=args.data_root)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    """Chosen defences × attacks × threats on the preset's trained models."""
+    from .attacks import Threat
+    from .evaluate import ATTACKS, evaluate, plot_results, render_table
+    from .pipeline import build_defences, prepare
+    from .presets import get_preset
+
+    preset = get_preset(args.preset)
+    arts = prepare(preset, args.workdir, device=args.device, data_root=args.data_root)
+    defs = build_defences(preset, arts)
+    if args.defences:
+        want = [w.strip() for w in args.defences.split(",")]
+        defs = [d for d in defs if any(d.name.lower().startswith(w.lower()) for w in want)]
+        if not defs:
+            raise ValueError(f"no defence matches {args.defences!r}")
+    try:
+        attacks = [ATTACKS[a.strip()] for a in args.attacks.split(",")]
+    except KeyError as e:
+        raise ValueError(f"unknown attack {e.args[0]!r}: choose from {sorted(ATTACKS)}") from None
+    threats = []
+    for t in args.threats.split(","):
+        norm, _, eps = t.partition(":")
+        threats.append(Threat(norm, float(eps) if eps else preset.threats[Threat(norm, 1.0).norm]))
+    split = arts["split"]
+    n = min(args.n, len(split.x_test))
+    out = Path(args.out or f"results/{preset.name}/eval-{_run_id()}")
+    res = evaluate(defs, attacks, threats, split.x_test[:n], split.y_test[:n], out)
+    table = render_table(res, f"{preset.name}: n = {n}")
+    from .io import atomic_write_text
+
+    atomic_write_text(out / "table.md", table)
+    plot_results(res, out / "robust_accuracy.png")
+    print(table)
+    return 0
+
+
 def cmd_data(args) -> int:
     from .data import download_cifar10, load_cifar10
 
@@ -70,6 +126,29 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workdir", default="runs", help="where checkpoints and caches live")
     d.add_argument("--fresh", action="store_true", help="retrain instead of reusing cached checkpoints")
     d.set_defaults(func=cmd_demo)
+
+    for name, fn, helptext in (("reproduce", cmd_reproduce, "the full protocol of a preset (all test images, long attacks), resumable"),
+                               ("train-score", cmd_train_score, "train (or resume) the preset's score net and classifiers")):
+        r = sub.add_parser(name, help=helptext)
+        r.add_argument("--preset", default="digits")
+        r.add_argument("--workdir", default="runs")
+        r.add_argument("--out", default=None)
+        r.add_argument("--fresh", action="store_true")
+        r.add_argument("--device", default="cpu", help="cpu or cuda")
+        r.add_argument("--data-root", default=None, help="folder of the data set (CIFAR-10)")
+        r.set_defaults(func=fn)
+
+    ev = sub.add_parser("evaluate", help="attack chosen defences of a trained preset")
+    ev.add_argument("--preset", default="digits")
+    ev.add_argument("--workdir", default="runs")
+    ev.add_argument("--defences", default="", help="comma-separated name prefixes (default: all)")
+    ev.add_argument("--attacks", default="gpgd20,bpda20-det", help="comma-separated names from evaluate.ATTACKS")
+    ev.add_argument("--threats", default="inf", help="comma-separated norm[:eps], e.g. inf,2:0.5,1")
+    ev.add_argument("--n", type=int, default=100, help="test images (the first n)")
+    ev.add_argument("--out", default=None)
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--data-root", default=None)
+    ev.set_defaults(func=cmd_evaluate)
 
     dd = sub.add_parser("data", help="fetch or check a data set")
     dd.add_argument("name", help="cifar10")

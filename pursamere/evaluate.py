@@ -176,8 +176,10 @@ def attack_flags(defence: Defence, spec: AttackSpec, threat: Threat, x, y, seed:
                 best = ok if best is None else best & ok
             alive[b] = best
         else:
-            xa = _torchattacks(dataclasses.replace(spec, eot=eot), model if spec.kind != "square" else defence.model("none"),
-                               threat, x[b], y[b], seed)
+            # Square queries the full defence; APGD differentiates the attack surface (the bare
+            # classifier for gray-box, the defence otherwise)
+            target = defence.model("none") if spec.kind == "square" else model.attack_surface()
+            xa = _torchattacks(dataclasses.replace(spec, eot=eot), target, threat, x[b], y[b], seed)
             alive[b] = predict(defence, xa) == y[b]
         if progress is not None:
             progress(int(alive[idx[: i + len(b)]].sum()), i + len(b))

@@ -215,10 +215,11 @@ class Purifier:
 
     # ----------------------------------------------------------------- one step of Algorithm 1
     def _grad_ere(self, x, sigma, bank, create_graph):
-        if not x.requires_grad:
-            x = x.detach().requires_grad_(True)
-        e = ere(self.score, x, sigma, bank)
-        (g,) = torch.autograd.grad(e.sum(), x, create_graph=create_graph)
+        with torch.enable_grad():  # Algorithm 1 differentiates the ERE even when called under no_grad
+            if not x.requires_grad:
+                x = x.detach().requires_grad_(True)
+            e = ere(self.score, x, sigma, bank)
+            (g,) = torch.autograd.grad(e.sum(), x, create_graph=create_graph)
         return g, e.detach()
 
     def _step(self, x, m, v, x0, k: int, create_graph: bool):

@@ -158,3 +158,11 @@ def test_antithetic_draws_remove_the_fixed_noise_bias():
     assert float(iid) > 5 * float(anti)
     with pytest.raises(ValueError, match="even m"):
         PurifyConfig(antithetic=True, m=3)
+
+
+def test_purifier_runs_under_no_grad(net):
+    x = torch.rand(2, 1, 8, 8)
+    pur = Purifier(net, PurifyConfig(**SMALL))
+    with torch.no_grad():
+        y = pur(x)
+    assert torch.equal(y, pur(x))

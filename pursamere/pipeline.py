@@ -1,0 +1,289 @@
+"""The digits (and CIFAR-10) pipeline: train, purify, attack, tabulate — one function per stage.
+
+``run_pipeline(preset, plan, workdir, out_dir)`` is what ``pursamere demo`` (the budgeted
+``Plan`` of the preset) and ``pursamere reproduce`` (the full ``Plan``) run. Every stage caches
+its output in ``workdir`` (checksummed, tied to the preset's settings and the data), so a second
+run reuses them; ``fresh=True`` retrains.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .attacks import Threat
+from .baselines import ADP, DiffPure
+from .evaluate import AttackSpec, Defence, evaluate, plot_results, render_table
+from .io import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
+from .models import ScoreNet, SmallCNN, WideResNet
+from .presets import Plan, Preset
+from .purify import Purifier
+from .train import accuracy, fingerprint, train_classifier, train_score
+
+__all__ = ["load_split", "build_classifier", "prepare", "build_defences", "run_pipeline", "purify_batched", "load_trained_score"]
+
+
+def _h(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def load_split(preset: Preset, data_root: str | None = None):
+    """The preset's train/test split (digits are embedded; CIFAR-10 needs a local folder)."""
+    from . import data
+
+    if preset.data in ("digits", "tiny"):
+        return data.load_digits_split(seed=preset.data_seed)
+    if preset.data == "cifar10":
+        root = data_root or "data"
+        xtr, ytr = data.load_cifar10(root, "train")
+        xte, yte = data.load_cifar10(root, "test")
+    elif preset.data == "cifar10-jpeg":
+        root = data_root or "../shared/data/cifar10-jpeg"
+        xtr, ytr = data.load_cifar10_jpeg(root, "train")
+        xte, yte = data.load_cifar10_jpeg(root, "test")
+    else:
+        raise ValueError(f"preset {preset.name!r} names an unknown data set {preset.data!r}")
+    return data.Split(xtr, ytr, xte, yte, data.CIFAR10_CLASSES)
+
+
+def build_classifier(preset: Preset, image_shape, num_classes: int = 10) -> torch.nn.Module:
+    if preset.classifier == "smallcnn":
+        return SmallCNN(image_shape, num_classes)
+    if preset.classifier.startswith("wrn-"):
+        _, depth, widen = preset.classifier.split("-")
+        return WideResNet(int(depth), int(widen), num_classes, in_channels=image_shape[0])
+    raise ValueError(f"unknown classifier {preset.classifier!r}")
+
+
+@torch.no_grad()
+def _noop():
+    pass
+
+
+def purify_batched(purifier, x: torch.Tensor, batch_size: int = 128, desc: str = "purify", progress: bool = True):
+    """Purify a large set in batches (results do not depend on the batching: batch invariance)."""
+    from tqdm.auto import tqdm
+
+    out = []
+    for i in tqdm(range(0, x.shape[0], batch_size), desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+        out.append(purifier(x[i:i + batch_size]))
+    return torch.cat(out)
+
+
+def _cached_model(path: Path, meta: dict, build, fresh: bool):
+    """Load a cached module whose meta matches, or build (train) it and cache it."""
+    if path.exists() and not fresh:
+        ck = load_checkpoint(path)
+        if ck.get("meta") == meta:
+            module = build(train=False)
+            module.load_state_dict(ck["state"])
+            return module.eval(), True
+    module = build(train=True)
+    save_checkpoint(path, {"state": module.state_dict(), "meta": meta})
+    return module.eval(), False
+
+
+def load_trained_score(preset: Preset, workdir: Path) -> ScoreNet:
+    """The preset's trained score net (EMA weights) from ``workdir``; clear error when missing."""
+    from .train import load_score_net
+
+    path = Path(workdir) / preset.name / "score.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"no trained score net at {path}: run `pursamere demo --preset {preset.name}` "
+                                f"or `pursamere train-score --preset {preset.name}` first")
+    return load_score_net(ScoreNet(preset.score_net), path)
+
+
+def prepare(preset: Preset, workdir: str | Path, fresh: bool = False, progress: bool = True, device: str = "cpu",
+            log=print, data_root: str | None = None) -> dict:
+    """Train (or reuse) the score net, the plain classifier and the eq.-17 classifier."""
+    work = Path(workdir) / preset.name
+    work.mkdir(parents=True, exist_ok=True)
+    split = load_split(preset, data_root)
+    times = {}
+
+    # 1. score net: denoising score matching (eq. 6), resumable
+    t0 = time.perf_counter()
+    score_path = work / "score.pt"
+    if fresh and score_path.exists():
+        score_path.unlink()
+    torch.manual_seed(preset.score_train.seed)
+    net = ScoreNet(preset.score_net)
+    done = False
+    if score_path.exists():
+        ck = load_checkpoint(score_path)
+        done = ck["step"] >= preset.score_train.steps and ck["meta"]["data"] == fingerprint(split.x_train)
+    if done:
+        from .train import load_score_net
+
+        score = load_score_net(net, score_path)
+        log(f"score net: reused {score_path}")
+    else:
+        score, losses = train_score(net, split.x_train, preset.sigmas(), preset.score_train, checkpoint=score_path,
+                                    resume=True, progress=progress, device=device)
+        log(f"score net: {preset.score_train.steps} DSM steps, final loss {sum(losses[-50:]) / len(losses[-50:]):.3f}")
+    score = score.to(device).eval()
+    times["score_net"] = time.perf_counter() - t0
+
+    shape, data_fp = tuple(split.x_train.shape[1:]), fingerprint(split.x_train, split.y_train)
+
+    def make_classifier(x_pur=None):
+        def build(train):
+            torch.manual_seed(preset.classifier_train.seed)
+            clf = build_classifier(preset, shape)
+            if train:
+                clf = train_classifier(clf, split.x_train, split.y_train, preset.classifier_train, x_purified=x_pur,
+                                       device=device, progress=progress)
+            return clf.to("cpu")
+        return build
+
+    # 2. plain classifier (the undefended row)
+    t0 = time.perf_counter()
+    meta = {"preset": _h(dataclasses.asdict(preset.classifier_train)), "arch": preset.classifier, "data": data_fp}
+    plain, reused = _cached_model(work / "classifier_plain.pt", meta, make_classifier(), fresh)
+    log(f"plain classifier: {'reused' if reused else 'trained'}; test accuracy {accuracy(plain, split.x_test, split.y_test):.3f}")
+    times["classifier_plain"] = time.perf_counter() - t0
+
+    # 3. purified training set (Algorithm 1 with SAM OFF, eq. 17), cached
+    t0 = time.perf_counter()
+    pur_cfg = preset.purify.replace(rho=0.0)
+    n_pur = max(1, int(round(preset.train_fraction_purified * len(split.x_train))))
+    pur_meta = {"config": _h(dataclasses.asdict(pur_cfg)), "score": _h(preset.score_train.__dict__), "data": data_fp, "n": n_pur}
+    pur_path = work / "purified_train.pt"
+    x_pur = None
+    if pur_path.exists() and not fresh:
+        ck = load_checkpoint(pur_path)
+        if ck.get("meta") == pur_meta:
+            x_pur = ck["x"]
+    if x_pur is None:
+        x_pur = split.x_train.clone()
+        x_pur[:n_pur] = purify_batched(Purifier(score, pur_cfg), split.x_train[:n_pur], desc="purify train set (eq. 17)",
+                                       progress=progress)
+        save_checkpoint(pur_path, {"x": x_pur, "meta": pur_meta})
+    times["purify_train"] = time.perf_counter() - t0
+
+    # 4. classifier trained on clean + purified images (eq. 17)
+    t0 = time.perf_counter()
+    meta_aug = dict(meta, purified=pur_meta)
+    aug, reused = _cached_model(work / "classifier_eq17.pt", meta_aug, make_classifier(x_pur), fresh)
+    log(f"eq.-17 classifier: {'reused' if reused else 'trained'}; test accuracy {accuracy(aug, split.x_test, split.y_test):.3f}")
+    times["classifier_eq17"] = time.perf_counter() - t0
+    return {"split": split, "score": score.to("cpu"), "plain": plain, "eq17": aug, "times": times}
+
+
+def _eps_label(e: float) -> str:
+    return f"{e:.4g}"
+
+
+def build_defences(preset: Preset, arts: dict) -> list[Defence]:
+    """Undefended; PurSAMERE at every ε_pur; ERE descent (SAM off); ADP and DiffPure-style, stochastic and fixed-seed."""
+    score, plain, aug = arts["score"], arts["plain"], arts["eq17"]
+    mid = preset.purify.eps_pur
+    defs = [Defence("undefended", plain)]
+    for e in preset.eps_pur:
+        defs.append(Defence(f"PurSAMERE ε_pur={_eps_label(e)}", aug, Purifier(score, preset.purify.replace(eps_pur=e))))
+    defs.append(Defence(f"ERE descent (no SAM) ε_pur={_eps_label(mid)}", aug, Purifier(score, preset.purify.replace(rho=0.0))))
+    defs.append(Defence("ADP", plain, ADP(score, preset.adp.replace(fixed_noise=False))))
+    defs.append(Defence("ADP (fixed seed)", plain, ADP(score, preset.adp.replace(fixed_noise=True))))
+    defs.append(Defence("DiffPure-style", plain, DiffPure(score, preset.diffpure.replace(fixed_noise=False))))
+    defs.append(Defence("DiffPure-style (fixed seed)", plain, DiffPure(score, preset.diffpure.replace(fixed_noise=True))))
+    return defs
+
+
+def attack_plan(plan: Plan) -> dict:
+    """The named attacks of the tables, with the plan's step counts."""
+    return {
+        "gpgd": AttackSpec(f"gPGD{plan.gpgd_steps}", gradient="none", steps=plan.gpgd_steps),
+        "bpda": AttackSpec(f"BPDA{plan.bpda_steps}", gradient="bpda", steps=plan.bpda_steps, eot=plan.eot),
+        "bpda_long": AttackSpec(f"BPDA{plan.bpda_long_steps}", gradient="bpda", steps=plan.bpda_long_steps, eot=plan.eot),
+        "exact": AttackSpec(f"exact{plan.exact_steps}", gradient="exact", steps=plan.exact_steps),
+    }
+
+
+def _applies(preset: Preset, atk: dict):
+    """Which (defence, attack, threat) rows the tables need."""
+    mid = f"ε_pur={_eps_label(preset.purify.eps_pur)}"
+
+    def keep(d: Defence, spec: AttackSpec, threat: Threat) -> bool:
+        linf = threat.norm == "inf"
+        name = d.name
+        if name == "undefended":
+            return spec.name in (atk["bpda"].name, atk["bpda_long"].name) and (linf or spec.name == atk["bpda_long"].name)
+        if name.startswith("PurSAMERE"):
+            if spec.name == atk["bpda_long"].name:
+                return mid in name  # Table 3 at the middle radius, all three norms
+            return linf  # Tables 1–2 and the exact attack: ℓ∞, every radius
+        if name.startswith("ERE descent"):
+            return linf and spec.name in (atk["gpgd"].name, atk["bpda"].name, atk["exact"].name)
+        if "fixed seed" in name:  # deterministic white-box (Liu et al. 2025)
+            return linf and spec.name in (atk["bpda"].name, atk["exact"].name)
+        return spec.name in (atk["bpda"].name,)  # stochastic baselines: BPDA+EoT, all norms
+    return keep
+
+
+def run_pipeline(preset: Preset, plan: Plan, workdir: str | Path, out_dir: str | Path, fresh: bool = False,
+                 progress: bool = True, device: str = "cpu", log=print, checks: bool = True, data_root=None) -> dict:
+    """Train (or reuse), then run the tables of the plan; write results, table.md, plots, checks."""
+    from .checks import format_checks, obfuscation_checks
+
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    arts = prepare(preset, workdir, fresh=fresh, progress=progress, device=device, log=log, data_root=data_root)
+    split = arts["split"]
+    n = split.x_test.shape[0] if plan.n_test is None else min(plan.n_test, split.x_test.shape[0])
+    perm = torch.randperm(split.x_test.shape[0], generator=torch.Generator().manual_seed(preset.data_seed))[:n]
+    x, y = split.x_test[perm], split.y_test[perm]
+    defs = build_defences(preset, arts)
+    atk = attack_plan(plan)
+    threats = [Threat(k, v) for k, v in preset.threats.items()]
+    meta = {"preset": preset.name, "plan": dataclasses.asdict(plan), "subset": f"first {n} of a fixed permutation (seed {preset.data_seed}) of the test set",
+            "threats": {str(k): v for k, v in preset.threats.items()}, "train_times_s": {k: round(v, 1) for k, v in arts["times"].items()}}
+    t0 = time.perf_counter()
+    res = evaluate(defs, list(atk.values()), threats, x, y, out, seed=0, meta=meta, progress=progress,
+                   batch_size=plan.batch_size, skip=lambda d, s, t: not _applies(preset, atk)(d, s, t))
+    eval_s = time.perf_counter() - t0
+
+    check_md, check_json = "", []
+    if checks:
+        pur = next(d for d in defs if d.name.startswith("PurSAMERE") and f"ε_pur={_eps_label(preset.purify.eps_pur)}" in d.name)
+        lin = Threat("inf", preset.threats["inf"])
+        nc = min(plan.n_check, n)
+        for grad in ("bpda", "exact"):
+            cs = obfuscation_checks(pur, lin, x[:nc], y[:nc], gradient=grad, steps=plan.check_steps, square_queries=plan.square_queries)
+            check_md += format_checks(f"{pur.name}, {grad} gradient, ℓ∞ ε={lin.eps:.4g}, n={nc}", cs) + "\n"
+            check_json.append({"defence": pur.name, "gradient": grad, "n": nc, "checks": [c.as_dict() for c in cs]})
+        atomic_write_json(out / "checks.json", check_json)
+
+    header = (f"# {preset.name}: PurSAMERE and baselines — what ran\n\n"
+              f"{meta['subset']} (n = {n}); attacks: gPGD{plan.gpgd_steps}, BPDA{plan.bpda_steps}-det, "
+              f"BPDA{plan.bpda_long_steps}-det, exact-gradient PGD{plan.exact_steps} through the unrolled purifier, "
+              f"BPDA{plan.bpda_steps}+EoT({plan.eot}) for stochastic purifiers. Budgets: "
+              + ", ".join(f"ℓ{'∞' if k == 'inf' else k} {v:.4g}" for k, v in preset.threats.items())
+              + f". Purifier: K = {preset.purify.steps} steps, M = {preset.purify.m}, ρ = ε_pur/2.\n")
+    table = header + "\n" + render_table(res, "Robust accuracy per attack and worst case (headline)")
+    if check_md:
+        table += "\n## Obfuscation checks\n\n" + check_md
+    atomic_write_text(out / "table.md", table)
+    plot_results(res, out / "robust_accuracy.png")
+    total = time.perf_counter() - t_start
+    summary = {"seconds_total": round(total, 1), "seconds_eval": round(eval_s, 1), **meta}
+    atomic_write_json(out / "summary.json", summary)
+    return {"results": res, "table": table, "checks": check_json, "summary": summary}
+
+
+def run_demo(args) -> int:
+    """``pursamere demo``: the preset's budgeted plan (digits by default)."""
+    from .presets import get_preset
+
+    preset = get_preset(args.preset)
+    out = Path(args.out or f"results/{preset.name}/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (out / "table.md").exists():
+        raise FileExistsError(f"{out} already holds a finished run; choose another --out")
+    res = run_pipeline(preset, preset.demo, args.workdir, out, fresh=args.fresh)
+    print(res["table"])
+    print(f"wrote {out}/ (results.json, table.md, robust_accuracy.png, checks.json) in {res['summary']['seconds_total']:.0f} s")
+    return 0
