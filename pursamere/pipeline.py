@@ -225,6 +225,47 @@ def _applies(preset: Preset, atk: dict):
     return keep
 
 
+def score_diagnostics(preset: Preset, arts: dict, out_dir: str | Path, n: int = 200, progress: bool = False) -> dict:
+    """Did the score net learn the data? Langevin samples (figure) and the ERE detection AUROC.
+
+    The AUROC compares the ERE of clean test images with that of PGD-20 (ℓ∞, the preset's
+    budget) adversarial images made against the plain classifier, at several σ.
+    """
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .analysis import annealed_langevin, ere_auroc, image_grid
+    from .attacks import pgd
+    from .io import atomic_write_bytes
+
+    out = Path(out_dir)
+    split, score = arts["split"], arts["score"]
+    shape = tuple(split.x_train.shape[1:])
+    samples = annealed_langevin(score, (64, *shape), preset.sigmas(), steps_per_level=5, seed=0)
+    x, y = split.x_test[:n], split.y_test[:n]
+    x_adv = pgd(arts["plain"], x, y, Threat("inf", preset.threats["inf"]), steps=20)
+    sig_grid = sorted({preset.purify.sigma_min, 0.05, 0.1, preset.purify.sigma_max})
+    det = [ere_auroc(score, x, x_adv, s) for s in sig_grid]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+    for ax, imgs, title in ((axes[0], split.x_test[:64], "test images"), (axes[1], samples, "annealed Langevin samples")):
+        g = image_grid(imgs)
+        ax.imshow(g.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if g.shape[0] == 1 else None, vmin=0, vmax=1)
+        ax.set_title(title)
+        ax.axis("off")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(out / "samples.png", buf.getvalue())
+    diag = {"ere_detection": det, "n": int(n), "attack": f"PGD-20 ℓ∞ ε={preset.threats['inf']} on the plain classifier"}
+    atomic_write_json(out / "score_diagnostics.json", diag)
+    return diag
+
+
 def run_pipeline(preset: Preset, plan: Plan, workdir: str | Path, out_dir: str | Path, fresh: bool = False,
                  progress: bool = True, device: str = "cpu", log=print, checks: bool = True, data_root=None) -> dict:
     """Train (or reuse), then run the tables of the plan; write results, table.md, plots, checks."""
@@ -237,6 +278,10 @@ def run_pipeline(preset: Preset, plan: Plan, workdir: str | Path, out_dir: str |
     n = split.x_test.shape[0] if plan.n_test is None else min(plan.n_test, split.x_test.shape[0])
     perm = torch.randperm(split.x_test.shape[0], generator=torch.Generator().manual_seed(preset.data_seed))[:n]
     x, y = split.x_test[perm], split.y_test[perm]
+    diag = score_diagnostics(preset, arts, out, n=min(200, len(split.x_test)))
+    best = max(diag["ere_detection"], key=lambda d: d["auroc"])
+    log(f"score net check: ERE detects PGD images with AUROC {best['auroc']:.3f} at σ = {best['sigma']:.3g} "
+        f"(mean ERE clean {best['ere_clean_mean']:.2f} vs adversarial {best['ere_adv_mean']:.2f}); samples in samples.png")
     defs = build_defences(preset, arts)
     atk = attack_plan(plan)
     threats = [Threat(k, v) for k, v in preset.threats.items()]
@@ -252,7 +297,7 @@ def run_pipeline(preset: Preset, plan: Plan, workdir: str | Path, out_dir: str |
         pur = next(d for d in defs if d.name.startswith("PurSAMERE") and f"ε_pur={_eps_label(preset.purify.eps_pur)}" in d.name)
         lin = Threat("inf", preset.threats["inf"])
         nc = min(plan.n_check, n)
-        for grad in ("bpda", "exact"):
+        for grad in plan.check_gradients:
             cs = obfuscation_checks(pur, lin, x[:nc], y[:nc], gradient=grad, steps=plan.check_steps, square_queries=plan.square_queries)
             check_md += format_checks(f"{pur.name}, {grad} gradient, ℓ∞ ε={lin.eps:.4g}, n={nc}", cs) + "\n"
             check_json.append({"defence": pur.name, "gradient": grad, "n": nc, "checks": [c.as_dict() for c in cs]})
@@ -270,7 +315,7 @@ def run_pipeline(preset: Preset, plan: Plan, workdir: str | Path, out_dir: str |
     atomic_write_text(out / "table.md", table)
     plot_results(res, out / "robust_accuracy.png")
     total = time.perf_counter() - t_start
-    summary = {"seconds_total": round(total, 1), "seconds_eval": round(eval_s, 1), **meta}
+    summary = {"seconds_total": round(total, 1), "seconds_eval": round(eval_s, 1), "score_diagnostics": diag, **meta}
     atomic_write_json(out / "summary.json", summary)
     return {"results": res, "table": table, "checks": check_json, "summary": summary}
 

@@ -60,6 +60,7 @@ class Plan:
     exact_steps: int = 20  # exact gradient through the unrolled purifier (not in the paper)
     eot: int = 8  # BPDA+EoT samples per step for stochastic baselines
     n_check: int = 32  # images for the obfuscation checks
+    check_gradients: tuple = ("bpda", "exact")  # white-box gradient rules the checks test
     check_steps: int = 10
     square_queries: int = 300
     batch_size: int = 64
@@ -113,12 +114,14 @@ DIGITS = Preset(
     classifier="smallcnn",
     classifier_train=ClassifierTrainConfig(epochs=15, batch_size=64, lr=2e-3),
     purify=PurifyConfig(eps_pur=0.3, norm="inf", m=4, antithetic=True, sigma_max=0.3, sigma_min=0.02,
-                        n_levels=6, steps_per_level=2, lr_max=0.04, lr_min=0.005, seed=0),
+                        n_levels=6, steps_per_level=1, lr_max=0.04, lr_min=0.005, seed=0),
     eps_pur=(0.2, 0.3, 0.4),
     threats={"inf": 0.2, 2: 1.0, 1: 3.0},
     adp=ADPConfig(sigma_noise=0.25, steps=10, sigma_fix=0.02, n_runs=4),
     diffpure=DiffPureConfig(sigma_min=0.02, n_levels=20),
-    demo=Plan(n_test=64, bpda_long_steps=40, exact_steps=10, eot=4, n_check=24, check_steps=5, square_queries=200),
+    # demo: sized for ≤ 15 min on 2 cores from nothing (one purification ≈ 50 score passes per image)
+    demo=Plan(n_test=48, gpgd_steps=20, bpda_steps=10, bpda_long_steps=20, exact_steps=5, eot=4, n_check=16,
+              check_steps=5, square_queries=100, check_gradients=("bpda",)),
     full=Plan(n_test=None),
 )
 

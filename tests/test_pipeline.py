@@ -24,6 +24,8 @@ def test_tiny_end_to_end_through_the_cli(tmp_path, capsys):
     assert "worst case" in table and "Obfuscation checks" in table
     assert (out / "robust_accuracy.png").stat().st_size > 1000
     assert len(json.loads((out / "checks.json").read_text())) == 2
+    diag = json.loads((out / "score_diagnostics.json").read_text())
+    assert all(0 <= d["auroc"] <= 1 for d in diag["ere_detection"]) and (out / "samples.png").exists()
     # a finished run is never overwritten silently
     assert main(["demo", "--preset", "tiny", "--workdir", str(tmp_path / "work"), "--out", str(out)]) == 2
     assert "already holds" in capsys.readouterr().err
