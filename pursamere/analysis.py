@@ -19,18 +19,18 @@ __all__ = ["annealed_langevin", "ere_auroc", "auroc", "image_grid"]
 
 @torch.no_grad()
 def annealed_langevin(score, shape, sigmas, steps_per_level: int = 5, eps: float = 2e-5, seed: int = 0,
-                      denoise: bool = True) -> torch.Tensor:
+                      denoise: bool = True, device: str | torch.device = "cpu") -> torch.Tensor:
     """Draw ``shape[0]`` samples by annealed Langevin dynamics down ``sigmas`` (decreasing).
 
     Step at level i: ``x ← x + α_i s(x, σ_i) + sqrt(2 α_i) z`` with ``α_i = eps σ_i²/σ_L²``.
     """
     gen = torch.Generator().manual_seed(seed)
     sig = [float(s) for s in sigmas]
-    x = torch.rand(shape, generator=gen)
+    x = torch.rand(shape, generator=gen).to(device)
     for s in sig:
         alpha = eps * s * s / (sig[-1] ** 2)
         for _ in range(steps_per_level):
-            z = torch.randn(shape, generator=gen)
+            z = torch.randn(shape, generator=gen).to(device)
             x = x + alpha * score(x, s) + math.sqrt(2 * alpha) * z
     if denoise:
         x = x + sig[-1] ** 2 * score(x, sig[-1])  # Tweedie (eq. 4)

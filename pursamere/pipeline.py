@@ -35,19 +35,29 @@ def load_split(preset: Preset, data_root: str | None = None):
     """The preset's train/test split (digits are embedded; CIFAR-10 needs a local folder)."""
     from . import data
 
-    if preset.data in ("digits", "tiny"):
+    if preset.data == "digits":
         return data.load_digits_split(seed=preset.data_seed)
     if preset.data == "cifar10":
         root = data_root or "data"
-        xtr, ytr = data.load_cifar10(root, "train")
-        xte, yte = data.load_cifar10(root, "test")
+        xtr, ytr = _per_class(*data.load_cifar10(root, "train"), preset.train_limit_per_class)
+        xte, yte = _per_class(*data.load_cifar10(root, "test"), preset.test_limit_per_class)
     elif preset.data == "cifar10-jpeg":
         root = data_root or "../shared/data/cifar10-jpeg"
-        xtr, ytr = data.load_cifar10_jpeg(root, "train")
-        xte, yte = data.load_cifar10_jpeg(root, "test")
+        xtr, ytr = data.load_cifar10_jpeg(root, "train", limit_per_class=preset.train_limit_per_class)
+        xte, yte = data.load_cifar10_jpeg(root, "test", limit_per_class=preset.test_limit_per_class)
     else:
         raise ValueError(f"preset {preset.name!r} names an unknown data set {preset.data!r}")
     return data.Split(xtr, ytr, xte, yte, data.CIFAR10_CLASSES)
+
+
+def _per_class(x, y, limit):
+    """The first ``limit`` images of every class, in file order (None: all)."""
+    if limit is None:
+        return x, y
+    keep = torch.zeros(len(y), dtype=torch.bool)
+    for c in y.unique():
+        keep[(y == c).nonzero().flatten()[:limit]] = True
+    return x[keep], y[keep]
 
 
 def build_classifier(preset: Preset, image_shape, num_classes: int = 10) -> torch.nn.Module:
@@ -245,8 +255,9 @@ def score_diagnostics(preset: Preset, arts: dict, out_dir: str | Path, n: int = 
     out = Path(out_dir)
     split, score = arts["split"], arts["score"]
     shape = tuple(split.x_train.shape[1:])
-    samples = annealed_langevin(score, (64, *shape), preset.sigmas(), steps_per_level=5, seed=0)
-    x, y = split.x_test[:n], split.y_test[:n]
+    dev = next(arts["plain"].parameters()).device
+    samples = annealed_langevin(score, (64, *shape), preset.sigmas(), steps_per_level=5, seed=0, device=dev).cpu()
+    x, y = split.x_test[:n].to(dev), split.y_test[:n].to(dev)
     x_adv = pgd(arts["plain"], x, y, Threat("inf", preset.threats["inf"]), steps=20)
     sig_grid = sorted({preset.purify.sigma_min, 0.05, 0.1, preset.purify.sigma_max})
     det = [ere_auroc(score, x, x_adv, s) for s in sig_grid]
@@ -274,10 +285,12 @@ def run_pipeline(preset: Preset, plan: Plan, workdir: str | Path, out_dir: str |
     t_start = time.perf_counter()
     out = Path(out_dir)
     arts = prepare(preset, workdir, fresh=fresh, progress=progress, device=device, log=log, data_root=data_root)
+    for k in ("score", "plain", "eq17"):
+        arts[k] = arts[k].to(device)
     split = arts["split"]
     n = split.x_test.shape[0] if plan.n_test is None else min(plan.n_test, split.x_test.shape[0])
     perm = torch.randperm(split.x_test.shape[0], generator=torch.Generator().manual_seed(preset.data_seed))[:n]
-    x, y = split.x_test[perm], split.y_test[perm]
+    x, y = split.x_test[perm].to(device), split.y_test[perm].to(device)
     diag = score_diagnostics(preset, arts, out, n=min(200, len(split.x_test)))
     best = max(diag["ere_detection"], key=lambda d: d["auroc"])
     log(f"score net check: ERE detects PGD images with AUROC {best['auroc']:.3f} at σ = {best['sigma']:.3g} "

@@ -71,7 +71,7 @@ class Preset:
     """Everything an experiment needs. See the module docstring for "paper" versus "ours"."""
 
     name: str
-    data: str  # "digits" | "cifar10" | "cifar10-jpeg" | "tiny"
+    data: str  # "digits" | "cifar10" | "cifar10-jpeg"
     data_seed: int
     score_net: ScoreNetConfig
     sigma_first: float  # σ_1 of the training ladder (NCSNv2: largest pairwise distance)
@@ -88,6 +88,8 @@ class Preset:
     demo: Plan = field(default_factory=Plan)
     full: Plan = field(default_factory=Plan)
     train_fraction_purified: float = 1.0  # share of the training set purified for eq. 17
+    train_limit_per_class: int | None = None  # CPU-sized subsets of large data sets (None: all)
+    test_limit_per_class: int | None = None
 
     def sigmas(self) -> torch.Tensor:
         from .scores import sigma_ladder
@@ -144,6 +146,23 @@ CIFAR10 = Preset(
     full=Plan(n_test=None),
 )
 
+# CIFAR-10 (JPEG) at a CPU-affordable size: the real images of ../shared/data/cifar10-jpeg, a stated
+# subset (500 train / 20 test images per class), a small score net and classifier, short attacks.
+# Numbers from it are labelled "CIFAR-10 (JPEG)" and are NOT comparable with the paper's.
+CIFAR10_JPEG_CPU = replace(
+    CIFAR10, name="cifar10-jpeg-cpu", data="cifar10-jpeg",
+    score_net=ScoreNetConfig((3, 32, 32), (32, 64, 64), 1, 8), sigma_first=50.0, sigma_last=0.01, n_sigmas=60,
+    score_train=ScoreTrainConfig(steps=1500, batch_size=64, lr=1e-3, ema_rate=0.995, checkpoint_every=250),
+    classifier="smallcnn", classifier_train=ClassifierTrainConfig(epochs=15, batch_size=128, lr=2e-3),
+    purify=PurifyConfig(eps_pur=12 / 255, norm="inf", m=4, antithetic=True, sigma_max=0.25, sigma_min=0.01,
+                        n_levels=6, steps_per_level=1, lr_max=0.01, lr_min=0.002, seed=0),
+    adp=ADPConfig(steps=5, n_runs=2), diffpure=DiffPureConfig(n_levels=20),
+    demo=Plan(n_test=32, gpgd_steps=10, bpda_steps=5, bpda_long_steps=10, exact_steps=2, eot=2, n_check=16,
+              check_steps=3, square_queries=50, check_gradients=("bpda",), batch_size=32),
+    full=Plan(n_test=200, bpda_long_steps=50, exact_steps=5, eot=4, batch_size=32),
+    train_fraction_purified=0.2, train_limit_per_class=500, test_limit_per_class=20,
+)
+
 # --------------------------------------------------------------------------------------- tests
 TINY = Preset(
     name="tiny", data="digits", data_seed=0,
@@ -164,7 +183,7 @@ TINY = Preset(
     train_fraction_purified=0.1,
 )
 
-PRESETS = {"digits": DIGITS, "cifar10": CIFAR10, "tiny": TINY}
+PRESETS = {"digits": DIGITS, "cifar10": CIFAR10, "cifar10-jpeg-cpu": CIFAR10_JPEG_CPU, "tiny": TINY}
 
 
 def get_preset(name: str) -> Preset:
