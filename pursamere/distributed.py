@@ -24,8 +24,6 @@ defines it. A setup builder may run on every rank independently: weights are bro
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import time
 import traceback
@@ -39,8 +37,10 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .attacks import Threat
-from .evaluate import AttackSpec, Defence, _bits, _row_key, attack_flags, predict, render_table, wilson, worst_case
+from .evaluate import (AttackSpec, Defence, attack_flags, load_done, make_row, predict, render_table, reusable,
+                       row_key, worst_case)
 from .io import atomic_write_json, atomic_write_text
+from .train import fingerprint
 
 __all__ = ["DistContext", "init_distributed", "shutdown", "shard_indices", "make_row", "evaluate_distributed",
            "sync_defences", "Setup", "register_preset", "build_setup", "tiny_setup", "main"]
@@ -177,35 +177,6 @@ def _merge(n: int, parts: Sequence[tuple], device) -> torch.Tensor:
     return full.to(device)
 
 
-# --------------------------------------------------------------------------------------- rows
-def make_row(defence: Defence, spec: AttackSpec, threat: Threat, clean: torch.Tensor, flags: torch.Tensor,
-             seconds: float, seed: int) -> dict:
-    """One ``results.json`` row, field for field as :func:`pursamere.evaluate.evaluate` writes it.
-
-    Args:
-        clean: ``(n,)`` bool, the defence's clean predictions were right.
-        flags: ``(n,)`` bool, the image survived this attack (``attack_flags``).
-    """
-    from . import __version__
-
-    k, n = int(flags.sum()), int(flags.shape[0])
-    lo, hi = wilson(k, n)
-    return {
-        "key": _row_key(defence.name, spec.name, threat), "defence": defence.name, "attack": spec.name,
-        "norm": str(threat.norm), "eps": threat.eps, "n": n, "clean_acc": float(clean.double().mean()),
-        "robust_acc": k / n, "ci95": [lo, hi], "attack_settings": json.loads(json.dumps(spec.settings(threat))),
-        "stochastic": bool(defence.stochastic), "config": defence.config_dict(), "seed": seed, "version": __version__,
-        "seconds": round(seconds, 2), "survived": _bits(flags),
-    }
-
-
-def _fingerprint(*tensors: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def evaluate_distributed(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats: Sequence[Threat],
                          x: torch.Tensor, y: torch.Tensor, out_dir: str | Path, seed: int = 0,
                          meta: Optional[dict] = None, batch_size: int = 64, predict_batch_size: int = 256,
@@ -242,7 +213,7 @@ def evaluate_distributed(defences: Sequence[Defence], attacks: Sequence[AttackSp
     n = int(x.shape[0])
     combos = [(d, t, s) for d in defences for t in threats for s in attacks if skip is None or not skip(d, s, t)]
     # every rank must hold the same problem, or the merged flags would mean nothing
-    stamp = (_fingerprint(x, y), [_row_key(d.name, s.name, t) for d, t, s in combos], seed, batch_size)
+    stamp = (fingerprint(x, y), [row_key(d.name, s.name, t) for d, t, s in combos], seed, batch_size)
     stamps = _collective(ctx, "checking the inputs", lambda: stamp)
     if any(s != stamps[0] for s in stamps):
         raise ValueError("ranks disagree on the data, the defence × attack × threat list, seed or batch size")
@@ -252,13 +223,7 @@ def evaluate_distributed(defences: Sequence[Defence], attacks: Sequence[AttackSp
     results = {"meta": {"version": __version__, "n": n, "seed": seed, "world_size": ctx.world_size, **(meta or {})},
                "rows": []}
 
-    def read_done():
-        if not path.exists():
-            return {}
-        old = json.loads(path.read_text())
-        return {r["key"]: r for r in old.get("rows", []) if r.get("n") == n}
-
-    done = _from_rank0(ctx, read_done() if ctx.rank == 0 else None)
+    done = _from_rank0(ctx, load_done(path, n) if ctx.rank == 0 else None)
 
     def save():
         results["worst_case"] = worst_case(results["rows"])
@@ -271,8 +236,8 @@ def evaluate_distributed(defences: Sequence[Defence], attacks: Sequence[AttackSp
             for spec in attacks:
                 if skip is not None and skip(d, spec, threat):
                     continue
-                key = _row_key(d.name, spec.name, threat)
-                if key in done and done[key]["attack_settings"] == json.loads(json.dumps(spec.settings(threat))):
+                key = row_key(d.name, spec.name, threat)
+                if reusable(done, key, spec, threat):
                     results["rows"].append(done[key])
                     continue
                 if clean is None:  # clean predictions: whole predict batches per rank, as one process cuts them
@@ -301,7 +266,8 @@ def evaluate_distributed(defences: Sequence[Defence], attacks: Sequence[AttackSp
                         return [], []
                     # all of ``own`` is clean-correct, so attack_flags cuts it into the very batches
                     # a single process uses (whole batches, the short last one at the end)
-                    f = attack_flags(d, spec, threat, x[own], y[own], seed=seed, batch_size=batch_size, progress=tick)
+                    f = attack_flags(d, spec, threat, x[own], y[own], seed=seed, batch_size=batch_size, progress=tick,
+                                     alive=torch.ones(len(own), dtype=torch.bool, device=y.device))
                     return own.tolist(), f.cpu().tolist()
 
                 parts = _collective(ctx, f"{key} (attack)", attack)

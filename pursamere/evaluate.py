@@ -13,7 +13,7 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -21,10 +21,10 @@ import torch
 import torch.nn as nn
 
 from .attacks import Defended, Threat, pgd
-from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .io import atomic_write_bytes, atomic_write_json
 
 __all__ = ["Defence", "AttackSpec", "ATTACKS", "wilson", "predict", "attack_flags", "evaluate", "worst_case",
-           "render_table", "plot_results", "Identity"]
+           "render_table", "plot_results", "Identity", "make_row", "row_key", "bits", "load_done", "reusable"]
 
 
 class Identity:
@@ -156,12 +156,13 @@ def _torchattacks(spec: AttackSpec, model: nn.Module, threat: Threat, x, y, seed
 
 
 def attack_flags(defence: Defence, spec: AttackSpec, threat: Threat, x, y, seed: int = 0,
-                 batch_size: int = 64, progress=None) -> torch.Tensor:
+                 batch_size: int = 64, progress=None, alive: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per-image survival of ``defence`` against one attack: True where still correct.
 
     Only images the defence classifies correctly are attacked (the others count as broken).
+    ``alive``: the clean flags when the caller has them already (skips the clean prediction).
     """
-    alive = predict(defence, x) == y
+    alive = (predict(defence, x) == y) if alive is None else alive.clone()
     eot = spec.eot if defence.stochastic else 1
     model = defence.model(spec.gradient)
     idx = alive.nonzero().flatten()
@@ -186,12 +187,46 @@ def attack_flags(defence: Defence, spec: AttackSpec, threat: Threat, x, y, seed:
     return alive
 
 
-def _row_key(defence: str, attack: str, threat: Threat) -> str:
+def row_key(defence: str, attack: str, threat: Threat) -> str:
     return f"{defence}|{attack}|{threat.norm}|{threat.eps:.6g}"
 
 
-def _bits(flags: torch.Tensor) -> str:
+def bits(flags: torch.Tensor) -> str:
+    """Per-image flags as a compact '0'/'1' string (the ``survived`` field)."""
     return "".join("1" if f else "0" for f in flags.tolist())
+
+
+def make_row(defence: Defence, spec: AttackSpec, threat: Threat, clean: torch.Tensor, flags: torch.Tensor,
+             seconds: float, seed: int) -> dict:
+    """One ``results.json`` row.
+
+    Args:
+        clean: ``(n,)`` bool, the defence's clean prediction was right.
+        flags: ``(n,)`` bool, the image survived this attack (:func:`attack_flags`).
+    """
+    from . import __version__
+
+    k, n = int(flags.sum()), int(flags.shape[0])
+    lo, hi = wilson(k, n)
+    return {
+        "key": row_key(defence.name, spec.name, threat), "defence": defence.name, "attack": spec.name,
+        "norm": str(threat.norm), "eps": threat.eps, "n": n, "clean_acc": float(clean.double().mean()),
+        "robust_acc": k / n, "ci95": [lo, hi], "attack_settings": json.loads(json.dumps(spec.settings(threat))),
+        "stochastic": bool(defence.stochastic), "config": defence.config_dict(), "seed": seed, "version": __version__,
+        "seconds": round(seconds, 2), "survived": bits(flags),
+    }
+
+
+def load_done(path: Path, n: int) -> dict:
+    """Rows of a previous (possibly interrupted) run at ``path`` with the same n, by key."""
+    if not Path(path).exists():
+        return {}
+    old = json.loads(Path(path).read_text())
+    return {r["key"]: r for r in old.get("rows", []) if r.get("n") == n}
+
+
+def reusable(done: dict, key: str, spec: AttackSpec, threat: Threat) -> bool:
+    return key in done and done[key]["attack_settings"] == json.loads(json.dumps(spec.settings(threat)))
 
 
 def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats: Sequence[Threat],
@@ -210,19 +245,15 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
     out = Path(out_dir)
     path = out / "results.json"
     results = {"meta": {"version": __version__, "n": int(x.shape[0]), "seed": seed, **(meta or {})}, "rows": []}
-    done = {}
-    if path.exists():
-        old = json.loads(path.read_text())
-        done = {r["key"]: r for r in old.get("rows", []) if r.get("n") == int(x.shape[0])}
+    done = load_done(path, int(x.shape[0]))
     for d in defences:
         clean = predict(d, x) == y
         for threat in threats:
             for spec in attacks:
                 if skip is not None and skip(d, spec, threat):
                     continue
-                key = _row_key(d.name, spec.name, threat)
-                settings = spec.settings(threat)
-                if key in done and done[key]["attack_settings"] == json.loads(json.dumps(settings)):
+                key = row_key(d.name, spec.name, threat)
+                if reusable(done, key, spec, threat):
                     results["rows"].append(done[key])
                     continue
                 t0 = time.perf_counter()
@@ -234,17 +265,9 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
                     bar.set_postfix(robust=f"{alive / max(seen, 1):.1%}")
                     bar.refresh()
 
-                flags = attack_flags(d, spec, threat, x, y, seed=seed, batch_size=batch_size, progress=tick)
+                flags = attack_flags(d, spec, threat, x, y, seed=seed, batch_size=batch_size, progress=tick, alive=clean)
                 bar.close()
-                k, n = int(flags.sum()), int(x.shape[0])
-                lo, hi = wilson(k, n)
-                results["rows"].append({
-                    "key": key, "defence": d.name, "attack": spec.name, "norm": str(threat.norm), "eps": threat.eps,
-                    "n": n, "clean_acc": float(clean.double().mean()), "robust_acc": k / n, "ci95": [lo, hi],
-                    "attack_settings": json.loads(json.dumps(settings)), "stochastic": bool(d.stochastic),
-                    "config": d.config_dict(), "seed": seed, "version": __version__,
-                    "seconds": round(time.perf_counter() - t0, 2), "survived": _bits(flags),
-                })
+                results["rows"].append(make_row(d, spec, threat, clean, flags, time.perf_counter() - t0, seed))
                 results["worst_case"] = worst_case(results["rows"])
                 atomic_write_json(path, results)
     results["worst_case"] = worst_case(results["rows"])

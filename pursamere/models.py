@@ -5,7 +5,7 @@ Score nets use GroupNorm (per image, so batch composition never changes an outpu
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn

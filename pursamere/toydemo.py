@@ -8,7 +8,6 @@ purifier pulls the point back toward high density inside the same ε-ball, with 
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 

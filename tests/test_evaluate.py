@@ -6,7 +6,7 @@ import torch
 
 from pursamere.attacks import Threat
 from pursamere.checks import ObfuscationWarning, obfuscation_checks
-from pursamere.evaluate import ATTACKS, AttackSpec, Defence, evaluate, plot_results, render_table, wilson, worst_case
+from pursamere.evaluate import ATTACKS, AttackSpec, Defence, evaluate, plot_results, render_table, wilson
 from pursamere.models import SmallCNN
 from pursamere.train import ClassifierTrainConfig, train_classifier
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pursamere.ere import NoiseBank, ere
+from pursamere.ere import ere
 from pursamere.geometry import lp_norm
 from pursamere.models import SCORE_TINY, ScoreNet
 from pursamere.purify import InvalidInputError, Purifier, PurifyConfig, adam_step
