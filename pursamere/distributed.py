@@ -289,6 +289,7 @@ class Setup(NamedTuple):
     threats: list
     x: torch.Tensor
     y: torch.Tensor
+    skip: Optional[Callable] = None  # (defence, attack, threat) -> True to leave that row out
 
 
 _PRESETS: dict[str, Callable[..., Setup]] = {}
@@ -313,15 +314,9 @@ def build_setup(name: str, n: Optional[int] = None, seed: int = 0) -> Setup:
     """The setup of preset ``name``: registered here, else ``pursamere.presets.evaluation_setup``."""
     if name in _PRESETS:
         return Setup(*_PRESETS[name](n=n, seed=seed))
-    try:
-        from . import presets
-    except ImportError:
-        presets = None
-    fn = getattr(presets, "evaluation_setup", None)
-    if fn is None:
-        raise ValueError(f"unknown preset {name!r}: built in are {sorted(_PRESETS)}; others need "
-                         "pursamere.presets.evaluation_setup(name, n=..., seed=...) or register_preset()")
-    return Setup(*fn(name, n=n, seed=seed))
+    from .pipeline import evaluation_setup  # the trained presets (digits, cifar10, ...)
+
+    return Setup(*evaluation_setup(name, n=n, seed=seed))
 
 
 @register_preset("tiny")
@@ -412,11 +407,11 @@ def main(argv=None) -> int:
         if args.reference:
             from .evaluate import evaluate
 
-            res = evaluate(*setup, args.out, seed=args.seed, meta=meta, batch_size=args.batch_size,
-                           progress=not args.no_progress)
+            res = evaluate(*setup[:5], args.out, seed=args.seed, meta=meta, batch_size=args.batch_size,
+                           progress=not args.no_progress, skip=setup.skip)
         else:
-            res = evaluate_distributed(*setup, args.out, seed=args.seed, meta=meta, batch_size=args.batch_size,
-                                       progress=not args.no_progress, ctx=ctx)
+            res = evaluate_distributed(*setup[:5], args.out, seed=args.seed, meta=meta, batch_size=args.batch_size,
+                                       progress=not args.no_progress, ctx=ctx, skip=setup.skip)
         if ctx.rank == 0:
             atomic_write_text(Path(args.out) / "table.md", render_table(res, f"{args.preset}, {ctx.world_size} rank(s)"))
             print(f"wrote {Path(args.out) / 'results.json'} ({len(res['rows'])} rows, {ctx.world_size} rank(s))")

@@ -345,3 +345,25 @@ def run_demo(args) -> int:
     print(res["table"])
     print(f"wrote {out}/ (results.json, table.md, robust_accuracy.png, checks.json) in {res['summary']['seconds_total']:.0f} s")
     return 0
+
+
+def evaluation_setup(name: str, n: int | None = None, seed: int = 0, workdir: str | Path = "runs", plan: str = "full"):
+    """``(defences, attacks, threats, x, y, skip)`` of a trained preset, for :mod:`pursamere.distributed`.
+
+    Train first (``pursamere train-score --preset NAME``): every rank calls this, and it only
+    reuses the cached models (it trains when they are missing, which several ranks must not do
+    at once).
+    """
+    from .presets import get_preset
+
+    preset = get_preset(name)
+    p = getattr(preset, plan)
+    arts = prepare(preset, workdir, progress=False, log=lambda *a: None)
+    split = arts["split"]
+    m = len(split.x_test) if n is None else min(n, len(split.x_test))
+    perm = torch.randperm(len(split.x_test), generator=torch.Generator().manual_seed(preset.data_seed))[:m]
+    defs = build_defences(preset, arts)
+    atk = attack_plan(p)
+    threats = [Threat(k, v) for k, v in preset.threats.items()]
+    keep = _applies(preset, atk)
+    return defs, list(atk.values()), threats, split.x_test[perm], split.y_test[perm], lambda d, s, t: not keep(d, s, t)
