@@ -67,7 +67,7 @@ def one_thread():
 def reference(one_thread, tmp_path_factory):
     """The tiny preset built and evaluated by ``evaluate.evaluate`` in this one process."""
     setup = tiny_setup(n=N)
-    return setup, evaluate(*setup, tmp_path_factory.mktemp("ref"), batch_size=BATCH, progress=False)
+    return setup, evaluate(*setup[:5], tmp_path_factory.mktemp("ref"), batch_size=BATCH, progress=False)
 
 
 def test_single_process_fallback_equals_evaluate(reference, tmp_path, monkeypatch):
