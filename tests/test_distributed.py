@@ -73,7 +73,7 @@ def reference(one_thread, tmp_path_factory):
 def test_single_process_fallback_equals_evaluate(reference, tmp_path, monkeypatch):
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
-    (defences, attacks, threats, x, y), ref = reference
+    (defences, attacks, threats, x, y, _), ref = reference
     attacks, threats = attacks[:1], threats[:1]
     got = evaluate_distributed(defences, attacks, threats, x, y, tmp_path, batch_size=BATCH)
     keys = {r["key"] for r in got["rows"]}
