@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from pursamere.models import SCORE_DIGITS, ScoreNet
+from pursamere.models import SCORE_CIFAR10, SCORE_DIGITS, ScoreNet
 from pursamere.purify import Purifier, PurifyConfig
 
 
@@ -33,6 +33,8 @@ def best_of(fn, repeats):
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     return min(times)
 
@@ -45,13 +47,16 @@ def main():
     ap.add_argument("--m", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--net", choices=["digits", "cifar10"], default="digits", help="score-net size (cifar10: ~21M parameters)")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    net = ScoreNet(SCORE_DIGITS).eval()
+    cfg_net = SCORE_DIGITS if args.net == "digits" else SCORE_CIFAR10
+    net = ScoreNet(cfg_net).eval().to(args.device)
     for p in net.parameters():
         p.requires_grad_(False)
-    x = torch.rand(args.batch, 1, 8, 8)
+    x = torch.rand(args.batch, *cfg_net.image_shape, device=args.device)
     print(f"score net: {sum(p.numel() for p in net.parameters()):,} parameters; batch {args.batch}, M = {args.m}, threads {args.threads}")
     for sam in (False, True):
         cfg = PurifyConfig(m=args.m, n_levels=args.levels, steps_per_level=args.steps_per_level, rho=None if sam else 0.0)
@@ -62,7 +67,7 @@ def main():
         t_pur = best_of(lambda: pur(x), args.repeats)
         t_bare = best_of(lambda: bare_passes(net, x, args.m, passes), args.repeats)
         print(f"SAM {'on ' if sam else 'off'}: {passes} passes of {args.m * args.batch} images | purify {t_pur:.3f} s | "
-              f"bare passes {t_bare:.3f} s | ratio {t_pur / t_bare:.3f}")
+              f"bare passes {t_bare:.3f} s | ratio {t_pur / t_bare:.3f} | {passes * args.m * args.batch / t_bare:.0f} image-passes/s")
 
 
 if __name__ == "__main__":

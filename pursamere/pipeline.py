@@ -277,6 +277,43 @@ def score_diagnostics(preset: Preset, arts: dict, out_dir: str | Path, n: int = 
     return diag
 
 
+def example_figure(preset: Preset, defence: Defence, x: torch.Tensor, y: torch.Tensor, path: str | Path, steps: int = 10) -> Path:
+    """Clean, BPDA-det adversarial and purified images with the defence's predictions."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .attacks import pgd
+    from .io import atomic_write_bytes
+
+    threat = Threat("inf", preset.threats["inf"])
+    x_adv = pgd(defence.model("bpda"), x, y, threat, steps=steps)
+    rows = [("clean", x), (f"BPDA{steps}-det, ℓ∞ ε={threat.eps:.3g}", x_adv),
+            ("clean, purified", defence.purifier(x)), ("adversarial, purified", defence.purifier(x_adv))]
+    with torch.no_grad():
+        preds = [defence.classifier(img).argmax(1) for _, img in rows]
+    fig, axes = plt.subplots(len(rows), x.shape[0], figsize=(1.3 * x.shape[0], 1.5 * len(rows)), squeeze=False)
+    for r, ((title, imgs), pred) in enumerate(zip(rows, preds)):
+        for c in range(x.shape[0]):
+            ax = axes[r][c]
+            img = imgs[c].detach().cpu()
+            ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
+            ok = int(pred[c]) == int(y[c])
+            ax.set_title(f"→ {int(pred[c])}", fontsize=8, color="tab:green" if ok else "tab:red")
+            ax.set_xticks([]), ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(title, fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(f"{defence.name}: classifier output on each image (green = right, red = wrong)", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
 def run_pipeline(preset: Preset, plan: Plan, workdir: str | Path, out_dir: str | Path, fresh: bool = False,
                  progress: bool = True, device: str = "cpu", log=print, checks: bool = True, data_root=None) -> dict:
     """Train (or reuse), then run the tables of the plan; write results, table.md, plots, checks."""
@@ -305,9 +342,11 @@ def run_pipeline(preset: Preset, plan: Plan, workdir: str | Path, out_dir: str |
                    batch_size=plan.batch_size, skip=lambda d, s, t: not _applies(preset, atk)(d, s, t))
     eval_s = time.perf_counter() - t0
 
+    pur_mid = next(d for d in defs if d.name.startswith("PurSAMERE") and f"ε_pur={_eps_label(preset.purify.eps_pur)}" in d.name)
+    example_figure(preset, pur_mid, x[:8], y[:8], out / "examples.png", steps=plan.bpda_steps)
     check_md, check_json = "", []
     if checks:
-        pur = next(d for d in defs if d.name.startswith("PurSAMERE") and f"ε_pur={_eps_label(preset.purify.eps_pur)}" in d.name)
+        pur = pur_mid
         lin = Threat("inf", preset.threats["inf"])
         nc = min(plan.n_check, n)
         for grad in plan.check_gradients:

@@ -112,7 +112,7 @@ DIGITS = Preset(
     name="digits", data="digits", data_seed=0,
     score_net=ScoreNetConfig((1, 8, 8), (32, 64), 1, 8),
     sigma_first=4.81, sigma_last=0.01, n_sigmas=22,
-    score_train=ScoreTrainConfig(steps=2500, batch_size=128, lr=2e-3, ema_rate=0.995, checkpoint_every=250),
+    score_train=ScoreTrainConfig(steps=2000, batch_size=128, lr=2e-3, ema_rate=0.995, checkpoint_every=250),
     classifier="smallcnn",
     classifier_train=ClassifierTrainConfig(epochs=15, batch_size=64, lr=2e-3),
     purify=PurifyConfig(eps_pur=0.3, norm="inf", m=4, antithetic=True, sigma_max=0.3, sigma_min=0.02,

@@ -236,3 +236,21 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     for i in range(0, x.shape[0], batch_size):
         correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
     return correct / x.shape[0]
+
+
+class PGDAdversary:
+    """Madry et al. (2018) adversarial training's inner maximisation: PGD on each batch.
+
+    A callable ``(model, x, y) -> x_adv`` for :func:`train_classifier`'s ``adversary``; each
+    call uses a new seed for the random start (a counter), so the run stays reproducible.
+    """
+
+    def __init__(self, threat, steps: int = 7, step_size: Optional[float] = None, seed: int = 0):
+        self.threat, self.steps, self.step_size, self.calls, self.seed = threat, steps, step_size, 0, seed
+
+    def __call__(self, model, x, y):
+        from .attacks import pgd
+
+        self.calls += 1
+        return pgd(model, x, y, self.threat, steps=self.steps, step_size=self.step_size, keep="last",
+                   seed=self.seed * 1_000_003 + self.calls)

@@ -85,3 +85,23 @@ def test_classifier_training_and_models_run_at_tiny_size():
     assert wrn(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     with pytest.raises(ValueError, match="6n\\+4"):
         WideResNet(depth=11)
+
+
+def test_adversarial_training_raises_pgd_accuracy():
+    from sklearn.datasets import load_digits
+
+    from pursamere.attacks import Threat, pgd, robust_accuracy
+    from pursamere.train import PGDAdversary
+
+    d = load_digits()
+    x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(d.target)
+    threat = Threat("inf", 0.15)
+    cfg = ClassifierTrainConfig(epochs=4, batch_size=64, lr=3e-3)
+    torch.manual_seed(0)
+    plain = train_classifier(SmallCNN(width=16), x[:1000], y[:1000], cfg)
+    torch.manual_seed(0)
+    robust = train_classifier(SmallCNN(width=16), x[:1000], y[:1000], cfg, adversary=PGDAdversary(threat, steps=3))
+    xt, yt = x[1000:1300], y[1000:1300]
+    acc = [robust_accuracy(m, pgd(m, xt, yt, threat, steps=10), yt) for m in (plain, robust)]
+    assert acc[1] > acc[0] + 0.15, acc
