@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from .io import load_checkpoint, save_checkpoint
 
-__all__ = ["ScoreTrainConfig", "train_score", "ClassifierTrainConfig", "train_classifier", "dsm_loss", "fingerprint"]
+__all__ = ["ScoreTrainConfig", "train_score", "load_score_net", "ClassifierTrainConfig", "train_classifier", "accuracy",
+           "PGDAdversary", "dsm_loss", "fingerprint"]
 
 
 def fingerprint(*tensors: torch.Tensor) -> str:
