@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15
 
 book: $(STAMP)
-	$(BIN)/jupyter-book build . --warningiserror --keep-going
+	$(BIN)/jupyter-book build . -W -n
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_purify.py

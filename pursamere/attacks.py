@@ -439,6 +439,7 @@ class Defended(nn.Module):
         return _run_purifier(self.purifier, x)  # gray-box: nothing flows through the purifier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the defence, ``classifier(purifier(x))``."""
         return self.classifier(self.purify(x))
 
     def attack_surface(self) -> nn.Module:

@@ -268,7 +268,7 @@ class ADP(_NoisyPurifier):
 
     @property
     def score_evaluations(self) -> int:
-        """Score calls per image, at most: two per step (``s(x)`` and the secant probe)."""
+        """Score calls per image (at most two per step, ``s(x)`` and the secant probe)."""
         return 2 * self.config.steps
 
     def step_size(self, x: torch.Tensor):
@@ -332,7 +332,7 @@ class DiffPure(_NoisyPurifier):
 
     @property
     def score_evaluations(self) -> int:
-        """Score calls per image: L − 1 reverse steps and the final Tweedie step."""
+        """Score calls per image (L − 1 reverse steps and the final Tweedie step)."""
         return self.config.n_levels
 
     def _step(self, x, n, i: int):

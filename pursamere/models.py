@@ -105,6 +105,7 @@ class ScoreNet(nn.Module):
         return self.out(h)
 
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """The score ``f(x)/σ`` of a batch; ``sigma`` a float or one level per image."""
         if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.config.image_shape):
             from .purify import InvalidInputError
 
@@ -127,6 +128,7 @@ class SmallCNN(nn.Module):
         )
 
     def forward(self, x):
+        """Logits of a batch."""
         return self.body(x)
 
 
@@ -169,4 +171,5 @@ class WideResNet(nn.Module):
         self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x):
+        """Logits of a batch."""
         return self.fc(self.features(x))

@@ -152,12 +152,13 @@ CIFAR10 = Preset(
 CIFAR10_JPEG_CPU = replace(
     CIFAR10, name="cifar10-jpeg-cpu", data="cifar10-jpeg",
     score_net=ScoreNetConfig((3, 32, 32), (32, 64, 64), 1, 8), sigma_first=50.0, sigma_last=0.01, n_sigmas=60,
-    score_train=ScoreTrainConfig(steps=1500, batch_size=64, lr=1e-3, ema_rate=0.995, checkpoint_every=250),
+    score_train=ScoreTrainConfig(steps=800, batch_size=32, lr=1e-3, ema_rate=0.99, checkpoint_every=200),
     classifier="smallcnn", classifier_train=ClassifierTrainConfig(epochs=15, batch_size=128, lr=2e-3),
     purify=PurifyConfig(eps_pur=12 / 255, norm="inf", m=4, antithetic=True, sigma_max=0.25, sigma_min=0.01,
                         n_levels=6, steps_per_level=1, lr_max=0.01, lr_min=0.002, seed=0),
+    eps_pur=(12 / 255,),  # one radius: each one costs a full set of rows on a CPU
     adp=ADPConfig(steps=5, n_runs=2), diffpure=DiffPureConfig(n_levels=20),
-    demo=Plan(n_test=32, gpgd_steps=10, bpda_steps=5, bpda_long_steps=10, exact_steps=2, eot=2, n_check=16,
+    demo=Plan(n_test=24, gpgd_steps=10, bpda_steps=5, bpda_long_steps=10, exact_steps=2, eot=2, n_check=16,
               check_steps=3, square_queries=50, check_gradients=("bpda",), batch_size=32),
     full=Plan(n_test=200, bpda_long_steps=50, exact_steps=5, eot=4, batch_size=32),
     train_fraction_purified=0.2, train_limit_per_class=500, test_limit_per_class=20,

@@ -17,7 +17,7 @@ from .ere import NoiseBank, ere
 from .geometry import canonical_norm, lp_norm, project, sam_step
 from .scores import Score, sigma_ladder
 
-__all__ = ["PurifyConfig", "Purifier", "InvalidInputError", "check_images", "adam_step"]
+__all__ = ["PurifyConfig", "Purifier", "Trace", "InvalidInputError", "check_images", "adam_step"]
 
 
 class InvalidInputError(ValueError):
@@ -295,5 +295,5 @@ class Purifier:
 
     @property
     def score_evaluations(self) -> int:
-        """Forward+backward passes of the score per image: M draws × (1 or 2) per step."""
+        """Forward+backward passes of the score per image (M draws, once or twice per step with SAM)."""
         return self.config.steps * self.config.m * (2 if self.config.rho > 0 else 1)

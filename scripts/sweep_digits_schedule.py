@@ -33,6 +33,12 @@ CANDIDATES = {
     "D: σ 0.15→0.02, K=6, lr 0.04→0.005": dict(sigma_max=0.15, sigma_min=0.02, n_levels=6, steps_per_level=1, lr_max=0.04, lr_min=0.005),
     "E: σ 0.3→0.02, K=6, lr 0.08→0.01": dict(sigma_max=0.3, sigma_min=0.02, n_levels=6, steps_per_level=1, lr_max=0.08, lr_min=0.01),
     "F: σ 0.3→0.02, K=12, lr 0.02→0.0025": dict(sigma_max=0.3, sigma_min=0.02, n_levels=12, steps_per_level=1, lr_max=0.02, lr_min=0.0025),
+    # second round, after A–F showed that the total step length limits recovery
+    "G: σ 0.6→0.05, K=6, lr 0.1→0.02": dict(sigma_max=0.6, sigma_min=0.05, n_levels=6, steps_per_level=1, lr_max=0.1, lr_min=0.02),
+    "H: σ 0.3→0.02, K=12, lr 0.08→0.01": dict(sigma_max=0.3, sigma_min=0.02, n_levels=12, steps_per_level=1, lr_max=0.08, lr_min=0.01),
+    "I: σ 0.6→0.05, K=12, lr 0.1→0.02": dict(sigma_max=0.6, sigma_min=0.05, n_levels=12, steps_per_level=1, lr_max=0.1, lr_min=0.02),
+    "J: as H, SAM off (ρ = 0)": dict(sigma_max=0.3, sigma_min=0.02, n_levels=12, steps_per_level=1, lr_max=0.08, lr_min=0.01, rho=0.0),
+    "K: as I, SAM off (ρ = 0)": dict(sigma_max=0.6, sigma_min=0.05, n_levels=12, steps_per_level=1, lr_max=0.1, lr_min=0.02, rho=0.0),
 }
 
 
@@ -42,6 +48,7 @@ def main():
     ap.add_argument("--out", default="results/digits/schedule-sweep")
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10, help="BPDA-det steps")
+    ap.add_argument("--only", default="", help="comma-separated candidate letters (default: all)")
     args = ap.parse_args()
     arts = prepare(DIGITS, args.workdir)
     split = arts["split"]
@@ -50,17 +57,26 @@ def main():
     threat = Threat("inf", DIGITS.threats["inf"])
     spec = AttackSpec(f"BPDA{args.steps}", gradient="bpda", steps=args.steps)
     rows = []
+    only = {c.strip() for c in args.only.split(",") if c.strip()}
     for name, kw in CANDIDATES.items():
+        if only and name.split(":")[0] not in only:
+            continue
         t0 = time.perf_counter()
         pur = Purifier(arts["score"], DIGITS.purify.replace(**kw))
         d = Defence(name, arts["eq17"], pur)
         clean = predict(d, x) == y
         plain_clean = float((predict(Defence(name, arts["plain"], pur), x) == y).double().mean())
         robust = attack_flags(d, spec, threat, x, y, alive=clean)
-        rows.append({"schedule": name, **kw, "clean_acc": float(clean.double().mean()), "plain_clf_clean_acc": plain_clean,
+        rows.append({"schedule": name, **{"rho": DIGITS.purify.rho, **kw}, "clean_acc": float(clean.double().mean()), "plain_clf_clean_acc": plain_clean,
                      "robust_acc": float(robust.double().mean()), "n": args.n, "seconds": round(time.perf_counter() - t0, 1)})
         print(rows[-1], flush=True)
     out = Path(args.out)
+    if (out / "sweep.json").exists():  # runs of other candidates are kept (merged by name)
+        import json
+
+        new = {r["schedule"] for r in rows}
+        old = [r for r in json.loads((out / "sweep.json").read_text())["rows"] if r["schedule"] not in new]
+        rows = sorted(old + rows, key=lambda r: r["schedule"])
     atomic_write_json(out / "sweep.json", {"attack": f"{spec.name}-det ℓ∞ ε={threat.eps}", "eps_pur": DIGITS.purify.eps_pur, "rows": rows})
     lines = [f"Schedule sweep on digits: n = {args.n}, ε_pur = {DIGITS.purify.eps_pur}, {spec.name}-det ℓ∞ ε = {threat.eps}", "",
              "| schedule | clean (eq.-17 clf) | clean (plain clf) | robust (BPDA-det) | s |", "|---|---|---|---|---|"]
