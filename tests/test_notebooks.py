@@ -1,4 +1,5 @@
 """Run every toy notebook through papermill with small parameters and check the numbers it saves."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -58,3 +59,97 @@ def test_02_theorem1(tmp_path):
 def test_03_sam_beats_plain(tmp_path):
     res = run("03_sam_and_sliders", tmp_path)
     assert res["sam_rate"] > res["plain_rate"]
+
+
+# ---------------------------------------------------------------- chapters 4–6: the digits pipeline
+# One TINY pipeline run (trained and evaluated once, ~a minute on 2 cores) is shared by the three
+# chapters: each is run with live_preset="tiny" and finds the finished run in run_dir.
+PIPELINE_NOTEBOOKS = ("04_digits", "05_attacks_and_baselines", "06_cifar10_gpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from pursamere.pipeline import run_pipeline
+    from pursamere.presets import TINY
+
+    root = tmp_path_factory.mktemp("tiny_pipeline")
+    plan = dataclasses.replace(TINY.demo, check_gradients=("bpda",))  # halves the checklist: the pages only display it
+    run_pipeline(TINY, plan, workdir=root / "work", out_dir=root / "run", progress=False, log=lambda *a: None)
+    return root
+
+
+def run_pipeline_notebook(name, tiny_run, tmp_path, **extra):
+    out_json = tmp_path / f"{name}.json"
+    out_nb = tmp_path / f"{name}.ipynb"
+    params = dict(live_preset="tiny", run_dir=str(tiny_run / "run"), live_workdir=str(tiny_run / "work"),
+                  results_json=str(out_json), **extra)
+    papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out_nb), kernel_name="python3",
+                               parameters=params, cwd=str(NOTEBOOKS), progress_bar=False)
+    nb = nbformat.read(out_nb, as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, errors
+    text = "\n".join(str(o.get("data", {}).get("text/markdown", "")) for c in nb.cells if c.cell_type == "code"
+                     for o in c.get("outputs", []))
+    assert "No recorded run" not in text  # the shared run was found
+    return json.loads(out_json.read_text())
+
+
+def unit_interval(d):
+    """Every number in a nested dict of accuracies lies in [0, 1]."""
+    vals = [v for x in d.values() for v in (unit_values(x))]
+    return vals and all(0.0 <= v <= 1.0 for v in vals)
+
+
+def unit_values(x):
+    if isinstance(x, dict):
+        return [v for y in x.values() for v in unit_values(y)]
+    return [x]
+
+
+def test_pipeline_notebooks_have_the_live_and_recorded_parameters():
+    for name in PIPELINE_NOTEBOOKS:
+        nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+        nbformat.validate(nb)
+        assert nb.metadata.kernelspec.name == "python3"
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1
+        for p in ("results_json", "run_dir", "live_preset = None"):
+            assert p in tagged[0].source, (name, p)
+        assert any("torch.set_num_threads(1)" in c.source for c in nb.cells)
+        assert not any("sys.path" in c.source for c in nb.cells)
+
+
+def test_04_digits_on_the_tiny_run(tiny_run, tmp_path):
+    res = run_pipeline_notebook("04_digits", tiny_run, tmp_path)
+    assert res["preset"] == "tiny" and res["n"] == 12
+    assert {"undefended", "ADP", "DiffPure-style"} <= set(res["worst_case"])
+    assert any(d.startswith("PurSAMERE") for d in res["worst_case"])
+    assert all(set(v) <= {"linf", "l2", "l1"} for v in res["worst_case"].values())
+    assert unit_interval(res["worst_case"]) and unit_interval(res["clean"]) and unit_interval(res["table3_mean"])
+    assert 0.0 <= res["auroc_best"] <= 1.0 and 0.0 <= res["checks_passed_fraction"] <= 1.0
+    for d, v in res["worst_case"].items():  # the headline never exceeds clean accuracy
+        assert all(acc <= res["clean"][d] + 1e-12 for acc in v.values())
+
+
+def test_05_attacks_and_baselines_on_the_tiny_run(tiny_run, tmp_path):
+    res = run_pipeline_notebook("05_attacks_and_baselines", tiny_run, tmp_path, eps_sweep_dir=str(tmp_path / "none"))
+    assert res["preset"] == "tiny" and res["eps_curve_source"] == "main run"
+    assert unit_interval(res["linf_by_gradient"]) and unit_interval(res["worst_case_linf"])
+    pur = [d for d in res["linf_by_gradient"] if d.startswith("PurSAMERE")]
+    assert pur and all({"gray-box (gPGD)", "BPDA", "exact gradient"} <= set(res["linf_by_gradient"][d]) for d in pur)
+    # the worst case is at most every single attack
+    for d in pur:
+        assert res["worst_case_linf"][d] <= min(res["linf_by_gradient"][d].values()) + 1e-12
+    assert all(-1.0 <= g <= 1.0 for g in res["exact_minus_bpda"].values()) and set(pur) <= set(res["exact_minus_bpda"])
+    assert all(0.0 <= p["robust"] <= 1.0 for p in res["eps_curve"])
+
+
+def test_06_cifar10_cost_model_and_tiny_run(tiny_run, tmp_path):
+    from pursamere.presets import CIFAR10
+
+    res = run_pipeline_notebook("06_cifar10_gpu", tiny_run, tmp_path, device="cpu", plan="full")
+    c = CIFAR10.purify
+    assert res["score_evals_per_purification"] == c.steps * c.m * 2 == 240  # K·M·(1+SAM), the paper's recipe
+    per = res["score_evals_per_image"]
+    assert per["BPDA200-det"] == 201 * 240 and per["BPDA20-det"] == 21 * 240
+    assert res["run_preset"] == "tiny" and unit_interval(res["worst_case"]) and unit_interval(res["clean"])
