@@ -112,18 +112,20 @@ DIGITS = Preset(
     name="digits", data="digits", data_seed=0,
     score_net=ScoreNetConfig((1, 8, 8), (32, 64), 1, 8),
     sigma_first=4.81, sigma_last=0.01, n_sigmas=22,
-    score_train=ScoreTrainConfig(steps=2000, batch_size=128, lr=2e-3, ema_rate=0.995, checkpoint_every=250),
+    score_train=ScoreTrainConfig(steps=1500, batch_size=128, lr=2e-3, ema_rate=0.995, checkpoint_every=250),
     classifier="smallcnn",
     classifier_train=ClassifierTrainConfig(epochs=15, batch_size=64, lr=2e-3),
+    # schedule: candidate H of scripts/sweep_digits_schedule.py (best BPDA-det accuracy with SAM on);
+    # the same sweep found SAM OFF far better (candidate J) — both are rows of every table
     purify=PurifyConfig(eps_pur=0.3, norm="inf", m=4, antithetic=True, sigma_max=0.3, sigma_min=0.02,
-                        n_levels=6, steps_per_level=1, lr_max=0.04, lr_min=0.005, seed=0),
+                        n_levels=12, steps_per_level=1, lr_max=0.08, lr_min=0.01, seed=0),
     eps_pur=(0.2, 0.3, 0.4),
     threats={"inf": 0.2, 2: 1.0, 1: 3.0},
     adp=ADPConfig(sigma_noise=0.25, steps=10, sigma_fix=0.02, n_runs=4),
     diffpure=DiffPureConfig(sigma_min=0.02, n_levels=20),
     # demo: sized for ≤ 15 min on 2 cores from nothing (one purification ≈ 50 score passes per image)
-    demo=Plan(n_test=48, gpgd_steps=20, bpda_steps=10, bpda_long_steps=20, exact_steps=5, eot=4, n_check=16,
-              check_steps=5, square_queries=100, check_gradients=("bpda",)),
+    demo=Plan(n_test=32, gpgd_steps=20, bpda_steps=10, bpda_long_steps=20, exact_steps=5, eot=4, n_check=12,
+              check_steps=5, square_queries=60, check_gradients=("bpda",)),
     full=Plan(n_test=None),
 )
 

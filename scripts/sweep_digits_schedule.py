@@ -42,6 +42,19 @@ CANDIDATES = {
 }
 
 
+def _save(out: Path, rows: list, spec_name: str, threat_eps: float) -> list:
+    """Merge ``rows`` into ``out/sweep.json`` by schedule name (earlier runs' candidates are kept)."""
+    import json
+
+    merged = rows
+    if (out / "sweep.json").exists():
+        new = {r["schedule"] for r in rows}
+        old = [r for r in json.loads((out / "sweep.json").read_text())["rows"] if r["schedule"] not in new]
+        merged = sorted(old + rows, key=lambda r: r["schedule"])
+    atomic_write_json(out / "sweep.json", {"attack": f"{spec_name}-det ℓ∞ ε={threat_eps}", "eps_pur": DIGITS.purify.eps_pur, "rows": merged})
+    return merged
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="runs")
@@ -70,14 +83,9 @@ def main():
         rows.append({"schedule": name, **{"rho": DIGITS.purify.rho, **kw}, "clean_acc": float(clean.double().mean()), "plain_clf_clean_acc": plain_clean,
                      "robust_acc": float(robust.double().mean()), "n": args.n, "seconds": round(time.perf_counter() - t0, 1)})
         print(rows[-1], flush=True)
+        _save(Path(args.out), rows, spec.name, threat.eps)  # after every candidate: an interrupted sweep keeps its rows
     out = Path(args.out)
-    if (out / "sweep.json").exists():  # runs of other candidates are kept (merged by name)
-        import json
-
-        new = {r["schedule"] for r in rows}
-        old = [r for r in json.loads((out / "sweep.json").read_text())["rows"] if r["schedule"] not in new]
-        rows = sorted(old + rows, key=lambda r: r["schedule"])
-    atomic_write_json(out / "sweep.json", {"attack": f"{spec.name}-det ℓ∞ ε={threat.eps}", "eps_pur": DIGITS.purify.eps_pur, "rows": rows})
+    rows = _save(out, rows, spec.name, threat.eps)
     lines = [f"Schedule sweep on digits: n = {args.n}, ε_pur = {DIGITS.purify.eps_pur}, {spec.name}-det ℓ∞ ε = {threat.eps}", "",
              "| schedule | clean (eq.-17 clf) | clean (plain clf) | robust (BPDA-det) | s |", "|---|---|---|---|---|"]
     lines += [f"| {r['schedule']} | {100 * r['clean_acc']:.1f} | {100 * r['plain_clf_clean_acc']:.1f} | {100 * r['robust_acc']:.1f} | {r['seconds']} |" for r in rows]
