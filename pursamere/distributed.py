@@ -220,10 +220,11 @@ def evaluate_distributed(defences: Sequence[Defence], attacks: Sequence[AttackSp
 
     out = Path(out_dir)
     path = out / "results.json"
-    results = {"meta": {"version": __version__, "n": n, "seed": seed, "world_size": ctx.world_size, **(meta or {})},
-               "rows": []}
+    data_fp = fingerprint(x, y)
+    results = {"meta": {"version": __version__, "n": n, "seed": seed, "world_size": ctx.world_size,
+                        "data_fingerprint": data_fp, **(meta or {})}, "rows": []}
 
-    done = _from_rank0(ctx, load_done(path, n) if ctx.rank == 0 else None)
+    done = _from_rank0(ctx, load_done(path, n, data_fp) if ctx.rank == 0 else None)
 
     def save():
         results["worst_case"] = worst_case(results["rows"])
@@ -237,7 +238,7 @@ def evaluate_distributed(defences: Sequence[Defence], attacks: Sequence[AttackSp
                 if skip is not None and skip(d, spec, threat):
                     continue
                 key = row_key(d.name, spec.name, threat)
-                if reusable(done, key, spec, threat):
+                if reusable(done, key, spec, threat, d, seed):
                     results["rows"].append(done[key])
                     continue
                 if clean is None:  # clean predictions: whole predict batches per rank, as one process cuts them

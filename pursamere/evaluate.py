@@ -69,6 +69,20 @@ class Defence:
         """The defence as an attackable module with the given gradient rule."""
         return Defended(self.classifier, self.purifier, gradient=gradient)
 
+    def fingerprint(self) -> str:
+        """A hash of the classifier's and the purifier's weights and config: rows made by another
+        defence under the same name are never reused on resume."""
+        from .train import fingerprint
+
+        tensors = list(self.classifier.state_dict().values())
+        score = getattr(self.purifier, "score", None)
+        if isinstance(score, nn.Module):
+            tensors += list(score.state_dict().values())
+        import hashlib
+
+        cfg = hashlib.sha256(json.dumps(self.config_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        return f"{fingerprint(*tensors)}-{cfg}"
+
     def config_dict(self) -> dict:
         cfg = getattr(self.purifier, "config", None)
         if cfg is None or not dataclasses.is_dataclass(cfg):
@@ -151,7 +165,7 @@ def _torchattacks(spec: AttackSpec, model: nn.Module, threat: Threat, x, y, seed
         atk = torchattacks.Square(model, norm=norm, eps=threat.eps, n_queries=spec.queries, n_restarts=1, seed=seed)
     else:
         atk = torchattacks.APGD(model, norm=norm, eps=threat.eps, steps=spec.steps, n_restarts=spec.restarts,
-                                loss=spec.kind.split("-")[1].replace("dlr", "dlr"), eot_iter=spec.eot, seed=seed)
+                                loss=spec.kind.split("-")[1], eot_iter=spec.eot, seed=seed)
     return atk(x, y).detach()
 
 
@@ -171,8 +185,11 @@ def attack_flags(defence: Defence, spec: AttackSpec, threat: Threat, x, y, seed:
         if spec.kind == "pgd":
             best = None
             for r in range(spec.restarts):
+                # against a stochastic defence the "best" iterate is judged on noisy logits and could be
+                # a lucky draw; the final iterate is the standard (and not weaker in expectation)
                 xa = pgd(model, x[b], y[b], threat, steps=spec.steps, step_size=spec.step_size, loss=spec.loss,
-                         eot=eot, seed=seed + 1000 * r, random_start=spec.steps > 1)
+                         eot=eot, seed=seed + 1000 * r, random_start=spec.steps > 1,
+                         keep="last" if defence.stochastic else "best")
                 ok = predict(defence, xa) == y[b]
                 best = ok if best is None else best & ok
             alive[b] = best
@@ -211,22 +228,39 @@ def make_row(defence: Defence, spec: AttackSpec, threat: Threat, clean: torch.Te
     return {
         "key": row_key(defence.name, spec.name, threat), "defence": defence.name, "attack": spec.name,
         "norm": str(threat.norm), "eps": threat.eps, "n": n, "clean_acc": float(clean.double().mean()),
-        "robust_acc": k / n, "ci95": [lo, hi], "attack_settings": json.loads(json.dumps(spec.settings(threat))),
-        "stochastic": bool(defence.stochastic), "config": defence.config_dict(), "seed": seed, "version": __version__,
-        "seconds": round(seconds, 2), "survived": bits(flags),
+        "robust_acc": k / n, "ci95": [lo, hi], "attack_settings": effective_settings(spec, threat, defence),
+        "stochastic": bool(defence.stochastic), "config": defence.config_dict(), "defence_fingerprint": defence.fingerprint(),
+        "seed": seed, "version": __version__, "seconds": round(seconds, 2), "survived": bits(flags),
     }
 
 
-def load_done(path: Path, n: int) -> dict:
-    """Rows of a previous (possibly interrupted) run at ``path`` with the same n, by key."""
+def effective_settings(spec: AttackSpec, threat: Threat, defence: Defence) -> dict:
+    """The attack's settings as run against this defence (EoT only against stochastic ones)."""
+    d = json.loads(json.dumps(spec.settings(threat)))
+    if not defence.stochastic:
+        d["eot"] = 1
+    return d
+
+
+def load_done(path: Path, n: int, data: str | None = None) -> dict:
+    """Rows of a previous (possibly interrupted) run at ``path`` on the same images, by key.
+
+    ``data`` is the fingerprint of the images and labels; a file made on other images (or
+    without a fingerprint) gives nothing to reuse.
+    """
     if not Path(path).exists():
         return {}
     old = json.loads(Path(path).read_text())
+    if data is not None and old.get("meta", {}).get("data_fingerprint") != data:
+        return {}
     return {r["key"]: r for r in old.get("rows", []) if r.get("n") == n}
 
 
-def reusable(done: dict, key: str, spec: AttackSpec, threat: Threat) -> bool:
-    return key in done and done[key]["attack_settings"] == json.loads(json.dumps(spec.settings(threat)))
+def reusable(done: dict, key: str, spec: AttackSpec, threat: Threat, defence: Defence, seed: int) -> bool:
+    """A finished row can be reused only if the attack, the defence (weights and config) and seed match."""
+    r = done.get(key)
+    return (r is not None and r["attack_settings"] == effective_settings(spec, threat, defence)
+            and r.get("defence_fingerprint") == defence.fingerprint() and r.get("seed") == seed)
 
 
 def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats: Sequence[Threat],
@@ -244,8 +278,12 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
 
     out = Path(out_dir)
     path = out / "results.json"
-    results = {"meta": {"version": __version__, "n": int(x.shape[0]), "seed": seed, **(meta or {})}, "rows": []}
-    done = load_done(path, int(x.shape[0]))
+    from .train import fingerprint
+
+    data_fp = fingerprint(x, y)
+    results = {"meta": {"version": __version__, "n": int(x.shape[0]), "seed": seed, "data_fingerprint": data_fp,
+                        **(meta or {})}, "rows": []}
+    done = load_done(path, int(x.shape[0]), data_fp)
     for d in defences:
         clean = predict(d, x) == y
         for threat in threats:
@@ -253,7 +291,7 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
                 if skip is not None and skip(d, spec, threat):
                     continue
                 key = row_key(d.name, spec.name, threat)
-                if reusable(done, key, spec, threat):
+                if reusable(done, key, spec, threat, d, seed):
                     results["rows"].append(done[key])
                     continue
                 t0 = time.perf_counter()

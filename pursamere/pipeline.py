@@ -60,6 +60,19 @@ def _per_class(x, y, limit):
     return x[keep], y[keep]
 
 
+def validation_indices(preset: Preset, n_test: int) -> torch.Tensor:
+    """Test images set aside for tuning (the schedule sweep): never part of the tables."""
+    return torch.randperm(n_test, generator=torch.Generator().manual_seed(preset.data_seed + 1))[: preset.validation_size]
+
+
+def table_indices(preset: Preset, n_test: int) -> torch.Tensor:
+    """The tables' fixed order of test images, without the validation images."""
+    perm = torch.randperm(n_test, generator=torch.Generator().manual_seed(preset.data_seed))
+    held = torch.zeros(n_test, dtype=torch.bool)
+    held[validation_indices(preset, n_test)] = True
+    return perm[~held[perm]]
+
+
 def build_classifier(preset: Preset, image_shape, num_classes: int = 10) -> torch.nn.Module:
     if preset.classifier == "smallcnn":
         return SmallCNN(image_shape, num_classes)
@@ -67,11 +80,6 @@ def build_classifier(preset: Preset, image_shape, num_classes: int = 10) -> torc
         _, depth, widen = preset.classifier.split("-")
         return WideResNet(int(depth), int(widen), num_classes, in_channels=image_shape[0])
     raise ValueError(f"unknown classifier {preset.classifier!r}")
-
-
-@torch.no_grad()
-def _noop():
-    pass
 
 
 def purify_batched(purifier, x: torch.Tensor, batch_size: int = 128, desc: str = "purify", progress: bool = True):
@@ -126,7 +134,13 @@ def prepare(preset: Preset, workdir: str | Path, fresh: bool = False, progress: 
     done = False
     if score_path.exists():
         ck = load_checkpoint(score_path)
-        done = ck["step"] >= preset.score_train.steps and ck["meta"]["data"] == fingerprint(split.x_train)
+        want = {"config": dataclasses.asdict(preset.score_train), "sigmas": [float(s) for s in preset.sigmas().float()],
+                "data": fingerprint(split.x_train), "n_params": sum(p.numel() for p in net.parameters())}
+        if ck["meta"] != want:  # other settings: start again rather than reuse or resume a different net
+            log(f"score net: {score_path} was trained with other settings; retraining")
+            score_path.unlink()
+        else:
+            done = ck["step"] >= preset.score_train.steps
     if done:
         from .train import load_score_net
 
@@ -162,7 +176,7 @@ def prepare(preset: Preset, workdir: str | Path, fresh: bool = False, progress: 
     t0 = time.perf_counter()
     pur_cfg = preset.purify.replace(rho=0.0)
     n_pur = max(1, int(round(preset.train_fraction_purified * len(split.x_train))))
-    pur_meta = {"config": _h(dataclasses.asdict(pur_cfg)), "score": _h(preset.score_train.__dict__), "data": data_fp, "n": n_pur}
+    pur_meta = {"config": _h(dataclasses.asdict(pur_cfg)), "score": fingerprint(*score.state_dict().values()), "data": data_fp, "n": n_pur}
     pur_path = work / "purified_train.pt"
     x_pur = None
     if pur_path.exists() and not fresh:
@@ -216,7 +230,9 @@ def attack_plan(plan: Plan) -> dict:
 
 def _applies(preset: Preset, atk: dict):
     """Which (defence, attack, threat) rows the tables need."""
-    mid = f"ε_pur={_eps_label(preset.purify.eps_pur)}"
+    mid = f"PurSAMERE ε_pur={_eps_label(preset.purify.eps_pur)}"
+    if len({a.name for a in atk.values()}) < len(atk):
+        raise ValueError(f"two attacks of the plan share a name {[a.name for a in atk.values()]}: give them different step counts")
 
     def keep(d: Defence, spec: AttackSpec, threat: Threat) -> bool:
         linf = threat.norm == "inf"
@@ -224,9 +240,9 @@ def _applies(preset: Preset, atk: dict):
         if name == "undefended":
             return spec.name in (atk["bpda"].name, atk["bpda_long"].name) and (linf or spec.name == atk["bpda_long"].name)
         if name.startswith("PurSAMERE"):
-            if spec.name == atk["bpda_long"].name:
-                return mid in name  # Table 3 at the middle radius, all three norms
-            return linf  # Tables 1–2 and the exact attack: ℓ∞, every radius
+            if name == mid and spec.name in (atk["bpda_long"].name, atk["exact"].name):
+                return True  # Table 3 (and the exact attack) at the middle radius, all three norms
+            return linf and spec.name != atk["bpda_long"].name  # Tables 1–2 and exact: ℓ∞, every radius
         if name.startswith("ERE descent"):
             return linf and spec.name in (atk["gpgd"].name, atk["bpda"].name, atk["exact"].name)
         if "fixed seed" in name:  # deterministic white-box (Liu et al. 2025)
@@ -325,8 +341,9 @@ def run_pipeline(preset: Preset, plan: Plan, workdir: str | Path, out_dir: str |
     for k in ("score", "plain", "eq17"):
         arts[k] = arts[k].to(device)
     split = arts["split"]
-    n = split.x_test.shape[0] if plan.n_test is None else min(plan.n_test, split.x_test.shape[0])
-    perm = torch.randperm(split.x_test.shape[0], generator=torch.Generator().manual_seed(preset.data_seed))[:n]
+    perm = table_indices(preset, split.x_test.shape[0])
+    n = len(perm) if plan.n_test is None else min(plan.n_test, len(perm))
+    perm = perm[:n]
     x, y = split.x_test[perm].to(device), split.y_test[perm].to(device)
     diag = score_diagnostics(preset, arts, out, n=min(200, len(split.x_test)))
     best = max(diag["ere_detection"], key=lambda d: d["auroc"])
@@ -335,7 +352,9 @@ def run_pipeline(preset: Preset, plan: Plan, workdir: str | Path, out_dir: str |
     defs = build_defences(preset, arts)
     atk = attack_plan(plan)
     threats = [Threat(k, v) for k, v in preset.threats.items()]
-    meta = {"preset": preset.name, "plan": dataclasses.asdict(plan), "subset": f"first {n} of a fixed permutation (seed {preset.data_seed}) of the test set",
+    meta = {"preset": preset.name, "plan": dataclasses.asdict(plan),
+            "subset": f"first {n} of a fixed permutation (seed {preset.data_seed}) of the test set, without the "
+                      f"{preset.validation_size} validation images the schedule sweep used",
             "threats": {str(k): v for k, v in preset.threats.items()}, "train_times_s": {k: round(v, 1) for k, v in arts["times"].items()}}
     t0 = time.perf_counter()
     res = evaluate(defs, list(atk.values()), threats, x, y, out, seed=0, meta=meta, progress=progress,
@@ -399,8 +418,8 @@ def evaluation_setup(name: str, n: int | None = None, seed: int = 0, workdir: st
     p = getattr(preset, plan)
     arts = prepare(preset, workdir, progress=False, log=lambda *a: None)
     split = arts["split"]
-    m = len(split.x_test) if n is None else min(n, len(split.x_test))
-    perm = torch.randperm(len(split.x_test), generator=torch.Generator().manual_seed(preset.data_seed))[:m]
+    m = len(split.x_test) if n is None else n
+    perm = table_indices(preset, len(split.x_test))[:m]
     defs = build_defences(preset, arts)
     atk = attack_plan(p)
     threats = [Threat(k, v) for k, v in preset.threats.items()]

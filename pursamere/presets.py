@@ -88,6 +88,7 @@ class Preset:
     demo: Plan = field(default_factory=Plan)
     full: Plan = field(default_factory=Plan)
     train_fraction_purified: float = 1.0  # share of the training set purified for eq. 17
+    validation_size: int = 64  # test images set aside for tuning sweeps, never in the tables
     train_limit_per_class: int | None = None  # CPU-sized subsets of large data sets (None: all)
     test_limit_per_class: int | None = None
 

@@ -22,7 +22,7 @@ import torch
 from pursamere.attacks import Threat
 from pursamere.evaluate import AttackSpec, Defence, attack_flags, predict
 from pursamere.io import atomic_write_json, atomic_write_text
-from pursamere.pipeline import prepare
+from pursamere.pipeline import prepare, validation_indices
 from pursamere.presets import DIGITS
 from pursamere.purify import Purifier
 
@@ -65,7 +65,8 @@ def main():
     args = ap.parse_args()
     arts = prepare(DIGITS, args.workdir)
     split = arts["split"]
-    perm = torch.randperm(len(split.x_test), generator=torch.Generator().manual_seed(1))[: args.n]  # not the tables' subset
+    # the preset's validation images (pipeline.validation_indices): the tables never use them
+    perm = validation_indices(DIGITS, len(split.x_test))[: args.n]
     x, y = split.x_test[perm], split.y_test[perm]
     threat = Threat("inf", DIGITS.threats["inf"])
     spec = AttackSpec(f"BPDA{args.steps}", gradient="bpda", steps=args.steps)
