@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .baselines import ADPConfig, DiffPureConfig
-from .models import SCORE_CIFAR10, SCORE_TINY, ScoreNetConfig
+from .models import SCORE_CIFAR10, SCORE_DIGITS, SCORE_TINY, ScoreNetConfig
 from .purify import PurifyConfig
 from .train import ClassifierTrainConfig, ScoreTrainConfig
 
@@ -111,7 +111,7 @@ class Preset:
 # ε_pur = 1×, 1.5×, 2× the ℓ∞ budget, as the paper's 8, 12, 16 /255 against 8/255.
 DIGITS = Preset(
     name="digits", data="digits", data_seed=0,
-    score_net=ScoreNetConfig((1, 8, 8), (32, 64), 1, 8),
+    score_net=SCORE_DIGITS,
     sigma_first=4.81, sigma_last=0.01, n_sigmas=22,
     score_train=ScoreTrainConfig(steps=1500, batch_size=128, lr=2e-3, ema_rate=0.995, checkpoint_every=250),
     classifier="smallcnn",
