@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--preset", default="digits")
     d.add_argument("--workdir", default="runs", help="where checkpoints and caches live")
     d.add_argument("--fresh", action="store_true", help="retrain instead of reusing cached checkpoints")
+    d.add_argument("--device", default="cpu", help="cpu or cuda")
+    d.add_argument("--data-root", default=None, help="folder of the data set (CIFAR-10 presets)")
     d.set_defaults(func=cmd_demo)
 
     for name, fn, helptext in (("reproduce", cmd_reproduce, "the full protocol of a preset (all test images, long attacks), resumable"),

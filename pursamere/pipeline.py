@@ -399,7 +399,8 @@ def run_demo(args) -> int:
     out = Path(args.out or f"results/{preset.name}/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     if (out / "table.md").exists():
         raise FileExistsError(f"{out} already holds a finished run; choose another --out")
-    res = run_pipeline(preset, preset.demo, args.workdir, out, fresh=args.fresh)
+    res = run_pipeline(preset, preset.demo, args.workdir, out, fresh=args.fresh, device=getattr(args, "device", "cpu"),
+                       data_root=getattr(args, "data_root", None))
     print(res["table"])
     print(f"wrote {out}/ (results.json, table.md, robust_accuracy.png, checks.json) in {res['summary']['seconds_total']:.0f} s")
     return 0
