@@ -37,7 +37,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .attacks import Threat
-from .evaluate import (AttackSpec, Defence, attack_flags, load_done, make_row, predict, render_table, reusable,
+from .evaluate import (AttackSpec, Defence, attack_flags, load_done, make_row, pending, predict, render_table,
                        row_key, worst_case)
 from .io import atomic_write_json, atomic_write_text
 from .train import fingerprint
@@ -231,52 +231,46 @@ def evaluate_distributed(defences: Sequence[Defence], attacks: Sequence[AttackSp
         if ctx.rank == 0:
             atomic_write_json(path, results)
 
-    for d in defences:
-        clean = None
-        for threat in threats:
-            for spec in attacks:
-                if skip is not None and skip(d, spec, threat):
-                    continue
-                key = row_key(d.name, spec.name, threat)
-                if reusable(done, key, spec, threat, d, seed):
-                    results["rows"].append(done[key])
-                    continue
-                if clean is None:  # clean predictions: whole predict batches per rank, as one process cuts them
-                    own = _batches_of(torch.arange(n), predict_batch_size, ctx)
-                    parts = _collective(ctx, f"clean predictions of {d.name}", lambda own=own: (
-                        own.tolist(), (predict(d, x[own], batch_size=predict_batch_size) == y[own]).cpu().tolist()
-                        if len(own) else []))
-                    clean = _merge(n, parts, y.device)
-                t0 = time.perf_counter()
-                own = _batches_of(clean.nonzero().flatten().cpu(), batch_size, ctx)
-                bar = None
-                if progress and ctx.rank == 0 and len(own):
-                    from tqdm.auto import tqdm
+    cleans: dict = {}
+    for d, threat, spec in pending(defences, attacks, threats, skip, done, seed, results["rows"]):
+        key = row_key(d.name, spec.name, threat)
+        clean = cleans.get(d.name)
+        if clean is None:  # clean predictions: whole predict batches per rank, as one process cuts them
+            own = _batches_of(torch.arange(n), predict_batch_size, ctx)
+            parts = _collective(ctx, f"clean predictions of {d.name}", lambda own=own: (
+                own.tolist(), (predict(d, x[own], batch_size=predict_batch_size) == y[own]).cpu().tolist()
+                if len(own) else []))
+            clean = cleans[d.name] = _merge(n, parts, y.device)
+        t0 = time.perf_counter()
+        own = _batches_of(clean.nonzero().flatten().cpu(), batch_size, ctx)
+        bar = None
+        if progress and ctx.rank == 0 and len(own):
+            from tqdm.auto import tqdm
 
-                    bar = tqdm(total=len(own), desc=f"{d.name} · {spec.name} · {threat} (rank 0 of {ctx.world_size})",
-                               leave=False, dynamic_ncols=True)
+            bar = tqdm(total=len(own), desc=f"{d.name} · {spec.name} · {threat} (rank 0 of {ctx.world_size})",
+                       leave=False, dynamic_ncols=True)
 
-                def tick(alive, seen, bar=bar):
-                    if bar is not None:
-                        bar.n = seen
-                        bar.set_postfix(robust=f"{alive / max(seen, 1):.1%}")
-                        bar.refresh()
+        def tick(alive, seen, bar=bar):
+            if bar is not None:
+                bar.n = seen
+                bar.set_postfix(robust=f"{alive / max(seen, 1):.1%}")
+                bar.refresh()
 
-                def attack(own=own, d=d, spec=spec, threat=threat, tick=tick):
-                    if not len(own):
-                        return [], []
-                    # all of ``own`` is clean-correct, so attack_flags cuts it into the very batches
-                    # a single process uses (whole batches, the short last one at the end)
-                    f = attack_flags(d, spec, threat, x[own], y[own], seed=seed, batch_size=batch_size, progress=tick,
-                                     alive=torch.ones(len(own), dtype=torch.bool, device=y.device))
-                    return own.tolist(), f.cpu().tolist()
+        def attack(own=own, d=d, spec=spec, threat=threat, tick=tick):
+            if not len(own):
+                return [], []
+            # all of ``own`` is clean-correct, so attack_flags cuts it into the very batches
+            # a single process uses (whole batches, the short last one at the end)
+            f = attack_flags(d, spec, threat, x[own], y[own], seed=seed, batch_size=batch_size, progress=tick,
+                             alive=torch.ones(len(own), dtype=torch.bool, device=y.device))
+            return own.tolist(), f.cpu().tolist()
 
-                parts = _collective(ctx, f"{key} (attack)", attack)
-                if bar is not None:
-                    bar.close()
-                flags = _merge(n, parts, y.device) & clean
-                results["rows"].append(make_row(d, spec, threat, clean, flags, time.perf_counter() - t0, seed))
-                save()
+        parts = _collective(ctx, f"{key} (attack)", attack)
+        if bar is not None:
+            bar.close()
+        flags = _merge(n, parts, y.device) & clean
+        results["rows"].append(make_row(d, spec, threat, clean, flags, time.perf_counter() - t0, seed))
+        save()
     save()
     return results
 

@@ -263,6 +263,21 @@ def reusable(done: dict, key: str, spec: AttackSpec, threat: Threat, defence: De
             and r.get("defence_fingerprint") == defence.fingerprint() and r.get("seed") == seed)
 
 
+def pending(defences, attacks, threats, skip, done: dict, seed: int, rows: list):
+    """Yield the ``(defence, threat, attack)`` rows still to run, in table order; finished rows
+    that can be reused (:func:`reusable`) are appended to ``rows`` instead."""
+    for d in defences:
+        for threat in threats:
+            for spec in attacks:
+                if skip is not None and skip(d, spec, threat):
+                    continue
+                key = row_key(d.name, spec.name, threat)
+                if reusable(done, key, spec, threat, d, seed):
+                    rows.append(done[key])
+                    continue
+                yield d, threat, spec
+
+
 def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats: Sequence[Threat],
              x: torch.Tensor, y: torch.Tensor, out_dir: str | Path, seed: int = 0, meta: Optional[dict] = None,
              progress: bool = True, batch_size: int = 64, skip: Optional[Callable] = None) -> dict:
@@ -284,30 +299,25 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
     results = {"meta": {"version": __version__, "n": int(x.shape[0]), "seed": seed, "data_fingerprint": data_fp,
                         **(meta or {})}, "rows": []}
     done = load_done(path, int(x.shape[0]), data_fp)
-    for d in defences:
-        clean = predict(d, x) == y
-        for threat in threats:
-            for spec in attacks:
-                if skip is not None and skip(d, spec, threat):
-                    continue
-                key = row_key(d.name, spec.name, threat)
-                if reusable(done, key, spec, threat, d, seed):
-                    results["rows"].append(done[key])
-                    continue
-                t0 = time.perf_counter()
-                bar = tqdm(total=int(clean.sum()), desc=f"{d.name} · {spec.name} · {threat}", leave=False,
-                           disable=not progress, dynamic_ncols=True)
+    cleans: dict = {}
+    for d, threat, spec in pending(defences, attacks, threats, skip, done, seed, results["rows"]):
+        if d.name not in cleans:
+            cleans[d.name] = predict(d, x) == y
+        clean = cleans[d.name]
+        t0 = time.perf_counter()
+        bar = tqdm(total=int(clean.sum()), desc=f"{d.name} · {spec.name} · {threat}", leave=False,
+                   disable=not progress, dynamic_ncols=True)
 
-                def tick(alive, seen, bar=bar):
-                    bar.n = seen
-                    bar.set_postfix(robust=f"{alive / max(seen, 1):.1%}")
-                    bar.refresh()
+        def tick(alive, seen, bar=bar):
+            bar.n = seen
+            bar.set_postfix(robust=f"{alive / max(seen, 1):.1%}")
+            bar.refresh()
 
-                flags = attack_flags(d, spec, threat, x, y, seed=seed, batch_size=batch_size, progress=tick, alive=clean)
-                bar.close()
-                results["rows"].append(make_row(d, spec, threat, clean, flags, time.perf_counter() - t0, seed))
-                results["worst_case"] = worst_case(results["rows"])
-                atomic_write_json(path, results)
+        flags = attack_flags(d, spec, threat, x, y, seed=seed, batch_size=batch_size, progress=tick, alive=clean)
+        bar.close()
+        results["rows"].append(make_row(d, spec, threat, clean, flags, time.perf_counter() - t0, seed))
+        results["worst_case"] = worst_case(results["rows"])
+        atomic_write_json(path, results)
     results["worst_case"] = worst_case(results["rows"])
     atomic_write_json(path, results)
     return results

@@ -28,14 +28,7 @@ def both(fixed, score=None, adp=(), dp=(), **kw):
             DiffPure(score, DiffPureConfig(fixed_noise=fixed, **{**TOY_DP, **dict(dp), **kw})))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # these tests run many tiny ops; on a busy 2-core machine intra-op threads spin and make
-    # e.g. a (4, 2) softmax take ~15 ms instead of ~20 µs. Restored after the module.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 
 
 @pytest.fixture(scope="module")
