@@ -26,6 +26,16 @@ def test_tiny_end_to_end_through_the_cli(tmp_path, capsys):
     assert len(json.loads((out / "checks.json").read_text())) == 2
     diag = json.loads((out / "score_diagnostics.json").read_text())
     assert all(0 <= d["auroc"] <= 1 for d in diag["ere_detection"]) and (out / "samples.png").exists()
+    # `pursamere purify` on a user's PNGs with the trained tiny score net
+    from pursamere.data import load_digits_split, load_images, save_images
+
+    save_images(load_digits_split().x_test[:2], tmp_path / "in")
+    assert main(["purify", str(tmp_path / "in"), "--out", str(tmp_path / "pur"), "--preset", "tiny",
+                 "--workdir", str(tmp_path / "work")]) == 0
+    purified, _ = load_images(tmp_path / "pur")
+    original, _ = load_images(tmp_path / "in")
+    assert purified.shape == original.shape and (purified - original).abs().max() <= TINY.purify.eps_pur + 1 / 255
+    assert main(["purify", str(tmp_path / "missing"), "--out", str(tmp_path / "x"), "--preset", "tiny"]) == 2
     # a finished run is never overwritten silently
     assert main(["demo", "--preset", "tiny", "--workdir", str(tmp_path / "work"), "--out", str(out)]) == 2
     assert "already holds" in capsys.readouterr().err
