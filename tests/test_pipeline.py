@@ -52,3 +52,10 @@ def test_presets_follow_ncsnv2_rules_and_paper_settings():
     assert c.purify.m == 4 and c.purify.rho == pytest.approx(c.purify.eps_pur / 2) and c.classifier == "wrn-28-10"
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("mnist")
+
+
+def test_cli_adversarial_training_on_tiny(tmp_path, capsys):
+    assert main(["train-classifier", "--preset", "tiny", "--workdir", str(tmp_path), "--adversarial",
+                 "--pgd-steps", "2", "--n", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "adversarial (PGD-2" in out and (tmp_path / "tiny" / "classifier_adv_cli.pt").exists()
