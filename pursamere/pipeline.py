@@ -364,7 +364,7 @@ def run_pipeline(preset: Preset, plan: Plan, workdir: str | Path, out_dir: str |
     pur_mid = next(d for d in defs if d.name.startswith("PurSAMERE") and f"ε_pur={_eps_label(preset.purify.eps_pur)}" in d.name)
     example_figure(preset, pur_mid, x[:8], y[:8], out / "examples.png", steps=plan.bpda_steps)
     check_md, check_json = "", []
-    if checks:
+    if checks and plan.check_gradients:
         pur = pur_mid
         lin = Threat("inf", preset.threats["inf"])
         nc = min(plan.n_check, n)

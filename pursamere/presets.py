@@ -161,10 +161,11 @@ CIFAR10_JPEG_CPU = replace(
                         n_levels=6, steps_per_level=1, lr_max=0.01, lr_min=0.002, seed=0),
     eps_pur=(12 / 255,),  # one radius: each one costs a full set of rows on a CPU
     adp=ADPConfig(steps=5, n_runs=2), diffpure=DiffPureConfig(n_levels=20),
-    demo=Plan(n_test=24, gpgd_steps=10, bpda_steps=5, bpda_long_steps=10, exact_steps=2, eot=2, n_check=16,
-              check_steps=3, square_queries=50, check_gradients=("bpda",), batch_size=32),
+    # the CPU demo skips the obfuscation checks (≈ 80 purifications per image); the full plan runs them
+    demo=Plan(n_test=16, gpgd_steps=10, bpda_steps=5, bpda_long_steps=10, exact_steps=2, eot=2, n_check=16,
+              check_steps=3, square_queries=50, check_gradients=(), batch_size=32),
     full=Plan(n_test=200, bpda_long_steps=50, exact_steps=5, eot=4, batch_size=32),
-    train_fraction_purified=0.2, train_limit_per_class=500, test_limit_per_class=20,
+    train_fraction_purified=0.05, train_limit_per_class=500, test_limit_per_class=20,
 )
 
 # --------------------------------------------------------------------------------------- tests
