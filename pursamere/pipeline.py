@@ -372,7 +372,7 @@ def run_pipeline(preset: Preset, plan: Plan, workdir: str | Path, out_dir: str |
             cs = obfuscation_checks(pur, lin, x[:nc], y[:nc], gradient=grad, steps=plan.check_steps, square_queries=plan.square_queries)
             check_md += format_checks(f"{pur.name}, {grad} gradient, ℓ∞ ε={lin.eps:.4g}, n={nc}", cs) + "\n"
             check_json.append({"defence": pur.name, "gradient": grad, "n": nc, "checks": [c.as_dict() for c in cs]})
-        atomic_write_json(out / "checks.json", check_json)
+    atomic_write_json(out / "checks.json", check_json)  # an empty list when the plan runs no checks
 
     header = (f"# {preset.name}: PurSAMERE and baselines — what ran\n\n"
               f"{meta['subset']} (n = {n}); attacks: gPGD{plan.gpgd_steps}, BPDA{plan.bpda_steps}-det, "
