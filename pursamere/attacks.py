@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .geometry import canonical_norm, lp_norm, project
+from .geometry import _per_item, canonical_norm, lp_norm, project
 from .purify import InvalidInputError, check_images
 
 __all__ = [
@@ -109,10 +109,6 @@ def _loss(logits, y, kind):
 
 
 # ------------------------------------------------------------------------------ ascent steps
-def _per_item(t, like):
-    return t.view(-1, *([1] * (like.ndim - 1)))
-
-
 def slide_direction(g: torch.Tensor, x: torch.Tensor, q: float = 0.95, box=_BOX) -> torch.Tensor:
     """SLIDE's ℓ1 ascent direction (Tramèr & Boneh 2019), unit ℓ1 length per item.
 

@@ -72,16 +72,13 @@ class Defence:
     def fingerprint(self) -> str:
         """A hash of the classifier's and the purifier's weights and config: rows made by another
         defence under the same name are never reused on resume."""
-        from .train import fingerprint
+        from .train import config_hash, fingerprint
 
         tensors = list(self.classifier.state_dict().values())
         score = getattr(self.purifier, "score", None)
         if isinstance(score, nn.Module):
             tensors += list(score.state_dict().values())
-        import hashlib
-
-        cfg = hashlib.sha256(json.dumps(self.config_dict(), sort_keys=True).encode()).hexdigest()[:12]
-        return f"{fingerprint(*tensors)}-{cfg}"
+        return f"{fingerprint(*tensors)}-{config_hash(self.config_dict())}"
 
     def config_dict(self) -> dict:
         cfg = getattr(self.purifier, "config", None)

@@ -8,8 +8,6 @@ run reuses them; ``fresh=True`` retrains.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -22,13 +20,9 @@ from .io import atomic_write_json, atomic_write_text, load_checkpoint, save_chec
 from .models import ScoreNet, SmallCNN, WideResNet
 from .presets import Plan, Preset
 from .purify import Purifier
-from .train import accuracy, fingerprint, train_classifier, train_score
+from .train import accuracy, config_hash, fingerprint, train_classifier, train_score
 
 __all__ = ["load_split", "build_classifier", "prepare", "build_defences", "run_pipeline", "purify_batched", "load_trained_score"]
-
-
-def _h(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def load_split(preset: Preset, data_root: str | None = None):
@@ -167,7 +161,7 @@ def prepare(preset: Preset, workdir: str | Path, fresh: bool = False, progress: 
 
     # 2. plain classifier (the undefended row)
     t0 = time.perf_counter()
-    meta = {"preset": _h(dataclasses.asdict(preset.classifier_train)), "arch": preset.classifier, "data": data_fp}
+    meta = {"preset": config_hash(dataclasses.asdict(preset.classifier_train)), "arch": preset.classifier, "data": data_fp}
     plain, reused = _cached_model(work / "classifier_plain.pt", meta, make_classifier(), fresh)
     log(f"plain classifier: {'reused' if reused else 'trained'}; test accuracy {accuracy(plain, split.x_test, split.y_test):.3f}")
     times["classifier_plain"] = time.perf_counter() - t0
@@ -176,7 +170,7 @@ def prepare(preset: Preset, workdir: str | Path, fresh: bool = False, progress: 
     t0 = time.perf_counter()
     pur_cfg = preset.purify.replace(rho=0.0)
     n_pur = max(1, int(round(preset.train_fraction_purified * len(split.x_train))))
-    pur_meta = {"config": _h(dataclasses.asdict(pur_cfg)), "score": fingerprint(*score.state_dict().values()), "data": data_fp, "n": n_pur}
+    pur_meta = {"config": config_hash(dataclasses.asdict(pur_cfg)), "score": fingerprint(*score.state_dict().values()), "data": data_fp, "n": n_pur}
     pur_path = work / "purified_train.pt"
     x_pur = None
     if pur_path.exists() and not fresh:

@@ -30,6 +30,13 @@ def fingerprint(*tensors: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+def config_hash(obj) -> str:
+    """A short SHA-256 of a JSON-able settings object (dataclass dicts, lists, numbers)."""
+    import json
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def _progress(total, initial, desc, enabled):
     from tqdm.auto import tqdm
 

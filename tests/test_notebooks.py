@@ -30,12 +30,17 @@ def run(name, tmp_path):
     return json.loads(out_json.read_text())
 
 
+def _checked_notebook(name):
+    """A valid notebook on the python3 kernel, and its cells tagged ``parameters``."""
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata.kernelspec.name == "python3"
+    return nb, [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+
+
 def test_every_notebook_has_a_parameters_cell_and_the_python3_kernel():
     for name in TINY:
-        nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-        nbformat.validate(nb)
-        assert nb.metadata.kernelspec.name == "python3"
-        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        nb, tagged = _checked_notebook(name)
         assert len(tagged) == 1 and "results_json" in tagged[0].source
         assert not any("sys.path" in c.source for c in nb.cells)
 
@@ -108,10 +113,7 @@ def unit_values(x):
 
 def test_pipeline_notebooks_have_the_live_and_recorded_parameters():
     for name in PIPELINE_NOTEBOOKS:
-        nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-        nbformat.validate(nb)
-        assert nb.metadata.kernelspec.name == "python3"
-        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        nb, tagged = _checked_notebook(name)
         assert len(tagged) == 1
         for p in ("results_json", "run_dir", "live_preset = None"):
             assert p in tagged[0].source, (name, p)
