@@ -212,6 +212,7 @@ def pgd(
     l1_sparsity: float = 0.95,
     keep: str = "best",
     return_success: bool = False,
+    x_init: Optional[torch.Tensor] = None,
 ):
     """Projected gradient ascent (Madry et al. 2018) in ℓ∞, ℓ2 or ℓ1, with EoT.
 
@@ -249,6 +250,9 @@ def pgd(
         keep: ``"best"`` (any-iterate success, above) or ``"last"``.
         return_success: also return a ``(B,)`` bool tensor, True where the kept iterate fooled
             the model during the attack.
+        x_init: start from these points instead (for example another attack's end point: a warm
+            start); they must lie in the box and in the threat's ball around ``x``. Overrides
+            ``random_start``.
 
     Returns:
         ``x_adv`` (same shape and dtype as ``x``, inside the ball and the box), or
@@ -281,7 +285,16 @@ def pgd(
     surface = _surface(model)
     x0 = x.detach()
     gen = torch.Generator().manual_seed(int(seed))
-    cur = _random_start(x0, threat, gen) if random_start else x0.clone()
+    if x_init is not None:
+        check_images(x_init, box=_BOX, name="x_init")
+        if x_init.shape != x0.shape:
+            raise InvalidInputError(f"x_init has shape {tuple(x_init.shape)}, x has {tuple(x0.shape)}")
+        dist = lp_norm((x_init.detach() - x0).to(x0.dtype), threat.norm)
+        if bool((dist > threat.eps * (1 + 1e-5) + 1e-6).any()):
+            raise InvalidInputError(f"x_init lies outside the threat's ball ({threat}): largest distance {float(dist.max()):.4g}")
+        cur = x_init.detach().to(x0.dtype).clone()
+    else:
+        cur = _random_start(x0, threat, gen) if random_start else x0.clone()
     best, best_margin = cur.clone(), torch.full((x0.shape[0],), -math.inf, dtype=x0.dtype, device=x0.device)
     checked = False
 
@@ -394,6 +407,9 @@ class Defended(nn.Module):
             ``"none"`` — gray-box: the attacker sees only the classifier
             (:meth:`attack_surface`); the forward is not differentiable in ``x``.
         checkpoint: step-wise gradient checkpointing for ``"exact"`` (memory flat in K).
+        unroll_last: with ``"exact"``, differentiate only the purifier's last ``unroll_last``
+            steps and cross the rest straight-through (partial unrolling; ``0`` is BPDA,
+            ``None`` every step). Needs ``purifier.unrolled(x, checkpoint, last=k)``.
 
     The forward pass is always the true defence ``classifier(purifier(x))``: with gradients
     off (evaluation), every mode simply calls ``purifier(x)``.
@@ -405,10 +421,20 @@ class Defended(nn.Module):
         torch.Size([2, 3])
     """
 
-    def __init__(self, classifier: nn.Module, purifier: Callable, gradient: str = "exact", checkpoint: bool = True):
+    def __init__(self, classifier: nn.Module, purifier: Callable, gradient: str = "exact", checkpoint: bool = True,
+                 unroll_last: Optional[int] = None):
         super().__init__()
         if gradient not in GRADIENTS:
             raise ValueError(f"unknown gradient {gradient!r}: use one of {GRADIENTS}")
+        if unroll_last is not None:
+            import inspect
+
+            if gradient != "exact":
+                raise ValueError(f"unroll_last (partial unrolling) needs gradient='exact', got {gradient!r}")
+            fn = getattr(purifier, "unrolled", None)
+            if not callable(fn) or "last" not in inspect.signature(fn).parameters:
+                raise TypeError(f"unroll_last needs a purifier whose unrolled() takes last=k "
+                                f"({type(purifier).__name__} does not)")
         if not callable(classifier) or not callable(purifier):
             raise TypeError("classifier and purifier must be callable")
         if gradient == "exact" and not callable(getattr(purifier, "unrolled", None)):
@@ -422,13 +448,15 @@ class Defended(nn.Module):
         if not isinstance(purifier, nn.Module) and isinstance(score, nn.Module):
             # so .to(), .eval(), .double() on the defence reach the purifier's score network
             self.purifier_score = score
-        self.gradient, self.checkpoint = gradient, bool(checkpoint)
+        self.gradient, self.checkpoint, self.unroll_last = gradient, bool(checkpoint), unroll_last
 
     def purify(self, x: torch.Tensor) -> torch.Tensor:
         """``P(x)`` with this defence's gradient rule (see the class docstring)."""
         if not torch.is_grad_enabled():
             return _run_purifier(self.purifier, x)
         if self.gradient == "exact":
+            if self.unroll_last is not None:
+                return self.purifier.unrolled(x, checkpoint=self.checkpoint, last=self.unroll_last)
             return self.purifier.unrolled(x, checkpoint=self.checkpoint)
         if self.gradient == "bpda":
             return _StraightThrough.apply(x, self.purifier)
@@ -443,4 +471,5 @@ class Defended(nn.Module):
         return self.classifier if self.gradient == "none" else self
 
     def extra_repr(self) -> str:
-        return f"gradient={self.gradient!r}, checkpoint={self.checkpoint}"
+        extra = "" if self.unroll_last is None else f", unroll_last={self.unroll_last}"
+        return f"gradient={self.gradient!r}, checkpoint={self.checkpoint}{extra}"

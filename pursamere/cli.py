@@ -109,6 +109,48 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_ensemble(args) -> int:
+    """The attack ensemble (worst case per image) over ℓ∞ budgets, every defence."""
+    import json
+
+    from .presets import get_preset
+    from .suite import EnsemblePlan, run_ensemble
+
+    preset = get_preset(args.preset)
+    eps = tuple(float(e) for e in args.eps.split(",")) if args.eps else (preset.threats["inf"],)
+    plan = EnsemblePlan(n_test=args.n, eps=eps, square_queries=args.square_queries)
+    best = json.loads(args.best) if args.best else None
+    if best is not None and not isinstance(best, dict):
+        raise ValueError(f"--best must be a JSON object of purifier settings, got {args.best!r}")
+    out = Path(args.out or f"results/{preset.name}/ensemble-{_run_id()}")
+    only = tuple(o.strip() for o in args.only.split(",") if o.strip())
+    res = run_ensemble(preset, plan, args.workdir, out, best=best, only=only, device=args.device, data_root=args.data_root)
+    print((out / "table.md").read_text())
+    return 0
+
+
+def cmd_study(args) -> int:
+    """The SAM study or the attack study on the preset's validation images."""
+    from .pipeline import prepare
+    from .presets import get_preset
+    from .study import attack_study, sam_study
+
+    preset = get_preset(args.preset)
+    arts = prepare(preset, args.workdir, device=args.device, data_root=args.data_root)
+    out = Path(args.out or f"results/{preset.name}/{args.which}-study")
+    if args.which == "sam":
+        only = tuple(o.strip() for o in args.only.split(";") if o.strip())
+        summary = sam_study(preset, arts, out, n=args.n, only=only)
+        for r in summary["rows"]:
+            print(f"{r['setting']:<28} clean {100 * r['clean_acc']:5.1f}  worst case {100 * r['worst_case']:5.1f} (n = {r['n']})")
+    else:
+        summary = attack_study(preset, arts, out, defence=args.defence, n=args.n)
+        for r in summary["rows"]:
+            print(f"{r['attack']:<22} robust {100 * r['robust_acc']:5.1f}  ({r['seconds']:.0f} s)")
+    print(f"wrote {out}/study.json")
+    return 0
+
+
 def cmd_data(args) -> int:
     from .data import download_cifar10, load_cifar10
 
@@ -189,6 +231,31 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--data-root", default=None)
     ev.set_defaults(func=cmd_evaluate)
+
+    en = sub.add_parser("ensemble", help="attack every defence with the whole suite; worst case per image (AutoAttack's count)")
+    en.add_argument("--preset", default="digits")
+    en.add_argument("--workdir", default="runs")
+    en.add_argument("--eps", default="0.1,0.15,0.2", help="comma-separated ℓ∞ budgets (empty: the preset's)")
+    en.add_argument("--n", type=int, default=64, help="table images (first n of the fixed order)")
+    en.add_argument("--square-queries", type=int, default=100)
+    en.add_argument("--best", default="", help='purifier overrides chosen by the SAM study, as JSON, e.g. \'{"rho": 0.0}\'')
+    en.add_argument("--only", default="", help="comma-separated defence-name prefixes (default: all)")
+    en.add_argument("--out", default=None)
+    en.add_argument("--device", default="cpu")
+    en.add_argument("--data-root", default=None)
+    en.set_defaults(func=cmd_ensemble)
+
+    st = sub.add_parser("study", help="the SAM study or the attack study on the validation images")
+    st.add_argument("which", choices=("sam", "attacks"))
+    st.add_argument("--preset", default="digits")
+    st.add_argument("--workdir", default="runs")
+    st.add_argument("--n", type=int, default=None, help="validation images (default: all of them)")
+    st.add_argument("--only", default="", help="SAM study: semicolon-separated setting names (default: all)")
+    st.add_argument("--defence", default="ERE descent", help="attack study: 'ERE descent' or 'PurSAMERE'")
+    st.add_argument("--out", default=None)
+    st.add_argument("--device", default="cpu")
+    st.add_argument("--data-root", default=None)
+    st.set_defaults(func=cmd_study)
 
     dd = sub.add_parser("data", help="fetch or check a data set")
     dd.add_argument("name", help="cifar10")

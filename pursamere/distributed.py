@@ -231,6 +231,10 @@ def evaluate_distributed(defences: Sequence[Defence], attacks: Sequence[AttackSp
         if ctx.rank == 0:
             atomic_write_json(path, results)
 
+    for a in attacks:
+        if a.cascade or a.warm_from is not None:
+            raise ValueError(f"attack {a.name!r}: cascaded and warm-started attacks (the ensemble of pursamere.suite) "
+                             "run in pursamere.evaluate.evaluate, not in the distributed runner")
     cleans: dict = {}
     for d, threat, spec in pending(defences, attacks, threats, skip, done, seed, results["rows"]):
         key = row_key(d.name, spec.name, threat)

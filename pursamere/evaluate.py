@@ -65,9 +65,12 @@ class Defence:
         if self.n_runs is None:
             self.n_runs = int(getattr(cfg, "n_runs", 1)) if self.stochastic else 1
 
-    def model(self, gradient: str) -> Defended:
-        """The defence as an attackable module with the given gradient rule."""
-        return Defended(self.classifier, self.purifier, gradient=gradient)
+    def model(self, gradient: str, unroll_last: Optional[int] = None) -> Defended:
+        """The defence as an attackable module with the given gradient rule (``unroll_last``:
+        partial unrolling, see :class:`pursamere.attacks.Defended`)."""
+        if unroll_last is not None and isinstance(self.purifier, Identity):
+            unroll_last = None  # nothing to unroll: the exact gradient of the identity
+        return Defended(self.classifier, self.purifier, gradient=gradient, unroll_last=unroll_last)
 
     def fingerprint(self) -> str:
         """A hash of the classifier's and the purifier's weights and config: rows made by another
@@ -94,6 +97,17 @@ class AttackSpec:
     ``gradient``: how gradients cross the purifier (``"none"`` gray-box, ``"bpda"``,
     ``"exact"``); ``kind``: ``"pgd"``, ``"square"`` (gradient-free), ``"apgd-ce"``/``"apgd-dlr"``
     (torchattacks). ``eot`` is used only against stochastic defences (it is 1 otherwise).
+
+    Adaptive additions (the ensemble of :mod:`pursamere.suite`):
+
+    - ``unroll_last=k`` with ``gradient="exact"``: partial unrolling, exact gradients through the
+      purifier's last k steps and straight-through for the rest (``0`` = BPDA, ``None`` = all).
+    - ``warm_from="NAME"``: PGD starts from the end points of the attack NAME of the same suite
+      (for example the exact gradient started where BPDA stopped) instead of a random start.
+    - ``cascade=True``: AutoAttack's way of counting — the attack runs only on the images that
+      survived every attack before it in the suite, and its row records the CUMULATIVE
+      survival (robust to this attack and all earlier ones). Saves the cost of attacking
+      images that are already broken; the worst case is unchanged by it.
     """
 
     name: str
@@ -105,6 +119,27 @@ class AttackSpec:
     step_size: Optional[float] = None
     restarts: int = 1
     queries: int = 1000  # Square only
+    unroll_last: Optional[int] = None
+    warm_from: Optional[str] = None
+    cascade: bool = False
+
+    def __post_init__(self):
+        from .attacks import GRADIENTS
+
+        if self.gradient not in GRADIENTS:
+            raise ValueError(f"AttackSpec {self.name!r}: unknown gradient {self.gradient!r}, use one of {GRADIENTS}")
+        if self.kind not in _KINDS:
+            raise ValueError(f"AttackSpec {self.name!r}: unknown kind {self.kind!r}, use one of {_KINDS}")
+        for k in ("steps", "eot", "restarts", "queries"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"AttackSpec {self.name!r}: {k} must be an integer >= 1, got {v!r}")
+        if self.unroll_last is not None and (self.gradient != "exact" or self.kind != "pgd"):
+            raise ValueError(f"AttackSpec {self.name!r}: unroll_last needs kind='pgd' and gradient='exact'")
+        if self.warm_from is not None and self.kind != "pgd":
+            raise ValueError(f"AttackSpec {self.name!r}: warm_from needs kind='pgd'")
+        if self.warm_from == self.name:
+            raise ValueError(f"AttackSpec {self.name!r}: cannot start from its own end points")
 
     def settings(self, threat: Threat) -> dict:
         d = dataclasses.asdict(self)
@@ -114,6 +149,8 @@ class AttackSpec:
             d["step_size"] = self.step_size if self.step_size is not None else default_step_size(threat, self.steps)
         return d
 
+
+_KINDS = ("pgd", "square", "apgd-ce", "apgd-dlr")
 
 #: The named attacks of the paper (and what it lacks). "-det": the purifier's seed is fixed and known.
 ATTACKS = {
@@ -167,38 +204,52 @@ def _torchattacks(spec: AttackSpec, model: nn.Module, threat: Threat, x, y, seed
 
 
 def attack_flags(defence: Defence, spec: AttackSpec, threat: Threat, x, y, seed: int = 0,
-                 batch_size: int = 64, progress=None, alive: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 batch_size: int = 64, progress=None, alive: Optional[torch.Tensor] = None,
+                 x_init: Optional[torch.Tensor] = None, return_points: bool = False):
     """Per-image survival of ``defence`` against one attack: True where still correct.
 
     Only images the defence classifies correctly are attacked (the others count as broken).
-    ``alive``: the clean flags when the caller has them already (skips the clean prediction).
+    ``alive``: the clean flags when the caller has them already (skips the clean prediction),
+    or any subset of images to attack (a cascade attacks only the survivors).
+    ``x_init``: start points for PGD, one per image (a warm start, ``spec.warm_from``).
+    ``return_points``: also return the adversarial points (``x`` where an image was not attacked).
     """
     alive = (predict(defence, x) == y) if alive is None else alive.clone()
     eot = spec.eot if defence.stochastic else 1
-    model = defence.model(spec.gradient)
+    model = defence.model(spec.gradient, spec.unroll_last)
     idx = alive.nonzero().flatten()
+    points = x.clone() if return_points else None
     for i in range(0, len(idx), batch_size):
         b = idx[i:i + batch_size]
         if spec.kind == "pgd":
-            best = None
+            best, kept = None, None
             for r in range(spec.restarts):
+                start = x_init[b] if (x_init is not None and r == 0) else None
                 # against a stochastic defence the "best" iterate is judged on noisy logits and could be
                 # a lucky draw; the final iterate is the standard (and not weaker in expectation)
                 xa = pgd(model, x[b], y[b], threat, steps=spec.steps, step_size=spec.step_size, loss=spec.loss,
-                         eot=eot, seed=seed + 1000 * r, random_start=spec.steps > 1,
+                         eot=eot, seed=seed + 1000 * r, random_start=spec.steps > 1, x_init=start,
                          keep="last" if defence.stochastic else "best")
                 ok = predict(defence, xa) == y[b]
+                # keep, per image, a point that breaks it if any restart found one (else the last restart's)
+                kept = xa if kept is None else torch.where(_items(~ok, xa), xa, kept)
                 best = ok if best is None else best & ok
-            alive[b] = best
+            alive[b], xa = best, kept
         else:
             # Square queries the full defence; APGD differentiates the attack surface (the bare
             # classifier for gray-box, the defence otherwise)
             target = defence.model("none") if spec.kind == "square" else model.attack_surface()
             xa = _torchattacks(dataclasses.replace(spec, eot=eot), target, threat, x[b], y[b], seed)
             alive[b] = predict(defence, xa) == y[b]
+        if points is not None:
+            points[b] = xa.detach().to(points.dtype)
         if progress is not None:
             progress(int(alive[idx[: i + len(b)]].sum()), i + len(b))
-    return alive
+    return (alive, points) if return_points else alive
+
+
+def _items(flags, like):
+    return flags.view(-1, *([1] * (like.ndim - 1)))
 
 
 def row_key(defence: str, attack: str, threat: Threat) -> str:
@@ -228,6 +279,7 @@ def make_row(defence: Defence, spec: AttackSpec, threat: Threat, clean: torch.Te
         "robust_acc": k / n, "ci95": [lo, hi], "attack_settings": effective_settings(spec, threat, defence),
         "stochastic": bool(defence.stochastic), "config": defence.config_dict(), "defence_fingerprint": defence.fingerprint(),
         "seed": seed, "version": __version__, "seconds": round(seconds, 2), "survived": bits(flags),
+        "cascade": bool(spec.cascade),
     }
 
 
@@ -262,17 +314,32 @@ def reusable(done: dict, key: str, spec: AttackSpec, threat: Threat, defence: De
 
 def pending(defences, attacks, threats, skip, done: dict, seed: int, rows: list):
     """Yield the ``(defence, threat, attack)`` rows still to run, in table order; finished rows
-    that can be reused (:func:`reusable`) are appended to ``rows`` instead."""
+    that can be reused (:func:`reusable`) are appended to ``rows`` instead.
+
+    A cascaded row depends on every row before it in its (defence, threat) group, so it is
+    reused only when all of those were reused too.
+    """
     for d in defences:
         for threat in threats:
+            group_reused = True
             for spec in attacks:
                 if skip is not None and skip(d, spec, threat):
                     continue
                 key = row_key(d.name, spec.name, threat)
-                if reusable(done, key, spec, threat, d, seed):
+                if reusable(done, key, spec, threat, d, seed) and (group_reused or not spec.cascade):
                     rows.append(done[key])
                     continue
+                group_reused = False
                 yield d, threat, spec
+
+
+def _cumulative(rows: list, defence: str, threat: Threat, clean: torch.Tensor) -> torch.Tensor:
+    """Images that survived every row of this (defence, threat) so far (the running worst case)."""
+    alive = clean.clone()
+    for r in rows:
+        if r["defence"] == defence and r["norm"] == str(threat.norm) and r["eps"] == threat.eps:
+            alive &= torch.tensor([c == "1" for c in r["survived"]], dtype=torch.bool, device=clean.device)
+    return alive
 
 
 def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats: Sequence[Threat],
@@ -282,27 +349,47 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
 
     Rows already present (same key and settings) are reused: an interrupted evaluation resumes.
     ``skip(defence, spec, threat) -> bool`` leaves out combinations that do not apply.
+    Attacks run in the given order within each (defence, threat); ``cascade`` attacks see only
+    the survivors of the rows before them, ``warm_from`` attacks start from an earlier attack's
+    end points (recomputed on the images that need them when that row was reused from disk).
     Returns the results dictionary (``meta``, ``rows``, ``worst_case``).
     """
     from tqdm.auto import tqdm
 
     from . import __version__
 
+    by_name = {a.name: a for a in attacks}
+    if len(by_name) < len(attacks):
+        raise ValueError(f"two attacks share a name: {[a.name for a in attacks]}")
+    for a in attacks:
+        if a.warm_from is not None and (a.warm_from not in by_name or
+                                        [b.name for b in attacks].index(a.warm_from) > [b.name for b in attacks].index(a.name)):
+            raise ValueError(f"attack {a.name!r} starts from {a.warm_from!r}, which must be an earlier attack of the suite")
     out = Path(out_dir)
     path = out / "results.json"
     from .train import fingerprint
 
     data_fp = fingerprint(x, y)
     results = {"meta": {"version": __version__, "n": int(x.shape[0]), "seed": seed, "data_fingerprint": data_fp,
-                        **(meta or {})}, "rows": []}
+                        "attack_order": [a.name for a in attacks], **(meta or {})}, "rows": []}
     done = load_done(path, int(x.shape[0]), data_fp)
     cleans: dict = {}
+    points: dict = {}  # (defence, threat, attack) -> end points, for warm starts
+    needed = {a.warm_from for a in attacks if a.warm_from}
     for d, threat, spec in pending(defences, attacks, threats, skip, done, seed, results["rows"]):
         if d.name not in cleans:
             cleans[d.name] = predict(d, x) == y
         clean = cleans[d.name]
+        todo = _cumulative(results["rows"], d.name, threat, clean) if spec.cascade else clean
         t0 = time.perf_counter()
-        bar = tqdm(total=int(clean.sum()), desc=f"{d.name} · {spec.name} · {threat}", leave=False,
+        x_init = None
+        if spec.warm_from is not None:
+            src = (d.name, str(threat), spec.warm_from)
+            if src not in points:  # its row was reused from disk: recompute its end points where needed
+                _, points[src] = attack_flags(d, by_name[spec.warm_from], threat, x, y, seed=seed, batch_size=batch_size,
+                                              alive=todo, return_points=True)
+            x_init = points[src]
+        bar = tqdm(total=int(todo.sum()), desc=f"{d.name} · {spec.name} · {threat}", leave=False,
                    disable=not progress, dynamic_ncols=True)
 
         def tick(alive, seen, bar=bar):
@@ -310,8 +397,11 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
             bar.set_postfix(robust=f"{alive / max(seen, 1):.1%}")
             bar.refresh()
 
-        flags = attack_flags(d, spec, threat, x, y, seed=seed, batch_size=batch_size, progress=tick, alive=clean)
+        flags, pts = attack_flags(d, spec, threat, x, y, seed=seed, batch_size=batch_size, progress=tick, alive=todo,
+                                  x_init=x_init, return_points=True)
         bar.close()
+        if spec.name in needed:
+            points[(d.name, str(threat), spec.name)] = pts
         results["rows"].append(make_row(d, spec, threat, clean, flags, time.perf_counter() - t0, seed))
         results["worst_case"] = worst_case(results["rows"])
         atomic_write_json(path, results)
@@ -331,7 +421,8 @@ def worst_case(rows: Sequence[dict]) -> list[dict]:
         k, n = sum(flags), len(flags)
         out.append({"defence": d, "norm": norm, "eps": eps, "n": n, "clean_acc": rs[0]["clean_acc"],
                     "robust_acc": k / n, "ci95": list(wilson(k, n)), "attacks": [r["attack"] for r in rs],
-                    "per_attack": {r["attack"]: r["robust_acc"] for r in rs}})
+                    "per_attack": {r["attack"]: r["robust_acc"] for r in rs},
+                    "cascaded": [r["attack"] for r in rs if r.get("cascade")]})
     return out
 
 
@@ -342,11 +433,17 @@ def _norm_label(norm: str, eps: float) -> str:
 def render_table(results: dict, title: str = "") -> str:
     """Markdown: one line per defence and threat; clean, each attack, and the worst case (bold)."""
     rows, wc = results["rows"], results.get("worst_case") or worst_case(results["rows"])
-    attacks = list(dict.fromkeys(r["attack"] for r in rows))
+    order = results["meta"].get("attack_order") or []
+    seen = list(dict.fromkeys(r["attack"] for r in rows))
+    attacks = [a for a in order if a in seen] + [a for a in seen if a not in order]
+    cascaded = {r["attack"] for r in rows if r.get("cascade")}
+    note = (" † = run only on the images that survived every attack before it (the columns to its left, "
+            "AutoAttack's cascade): its number is the cumulative accuracy after it." if cascaded else "")
     lines = [f"## {title}" if title else "", "",
              f"n = {results['meta']['n']} images; robust accuracy in % (95% Wilson interval in the JSON); "
-             "worst case = robust to every attack in the row.", "",
-             "| defence | threat | clean | " + " | ".join(attacks) + " | **worst case** |",
+             "worst case = robust to every attack in the row." + note, "",
+             "| defence | threat | clean | " + " | ".join(a + (" †" if a in cascaded else "") for a in attacks)
+             + " | **worst case** |",
              "|---|---|---|" + "---|" * len(attacks) + "---|"]
     for w in wc:
         cells = [f"{100 * w['per_attack'][a]:.1f}" if a in w["per_attack"] else "–" for a in attacks]

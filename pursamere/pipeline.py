@@ -20,7 +20,7 @@ from .io import atomic_write_json, atomic_write_text, load_checkpoint, save_chec
 from .models import ScoreNet, SmallCNN, WideResNet
 from .presets import Plan, Preset
 from .purify import Purifier
-from .train import accuracy, config_hash, fingerprint, train_classifier, train_score
+from .train import TRADES, PGDAdversary, accuracy, config_hash, fingerprint, train_classifier, train_score
 
 __all__ = ["load_split", "build_classifier", "prepare", "build_defences", "run_pipeline", "purify_batched", "load_trained_score"]
 
@@ -168,7 +168,7 @@ def prepare(preset: Preset, workdir: str | Path, fresh: bool = False, progress: 
 
     # 3. purified training set (Algorithm 1 with SAM OFF, eq. 17), cached
     t0 = time.perf_counter()
-    pur_cfg = preset.purify.replace(rho=0.0)
+    pur_cfg = preset.purify.replace(rho=0.0, rho_sigma=None)
     n_pur = max(1, int(round(preset.train_fraction_purified * len(split.x_train))))
     pur_meta = {"config": config_hash(dataclasses.asdict(pur_cfg)), "score": fingerprint(*score.state_dict().values()), "data": data_fp, "n": n_pur}
     pur_path = work / "purified_train.pt"
@@ -190,7 +190,30 @@ def prepare(preset: Preset, workdir: str | Path, fresh: bool = False, progress: 
     aug, reused = _cached_model(work / "classifier_eq17.pt", meta_aug, make_classifier(x_pur), fresh)
     log(f"eq.-17 classifier: {'reused' if reused else 'trained'}; test accuracy {accuracy(aug, split.x_test, split.y_test):.3f}")
     times["classifier_eq17"] = time.perf_counter() - t0
-    return {"split": split, "score": score.to("cpu"), "plain": plain, "eq17": aug, "times": times}
+
+    # 5. adversarially trained classifiers, the competition: PGD (Madry et al. 2018) and TRADES
+    arts = {"split": split, "score": score.to("cpu"), "plain": plain, "eq17": aug, "times": times}
+    threat = Threat("inf", preset.threats["inf"])
+    for key, label in (("adv", "PGD adversarial training"), ("trades", "TRADES")):
+        if preset.adv_train_steps < 1:
+            break
+        t0 = time.perf_counter()
+        settings = {"steps": preset.adv_train_steps, "eps": threat.eps, **({"beta": preset.trades_beta} if key == "trades" else {})}
+
+        def build(train, key=key):
+            torch.manual_seed(preset.classifier_train.seed)
+            clf = build_classifier(preset, shape)
+            if train:
+                kw = ({"adversary": PGDAdversary(threat, steps=preset.adv_train_steps)} if key == "adv"
+                      else {"trades": TRADES(threat, steps=preset.adv_train_steps, beta=preset.trades_beta)})
+                clf = train_classifier(clf, split.x_train, split.y_train, preset.classifier_train, device=device,
+                                       progress=progress, **kw)
+            return clf.to("cpu")
+
+        arts[key], reused = _cached_model(work / f"classifier_{key}.pt", dict(meta, **{key: settings}), build, fresh)
+        log(f"{label} classifier: {'reused' if reused else 'trained'}; test accuracy {accuracy(arts[key], split.x_test, split.y_test):.3f}")
+        times[f"classifier_{key}"] = time.perf_counter() - t0
+    return arts
 
 
 def _eps_label(e: float) -> str:
@@ -198,13 +221,18 @@ def _eps_label(e: float) -> str:
 
 
 def build_defences(preset: Preset, arts: dict) -> list[Defence]:
-    """Undefended; PurSAMERE at every ε_pur; ERE descent (SAM off); ADP and DiffPure-style, stochastic and fixed-seed."""
+    """Undefended, PGD-AT, TRADES; PurSAMERE at every ε_pur; ERE descent (SAM off); ADP and DiffPure-style,
+    stochastic and fixed-seed."""
     score, plain, aug = arts["score"], arts["plain"], arts["eq17"]
     mid = preset.purify.eps_pur
     defs = [Defence("undefended", plain)]
-    for e in preset.eps_pur:
-        defs.append(Defence(f"PurSAMERE ε_pur={_eps_label(e)}", aug, Purifier(score, preset.purify.replace(eps_pur=e))))
-    defs.append(Defence(f"ERE descent (no SAM) ε_pur={_eps_label(mid)}", aug, Purifier(score, preset.purify.replace(rho=0.0))))
+    # the competition: adversarially trained classifiers, no purifier (PGD-AT, Madry et al.; TRADES)
+    defs += [Defence(name, arts[k]) for k, name in (("adv", "PGD-AT"), ("trades", "TRADES")) if k in arts]
+    for e in preset.eps_pur:  # the paper's method: SAM with ρ = ε_pur/2 in the ball's norm, whatever the preset's default
+        cfg = preset.purify.replace(eps_pur=e, rho=e / 2, rho_sigma=None, sam_norm=preset.purify.norm)
+        defs.append(Defence(f"PurSAMERE ε_pur={_eps_label(e)}", aug, Purifier(score, cfg)))
+    defs.append(Defence(f"ERE descent (no SAM) ε_pur={_eps_label(mid)}", aug,
+                        Purifier(score, preset.purify.replace(rho=0.0, rho_sigma=None))))
     defs.append(Defence("ADP", plain, ADP(score, preset.adp.replace(fixed_noise=False))))
     defs.append(Defence("ADP (fixed seed)", plain, ADP(score, preset.adp.replace(fixed_noise=True))))
     defs.append(Defence("DiffPure-style", plain, DiffPure(score, preset.diffpure.replace(fixed_noise=False))))
@@ -231,7 +259,7 @@ def _applies(preset: Preset, atk: dict):
     def keep(d: Defence, spec: AttackSpec, threat: Threat) -> bool:
         linf = threat.norm == "inf"
         name = d.name
-        if name == "undefended":
+        if name in ("undefended", "PGD-AT", "TRADES"):
             return spec.name in (atk["bpda"].name, atk["bpda_long"].name) and (linf or spec.name == atk["bpda_long"].name)
         if name.startswith("PurSAMERE"):
             if name == mid and spec.name in (atk["bpda_long"].name, atk["exact"].name):
@@ -332,7 +360,7 @@ def run_pipeline(preset: Preset, plan: Plan, workdir: str | Path, out_dir: str |
     t_start = time.perf_counter()
     out = Path(out_dir)
     arts = prepare(preset, workdir, fresh=fresh, progress=progress, device=device, log=log, data_root=data_root)
-    for k in ("score", "plain", "eq17"):
+    for k in [k for k in ("score", "plain", "eq17", "adv", "trades") if k in arts]:
         arts[k] = arts[k].to(device)
     split = arts["split"]
     perm = table_indices(preset, split.x_test.shape[0])

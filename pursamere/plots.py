@@ -443,7 +443,7 @@ def cost_model(preset, plan, throughput: Optional[float] = None):
     from .pipeline import attack_plan
 
     cfg = preset.purify
-    per_pur = cfg.steps * cfg.m * (2 if cfg.rho > 0 else 1)
+    per_pur = cfg.steps * cfg.m * (2 if cfg.sam else 1)
     atk = attack_plan(plan)
     n = plan.n_test if plan.n_test is not None else (10_000 if preset.data == "cifar10" else None)
     threats = len(preset.threats)

@@ -87,6 +87,8 @@ class Preset:
     diffpure: DiffPureConfig
     demo: Plan = field(default_factory=Plan)
     full: Plan = field(default_factory=Plan)
+    adv_train_steps: int = 7  # PGD steps of the adversarially trained baselines (Madry, TRADES); 0: none
+    trades_beta: float = 6.0  # TRADES' β (Zhang et al. 2019's value)
     train_fraction_purified: float = 1.0  # share of the training set purified for eq. 17
     validation_size: int = 64  # test images set aside for tuning sweeps, never in the tables
     train_limit_per_class: int | None = None  # CPU-sized subsets of large data sets (None: all)

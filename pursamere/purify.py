@@ -60,6 +60,7 @@ class PurifyConfig:
     eps_pur: float = 8 / 255  # radius of the purification ball B_p(x_adv, ε_pur) (eq. 12)
     norm: str | int = "inf"  # p of the purification ball; the paper uses ℓ∞
     rho: Optional[float] = None  # SAM radius ρ; None → ε_pur/2 (ours: "smaller than, same order as ε_pur"); 0 → SAM off
+    rho_sigma: Optional[float] = None  # ρ tied to the noise level: ρ_k = rho_sigma · σ_k (then rho must be 0 or None). Ours
     sam_norm: Optional[str | int] = None  # q of the SAM ball; None → same as `norm`
     m: int = 4  # Monte-Carlo draws M of eq. 16 (paper's value lost; ours)
     antithetic: bool = False  # use draws in ± pairs (removes the fixed-draw bias z̄ s²/σ; see NoiseBank). Paper: i.i.d.
@@ -80,7 +81,14 @@ class PurifyConfig:
 
         object.__setattr__(self, "norm", canonical_norm(self.norm))
         object.__setattr__(self, "sam_norm", canonical_norm(self.norm if self.sam_norm is None else self.sam_norm))
-        if self.rho is None:
+        if self.rho_sigma is not None:
+            rs = self.rho_sigma
+            if isinstance(rs, bool) or not isinstance(rs, (int, float)) or not math.isfinite(rs) or rs <= 0:
+                bad(f"rho_sigma must be a finite number > 0 (ρ_k = rho_sigma·σ_k), got {rs!r}")
+            if self.rho not in (None, 0, 0.0):
+                bad(f"give either rho (a fixed SAM radius) or rho_sigma (ρ tied to σ), not both (rho={self.rho!r})")
+            object.__setattr__(self, "rho", 0.0)
+        elif self.rho is None:
             object.__setattr__(self, "rho", self.eps_pur / 2)
         for name in ("eps_pur", "sigma_max", "sigma_min", "lr_max", "lr_min", "adam_eps"):
             val = getattr(self, name)
@@ -113,11 +121,20 @@ class PurifyConfig:
         """Total number of Adam steps K."""
         return self.n_levels * self.steps_per_level
 
+    @property
+    def sam(self) -> bool:
+        """Whether the SAM ascent step is on (a fixed ρ > 0 or a σ-tied ρ)."""
+        return self.rho > 0 or self.rho_sigma is not None
+
     def replace(self, **changes) -> "PurifyConfig":
         """A copy with some fields changed (validated again)."""
         d = asdict(self)
         if "eps_pur" in changes and "rho" not in changes and self.rho == self.eps_pur / 2:
             d["rho"] = None  # keep ρ tied to ε_pur when it was the default
+        if "rho" in changes and changes["rho"] not in (None, 0, 0.0) and "rho_sigma" not in changes:
+            d["rho_sigma"] = None  # a fixed ρ replaces a σ-tied one
+        if changes.get("rho_sigma") is not None and "rho" not in changes:
+            d["rho"] = 0.0  # a σ-tied ρ replaces the fixed one
         d.update(changes)
         return PurifyConfig(**d)
 
@@ -205,6 +222,8 @@ class Purifier:
         # learning rate falls linearly from lr_max (first step, largest σ) to lr_min (last step)
         frac = [i / (k - 1) if k > 1 else 0.0 for i in range(k)]
         self.lrs = [config.lr_max + f * (config.lr_min - config.lr_max) for f in frac]
+        # SAM radius per step: fixed, or tied to the current noise level (ρ_k = rho_sigma · σ_k)
+        self.rhos = [config.rho if config.rho_sigma is None else config.rho_sigma * s for s in self.sigmas]
 
     def noise(self, item_shape) -> NoiseBank:
         """The fixed noise bank for items of this shape (drawn once from ``config.seed``)."""
@@ -227,8 +246,8 @@ class Purifier:
         cfg, sigma, lr = self.config, self.sigmas[k], self.lrs[k]
         bank = self.noise(x.shape[1:])
         g, e = self._grad_ere(x, sigma, bank, create_graph)  # ascent direction at x_k
-        if cfg.rho > 0:
-            delta = sam_step(g, cfg.rho, cfg.sam_norm)  # SAM ascent: worst point in the ρ-ball
+        if cfg.sam:
+            delta = sam_step(g, self.rhos[k], cfg.sam_norm)  # SAM ascent: worst point in the ρ-ball (eq. 12)
             h, _ = self._grad_ere(x + delta, sigma, bank, create_graph)  # descent at the perturbed point
         else:
             h = g  # ρ = 0: plain ERE descent
@@ -275,18 +294,39 @@ class Purifier:
             path=torch.stack(path) if keep_path else None,
         )
 
-    def unrolled(self, x_adv: torch.Tensor, checkpoint: bool = True) -> torch.Tensor:
+    def unrolled(self, x_adv: torch.Tensor, checkpoint: bool = True, last: Optional[int] = None) -> torch.Tensor:
         """Algorithm 1 as a differentiable function of ``x_adv`` (exact white-box gradients).
 
         Backpropagates through every Adam step, SAM step and projection, including the
         second-order terms through the score. With ``checkpoint`` each step is recomputed
         in the backward pass, so memory does not grow with the number of steps. Gradients
         flow to ``x_adv`` only (not to the score's parameters).
+
+        Args:
+            last: partial unrolling (an adaptive attack in the spirit of Croce et al. 2022):
+                the first ``K − last`` steps run without a graph and are crossed by a
+                straight-through (BPDA) identity; only the last ``last`` steps are
+                differentiated exactly (their projection centre ``x_adv`` too). ``None`` or
+                ``K``: the exact gradient; ``0``: exactly BPDA (the Jacobian is the identity).
+                The forward value is always Algorithm 1's output.
         """
         self._check(x_adv.detach())
+        n_steps = self.config.steps
+        last = n_steps if last is None else last
+        if isinstance(last, bool) or not isinstance(last, int) or not 0 <= last <= n_steps:
+            raise ValueError(f"last must be an integer in [0, K={n_steps}] (steps unrolled exactly), got {last!r}")
         x0 = x_adv
         x, m, v = x0, torch.zeros_like(x0), torch.zeros_like(x0)
-        for k in range(self.config.steps):
+        head = n_steps - last
+        if head:
+            with torch.no_grad():
+                xh, mh, vh = x0.detach(), torch.zeros_like(x0), torch.zeros_like(x0)
+                for k in range(head):
+                    xh, mh, vh, _ = self._step(xh, mh, vh, x0.detach(), k, create_graph=False)
+                    xh, mh, vh = xh.detach(), mh.detach(), vh.detach()
+            x = x0 + (xh - x0).detach()  # BPDA across the head: value xh, Jacobian identity
+            m, v = mh, vh
+        for k in range(head, n_steps):
             if checkpoint:
                 x, m, v = _CheckpointedStep.apply(self, k, x, m, v, x0)
             else:
@@ -296,4 +336,4 @@ class Purifier:
     @property
     def score_evaluations(self) -> int:
         """Forward+backward passes of the score per image (M draws, once or twice per step with SAM)."""
-        return self.config.steps * self.config.m * (2 if self.config.rho > 0 else 1)
+        return self.config.steps * self.config.m * (2 if self.config.sam else 1)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .io import load_checkpoint, save_checkpoint
 
 __all__ = ["ScoreTrainConfig", "train_score", "load_score_net", "ClassifierTrainConfig", "train_classifier", "accuracy",
-           "PGDAdversary", "dsm_loss", "fingerprint"]
+           "PGDAdversary", "TRADES", "dsm_loss", "fingerprint"]
 
 
 def fingerprint(*tensors: torch.Tensor) -> str:
@@ -197,14 +197,18 @@ def train_classifier(
     device: str = "cpu",
     amp: bool = False,
     progress: bool = False,
+    trades: Optional["TRADES"] = None,
 ) -> nn.Module:
     """Train a classifier with cross-entropy.
 
     With ``x_purified`` (same order as ``x``) the loss is eq. 17:
     ``CE(f(x), y) + CE(f(P(x)), y)``. With ``adversary(model, xb, yb) -> x_adv`` each batch is
-    replaced by its adversarial version (Madry et al. adversarial training).
+    replaced by its adversarial version (Madry et al. adversarial training). With ``trades`` the
+    loss is TRADES' ``CE(f(x), y) + β·KL(f(x) ‖ f(x'))`` (Zhang et al. 2019), x' from :class:`TRADES`.
     Returns the model in eval mode.
     """
+    if trades is not None and (adversary is not None or x_purified is not None):
+        raise ValueError("trades cannot be combined with adversary or x_purified")
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise ValueError(f"x ({x.shape[0]}) and y ({y.shape[0]}) must be non-empty and the same length")
     if x_purified is not None and x_purified.shape != x.shape:
@@ -223,9 +227,16 @@ def train_classifier(
             if adversary is not None:
                 model.eval()
                 xb = adversary(model, xb, yb).detach()
+            x_tr = None
+            if trades is not None:
+                model.eval()
+                x_tr = trades.perturb(model, xb).detach()
             model.train()
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp and device.startswith("cuda")):
-                loss = F.cross_entropy(model(xb), yb)
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb)
+                if x_tr is not None:
+                    loss = loss + trades.beta * trades.kl(logits, model(x_tr))
                 if x_purified is not None:
                     loss = loss + F.cross_entropy(model(x_purified[idx].to(device)), yb)  # eq. 17
             opt.zero_grad(set_to_none=True)
@@ -262,3 +273,40 @@ class PGDAdversary:
         self.calls += 1
         return pgd(model, x, y, self.threat, steps=self.steps, step_size=self.step_size, keep="last",
                    seed=self.seed * 1_000_003 + self.calls)
+
+
+class TRADES:
+    """TRADES (Zhang et al. 2019): the inner maximisation of ``KL(f(x) ‖ f(x'))`` over the ℓ∞ ball.
+
+    ``perturb(model, x)`` starts at ``x + 0.001·N(0, I)`` and takes ``steps`` signed-gradient steps
+    of size ``step_size`` on the KL divergence, projecting onto the ball and the box; ``beta``
+    weighs the KL term in :func:`train_classifier`. Random draws come from a seeded generator
+    (a counter per call), so training is reproducible.
+    """
+
+    def __init__(self, threat, steps: int = 7, step_size: Optional[float] = None, beta: float = 6.0, seed: int = 0):
+        if threat.norm != "inf":
+            raise ValueError(f"TRADES here is the ℓ∞ version; got {threat}")
+        if beta <= 0 or steps < 1:
+            raise ValueError(f"TRADES needs beta > 0 and steps >= 1, got beta={beta}, steps={steps}")
+        self.threat, self.steps, self.beta, self.seed, self.calls = threat, int(steps), float(beta), int(seed), 0
+        self.step_size = threat.eps / 4 if step_size is None else float(step_size)
+
+    @staticmethod
+    def kl(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
+        """Mean over the batch of ``KL(softmax(clean) ‖ softmax(adv))``."""
+        return F.kl_div(F.log_softmax(logits_adv, 1), F.log_softmax(logits_clean, 1), reduction="batchmean", log_target=True)
+
+    def perturb(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
+        eps = self.threat.eps
+        with torch.no_grad():
+            target = model(x)
+        xa = (x + 0.001 * torch.randn(x.shape, generator=gen).to(x.device)).clamp(0, 1)
+        for _ in range(self.steps):
+            xa = xa.detach().requires_grad_(True)
+            with torch.enable_grad():
+                (g,) = torch.autograd.grad(self.kl(target, model(xa)), xa)
+            xa = torch.min(torch.max(xa.detach() + self.step_size * g.sign(), x - eps), x + eps).clamp(0, 1)
+        return xa.detach()

@@ -319,3 +319,27 @@ def test_bad_defended():
     d = Defended(_mlp(), lambda x: x[:, :, :4], gradient="bpda")
     with pytest.raises(ValueError, match="changed the shape"):
         d(torch.rand(2, 1, 8, 8).requires_grad_(True))
+
+
+def test_pgd_warm_start_and_partial_unrolling_in_defended(net, digits):
+    x, y = digits[0][:6], digits[1][:6]
+    threat = Threat("inf", 0.1)
+    start = pgd(net, x, y, threat, steps=3)
+    # the start replaces the random start (so the seed plays no part) and the result stays in the ball
+    warm = pgd(net, x, y, threat, steps=2, x_init=start, seed=123)
+    assert torch.equal(warm, pgd(net, x, y, threat, steps=2, x_init=start, seed=7))  # the seed is unused
+    assert float((warm - x).abs().max()) <= 0.1 + 1e-6
+    with pytest.raises(InvalidInputError, match="outside the threat's ball"):
+        pgd(net, x, y, threat, steps=2, x_init=(x + 0.3).clamp(0, 1))
+    with pytest.raises(InvalidInputError, match="x_init has shape"):
+        pgd(net, x, y, threat, steps=2, x_init=x[:2])
+    pur = _tiny_purifier()
+    d = Defended(net, pur, gradient="exact", unroll_last=1)
+    assert "unroll_last=1" in repr(d)
+    xr = x[:2].clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(d(xr).sum(), xr)
+    assert torch.isfinite(g).all() and float(g.abs().sum()) > 0
+    with pytest.raises(ValueError, match="needs gradient='exact'"):
+        Defended(net, pur, gradient="bpda", unroll_last=1)
+    with pytest.raises(TypeError, match="takes last=k"):
+        Defended(net, lambda z: z, gradient="exact", unroll_last=1)

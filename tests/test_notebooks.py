@@ -155,3 +155,29 @@ def test_06_cifar10_cost_model_and_tiny_run(tiny_run, tmp_path):
     per = res["score_evals_per_image"]
     assert per["BPDA200-det"] == 201 * 240 and per["BPDA20-det"] == 21 * 240
     assert res["run_preset"] == "tiny" and unit_interval(res["worst_case"]) and unit_interval(res["clean"])
+
+
+def test_07_worst_case_live_tiny(tiny_run, tmp_path):
+    """Chapter 7 runs the tiny ensemble and both studies live and reports consistent numbers."""
+    name = "07_worst_case"
+    nb, tagged = _checked_notebook(name)
+    assert len(tagged) == 1 and "live_preset = None" in tagged[0].source
+    out_json = tmp_path / f"{name}.json"
+    papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"), kernel_name="python3",
+                               parameters=dict(live_preset="tiny", live_workdir=str(tiny_run / "work"),
+                                               results_json=str(out_json)),
+                               cwd=str(NOTEBOOKS), progress_bar=False)
+    out = nbformat.read(tmp_path / f"{name}.ipynb", as_version=4)
+    errors = [o for c in out.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, errors
+    res = json.loads(out_json.read_text())
+    assert {"undefended", "PGD-AT", "TRADES"} <= set(res["worst_case"]) and unit_interval(res["worst_case"])
+    for d, by_eps in res["worst_case"].items():  # the worst case never exceeds the best single attack
+        for e, acc in by_eps.items():
+            single = res["best_single"][d][e]
+            assert single is None or acc <= single + 1e-12
+            assert acc <= res["clean"][d] + 1e-12
+    assert res["attack_study_worst"] <= min(res["attack_study"].values()) + 1e-12
+    v = res["sam_verdict"]
+    assert v["n_sam_settings"] == sum(1 for s in res["sam_study"] if not s.startswith("SAM off"))
+    assert v["best_worst_case"] == max(r["worst_case"] for r in res["sam_study"].values())

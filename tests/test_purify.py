@@ -166,3 +166,49 @@ def test_purifier_runs_under_no_grad(net):
     with torch.no_grad():
         y = pur(x)
     assert torch.equal(y, pur(x))
+
+
+def test_partial_unrolling_interpolates_bpda_and_the_exact_gradient(net):
+    """k = 0 is BPDA (the identity Jacobian); k = K is the exact gradient; the value never changes."""
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64) * 0.8 + 0.1
+    dnet = ScoreNet(SCORE_TINY).double().eval()
+    dnet.load_state_dict({k: v.double() for k, v in net.state_dict().items()})
+    pur = Purifier(dnet, PurifyConfig(**SMALL))
+    k_all = pur.config.steps
+    u = torch.randn_like(x)
+
+    def grad(**kw):
+        xr = x.clone().requires_grad_(True)
+        y = pur.unrolled(xr, **kw)
+        assert torch.equal(y.detach(), pur(x))  # the forward value is Algorithm 1's output
+        return torch.autograd.grad((y * u).sum(), xr)[0]
+
+    exact = grad(checkpoint=False)
+    assert torch.equal(grad(last=0), u)  # BPDA: the upstream gradient passes unchanged
+    assert torch.allclose(grad(last=k_all), exact, atol=1e-12, rtol=1e-10)
+    assert torch.allclose(grad(last=k_all, checkpoint=False), exact, atol=1e-12, rtol=1e-10)
+    mid = grad(last=2)
+    assert not torch.allclose(mid, u) and not torch.allclose(mid, exact)
+    for bad in (-1, k_all + 1, 1.5, True):
+        with pytest.raises(ValueError, match="last must be"):
+            pur.unrolled(x, last=bad)
+
+
+def test_rho_tied_to_sigma(net):
+    cfg = PurifyConfig(rho_sigma=0.5, **SMALL)
+    assert cfg.rho == 0.0 and cfg.sam
+    pur = Purifier(net, cfg)
+    assert pur.rhos == pytest.approx([0.5 * s for s in pur.sigmas]) and pur.score_evaluations == cfg.steps * cfg.m * 2
+    x = torch.rand(2, 1, 8, 8)
+    assert not torch.equal(pur(x), Purifier(net, PurifyConfig(rho=0.0, **SMALL))(x))  # SAM does something
+    # a fixed ρ equal to the σ-tied one at every step gives the same result
+    one = dict(SMALL, n_levels=1, sigma_min=0.2, sigma_max=0.2)
+    assert torch.equal(Purifier(net, PurifyConfig(rho_sigma=0.5, **one))(x), Purifier(net, PurifyConfig(rho=0.1, **one))(x))
+    # replace() switches between the two forms cleanly
+    assert cfg.replace(rho=0.05).rho_sigma is None and cfg.replace(rho=0.05).rho == 0.05
+    assert PurifyConfig(**SMALL).replace(rho_sigma=1.0).rho == 0.0
+    assert not PurifyConfig(rho=0.0, **SMALL).sam
+    with pytest.raises(ValueError, match="not both"):
+        PurifyConfig(rho=0.1, rho_sigma=0.5, **SMALL)
+    with pytest.raises(ValueError, match="rho_sigma must be"):
+        PurifyConfig(rho_sigma=-1.0, **SMALL)

@@ -87,21 +87,37 @@ def test_classifier_training_and_models_run_at_tiny_size():
         WideResNet(depth=11)
 
 
-def test_adversarial_training_raises_pgd_accuracy():
+@pytest.mark.parametrize("method", ["pgd-at", "trades"])
+def test_adversarial_training_raises_pgd_accuracy(method):
     from sklearn.datasets import load_digits
 
     from pursamere.attacks import Threat, pgd, robust_accuracy
-    from pursamere.train import PGDAdversary
+    from pursamere.train import TRADES, PGDAdversary
 
     d = load_digits()
     x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
     y = torch.tensor(d.target)
     threat = Threat("inf", 0.15)
     cfg = ClassifierTrainConfig(epochs=4, batch_size=64, lr=3e-3)
+    kw = {"adversary": PGDAdversary(threat, steps=3)} if method == "pgd-at" else {"trades": TRADES(threat, steps=3)}
     torch.manual_seed(0)
     plain = train_classifier(SmallCNN(width=16), x[:1000], y[:1000], cfg)
     torch.manual_seed(0)
-    robust = train_classifier(SmallCNN(width=16), x[:1000], y[:1000], cfg, adversary=PGDAdversary(threat, steps=3))
+    robust = train_classifier(SmallCNN(width=16), x[:1000], y[:1000], cfg, **kw)
     xt, yt = x[1000:1300], y[1000:1300]
     acc = [robust_accuracy(m, pgd(m, xt, yt, threat, steps=10), yt) for m in (plain, robust)]
-    assert acc[1] > acc[0] + 0.1, acc  # measured: 14% → 32%
+    assert acc[1] > acc[0] + 0.1, acc  # measured: PGD-AT 14% → 32%
+
+
+def test_trades_refuses_bad_settings():
+    from pursamere.attacks import Threat
+    from pursamere.train import TRADES
+
+    threat = Threat("inf", 0.15)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        train_classifier(SmallCNN(width=16), torch.rand(4, 1, 8, 8), torch.arange(4), ClassifierTrainConfig(epochs=1),
+                         trades=TRADES(threat), adversary=lambda m, a, b: a)
+    with pytest.raises(ValueError, match="ℓ∞ version"):
+        TRADES(Threat(2, 1.0))
+    with pytest.raises(ValueError, match="beta > 0"):
+        TRADES(threat, beta=0.0)

@@ -1,0 +1,170 @@
+"""The attack ensemble (worst case per image), cascades, warm starts, the studies, TRADES, the CLI."""
+import json
+
+import pytest
+import torch
+
+from pursamere.attacks import Threat
+from pursamere.cli import main
+from pursamere.evaluate import AttackSpec, Defence, evaluate, worst_case
+from pursamere.presets import TINY
+from pursamere.suite import PLANS, EnsemblePlan, applies, ensemble_attacks, merge_results, run_ensemble
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
+
+PLAN = PLANS["tiny"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("ens")
+    res = run_ensemble(TINY, PLAN, work / "runs", work / "out", progress=False, log=lambda *a: None)
+    return res, work
+
+
+def _flags(row):
+    return [c == "1" for c in row["survived"]]
+
+
+def test_ensemble_worst_case_is_per_image_and_never_above_any_attack(tiny_run):
+    res, work = tiny_run
+    assert len(res["worst_case"]) == 2 * len({r["defence"] for r in res["rows"]})
+    for w in res["worst_case"]:
+        rows = [r for r in res["rows"] if (r["defence"], r["norm"], r["eps"]) == (w["defence"], w["norm"], w["eps"])]
+        assert w["robust_acc"] <= min(r["robust_acc"] for r in rows) + 1e-12
+        robust = [all(_flags(r)[i] for r in rows) for i in range(w["n"])]
+        assert w["robust_acc"] == pytest.approx(sum(robust) / w["n"])
+        # a cascaded row is cumulative: it never claims an image that an earlier row of the suite broke
+        for j, r in enumerate(rows):
+            if r["cascade"]:
+                before = [all(_flags(q)[i] for q in rows[:j]) for i in range(w["n"])]
+                assert all(b or not f for b, f in zip(before, _flags(r)))
+    # each defence got the attacks that apply to it
+    got = {(r["defence"], r["attack"]) for r in res["rows"]}
+    assert ("undefended", "exact1") not in got and ("undefended", "APGD-DLR2") in got
+    assert ("ADP", "BPDA2") in got and ("ADP", "exact1") not in got
+    assert ("ADP (fixed seed)", "BPDA2→exact1") in got and ("ADP (fixed seed)", "partial1-margin2") not in got
+    assert any(d.startswith("ERE descent") and a == "partial1-margin2" for d, a in got)
+    assert any(d.startswith("PGD-AT + ") for d, _ in got) and ("TRADES", "Square5") in got
+    table = (work / "out" / "table.md").read_text()
+    assert "†" in table and table.index("| gPGD2") < table.index("exact1 †") < table.index("APGD-CE2 †")
+
+
+def test_ensemble_resumes_without_recomputing(tiny_run):
+    res, work = tiny_run
+    again = run_ensemble(TINY, PLAN, work / "runs", work / "out", progress=False, log=lambda *a: None)
+    assert [r["seconds"] for r in again["rows"]] == [r["seconds"] for r in res["rows"]]
+    assert again["worst_case"] == res["worst_case"]
+
+
+def test_merge_results_joins_split_runs(tiny_run, tmp_path):
+    res, work = tiny_run
+    a = run_ensemble(TINY, PLAN, work / "runs", tmp_path / "a", only=("undefended",), progress=False, log=lambda *a: None)
+    b = run_ensemble(TINY, PLAN, work / "runs", tmp_path / "b", only=("TRADES",), progress=False, log=lambda *a: None)
+    m = merge_results([tmp_path / "a" / "results.json", tmp_path / "b" / "results.json"], tmp_path / "m")
+    assert len(m["rows"]) == len(a["rows"]) + len(b["rows"]) and (tmp_path / "m" / "table.md").exists()
+    with pytest.raises(ValueError, match="more than one"):
+        merge_results([tmp_path / "a" / "results.json", tmp_path / "a" / "results.json"], tmp_path / "m2")
+    with pytest.raises(ValueError, match="no defence name"):
+        run_ensemble(TINY, PLAN, work / "runs", tmp_path / "c", only=("nothing",), progress=False, log=lambda *a: None)
+
+
+def test_cascade_and_warm_start_in_evaluate(tmp_path):
+    """Planted classifier: a cascaded attack sees only the survivors; a warm start uses the earlier end points."""
+    torch.manual_seed(0)
+    clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    x = torch.rand(10, 1, 4, 4)
+    y = clf(x).argmax(1)  # clean accuracy 100%
+    d = Defence("net", clf)
+    specs = [AttackSpec("fgsm", steps=1), AttackSpec("pgd3", steps=3, cascade=True, warm_from="fgsm")]
+    res = evaluate([d], specs, [Threat("inf", 0.1)], x, y, tmp_path, progress=False)
+    fgsm, casc = res["rows"]
+    assert casc["cascade"] and all(not (c == "1" and f == "0") for f, c in zip(fgsm["survived"], casc["survived"]))
+    assert res["worst_case"][0]["robust_acc"] == casc["robust_acc"] and res["worst_case"][0]["cascaded"] == ["pgd3"]
+    with pytest.raises(ValueError, match="earlier attack"):
+        evaluate([d], specs[::-1], [Threat("inf", 0.1)], x, y, tmp_path / "b", progress=False)
+    # a cascaded row is recomputed when a row before it was: here the first attack changes
+    specs2 = [AttackSpec("fgsm", steps=1, step_size=0.05), specs[1]]
+    import pursamere.evaluate as ev
+
+    calls = []
+    real = ev.attack_flags
+    ev.attack_flags = lambda *a, **k: calls.append(a[1].name) or real(*a, **k)
+    try:
+        evaluate([d], specs2, [Threat("inf", 0.1)], x, y, tmp_path, progress=False)
+        assert calls == ["fgsm", "pgd3"]  # the cascaded row depends on the changed first row
+        calls.clear()
+        evaluate([d], specs2, [Threat("inf", 0.1)], x, y, tmp_path, progress=False)
+        assert calls == []  # both reused now
+    finally:
+        ev.attack_flags = real
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(gradient="exact", unroll_last=1, kind="square"), "unroll_last needs"),
+    (dict(gradient="bpda", unroll_last=1), "unroll_last needs"),
+    (dict(kind="fgsm"), "unknown kind"), (dict(gradient="white"), "unknown gradient"),
+    (dict(steps=0), "steps must"), (dict(kind="square", warm_from="x"), "warm_from needs"),
+    (dict(warm_from="a"), "its own"),
+])
+def test_bad_attack_specs(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        AttackSpec("a", **kw)
+
+
+def test_applies_follows_the_suite_table():
+    from pursamere.evaluate import Identity
+
+    clf = torch.nn.Linear(2, 2)
+    atk = {a.name: a for a in ensemble_attacks(EnsemblePlan())}
+    und = Defence("u", clf)
+    assert [a for a in atk if applies(und, atk[a])] == ["BPDA20", "APGD-CE20", "APGD-DLR20", "Square100"]
+    assert isinstance(und.purifier, Identity)
+
+
+def test_tiny_adversarial_training_beats_the_plain_model_under_pgd(tiny_run):
+    """The TINY preset's PGD-AT classifier is more robust than its plain one on the same data."""
+    from pursamere.attacks import pgd, robust_accuracy
+    from pursamere.pipeline import prepare
+
+    _, work = tiny_run
+    arts = prepare(TINY, work / "runs", progress=False, log=lambda *a: None)
+    split = arts["split"]
+    x, y = split.x_test[:200], split.y_test[:200]
+    threat = Threat("inf", TINY.threats["inf"])
+    acc = {k: robust_accuracy(arts[k], pgd(arts[k], x, y, threat, steps=10), y) for k in ("plain", "adv", "trades")}
+    assert acc["adv"] > acc["plain"] + 0.05 and acc["trades"] > acc["plain"] + 0.05, acc
+
+
+def test_cli_ensemble_and_studies_on_tiny(tiny_run, capsys):
+    _, work = tiny_run
+    runs = str(work / "runs")
+    out = work / "cli-ens"
+    assert main(["ensemble", "--preset", "tiny", "--workdir", runs, "--n", "6", "--eps", "0.15", "--square-queries", "3",
+                 "--only", "undefended,TRADES", "--out", str(out)]) == 0
+    assert "worst case" in capsys.readouterr().out and (out / "results.json").exists()
+    assert main(["ensemble", "--preset", "tiny", "--workdir", runs, "--best", "[1]", "--out", str(work / "x")]) == 2
+    assert "--best must be a JSON object" in capsys.readouterr().err
+    sam = work / "sam"
+    assert main(["study", "sam", "--preset", "tiny", "--workdir", runs, "--n", "6", "--only", "SAM off;ℓ∞ ρ=σ/4",
+                 "--out", str(sam)]) == 0
+    summary = json.loads((sam / "study.json").read_text())
+    assert [r["setting"] for r in summary["rows"]] == ["SAM off", "ℓ∞ ρ=σ/4"]
+    assert all(r["worst_case"] <= min(r["per_attack"].values()) + 1e-12 for r in summary["rows"])
+    assert main(["study", "sam", "--preset", "tiny", "--workdir", runs, "--only", "nonsense", "--out", str(sam)]) == 2
+    assert "unknown SAM-study settings" in capsys.readouterr().err
+    atk = work / "atk"
+    assert main(["study", "attacks", "--preset", "tiny", "--workdir", runs, "--n", "4", "--out", str(atk)]) == 0
+    rows = json.loads((atk / "study.json").read_text())["rows"]
+    assert {"BPDA20→exact10", "partial1-margin20", "partial2-margin20", "Square100"} <= {r["attack"] for r in rows}
+
+
+def test_sam_grid_covers_the_study():
+    from pursamere.study import sam_settings
+
+    g = sam_settings(TINY.purify, 64)
+    assert "SAM off" in g and g["ℓ2 ρ=√d·ε_pur/2"]["rho"] == pytest.approx(TINY.purify.eps_pur / 2 * 8)
+    assert g["ℓ∞ ρ=σ"] == {"rho_sigma": 1.0, "sam_norm": "inf"} and g["SAM off, M=1"]["antithetic"] is False
+    assert {k for k in g if "M=" in k} == {"SAM off, M=1", "SAM off, M=16", "ℓ∞ ρ=ε_pur/2, M=1", "ℓ∞ ρ=ε_pur/2, M=16"}
+    for kw in g.values():  # every setting is a valid config
+        TINY.purify.replace(**kw)
