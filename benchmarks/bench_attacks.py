@@ -2,9 +2,10 @@
 
 One run measures, on the same batch, score net and classifier:
   * time of one purification ``P(x)`` (Algorithm 1, K steps);
-  * time of one BPDA PGD step (forward through P, identity backward) and of one
+  * time of one BPDA PGD step (forward through P, identity backward), of one
     exact-gradient PGD step (forward + backward through all K unrolled, checkpointed steps,
-    second order through the score), both as ratios to one purification;
+    second order through the score) and of partial-unrolling steps (exact through the last j
+    steps only), all as ratios to one purification;
   * peak resident memory (``VmHWM``, else ``ru_maxrss``) of one exact-gradient step with K and with 4K
     purification steps, each in a FRESH subprocess (a high-water mark cannot be reset inside
     one process). With step-wise checkpointing the peak should barely move with K (goal:
@@ -129,6 +130,12 @@ def main():
     print(f"one purification        {t_pur * 1e3:9.1f} ms   1.00x")
     print(f"one BPDA PGD step       {t_bpda * 1e3:9.1f} ms   {t_bpda / t_pur:.2f}x purification")
     print(f"one exact PGD step      {t_exact * 1e3:9.1f} ms   {t_exact / t_pur:.2f}x purification")
+    # partial unrolling (exact through the last j steps, BPDA before): cost should grow about
+    # linearly from BPDA's (j = 0) to the exact step's (j = K)
+    for j in sorted({1, max(1, k // 4), max(1, k // 2)}):
+        t_j = timed(lambda j=j: attack_step(Defended(clf, pur, "exact", unroll_last=j), x, y), args.repeats)
+        lin = (t_bpda + j / k * (t_exact - t_bpda)) / t_pur
+        print(f"one partial-{j} PGD step  {t_j * 1e3:9.1f} ms   {t_j / t_pur:.2f}x purification (linear model {lin:.2f}x)")
 
     modes = [False, True] if args.compare_plain else [False]
     for plain in modes:

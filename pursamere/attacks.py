@@ -409,7 +409,8 @@ class Defended(nn.Module):
         checkpoint: step-wise gradient checkpointing for ``"exact"`` (memory flat in K).
         unroll_last: with ``"exact"``, differentiate only the purifier's last ``unroll_last``
             steps and cross the rest straight-through (partial unrolling; ``0`` is BPDA,
-            ``None`` every step). Needs ``purifier.unrolled(x, checkpoint, last=k)``.
+            ``None`` every step; a value above the purifier's K means all K). Needs
+            ``purifier.unrolled(x, checkpoint, last=k)``.
 
     The forward pass is always the true defence ``classifier(purifier(x))``: with gradients
     off (evaluation), every mode simply calls ``purifier(x)``.
@@ -431,6 +432,8 @@ class Defended(nn.Module):
 
             if gradient != "exact":
                 raise ValueError(f"unroll_last (partial unrolling) needs gradient='exact', got {gradient!r}")
+            if isinstance(unroll_last, bool) or not isinstance(unroll_last, int) or unroll_last < 0:
+                raise ValueError(f"unroll_last must be an integer >= 0, got {unroll_last!r}")
             fn = getattr(purifier, "unrolled", None)
             if not callable(fn) or "last" not in inspect.signature(fn).parameters:
                 raise TypeError(f"unroll_last needs a purifier whose unrolled() takes last=k "
@@ -448,6 +451,9 @@ class Defended(nn.Module):
         if not isinstance(purifier, nn.Module) and isinstance(score, nn.Module):
             # so .to(), .eval(), .double() on the defence reach the purifier's score network
             self.purifier_score = score
+        steps = getattr(getattr(purifier, "config", None), "steps", None)
+        if unroll_last is not None and isinstance(steps, int):
+            unroll_last = min(unroll_last, steps)  # more steps than the purifier has: all of them (exact)
         self.gradient, self.checkpoint, self.unroll_last = gradient, bool(checkpoint), unroll_last
 
     def purify(self, x: torch.Tensor) -> torch.Tensor:

@@ -53,17 +53,22 @@ def cmd_train_classifier(args) -> int:
     from .io import save_checkpoint
     from .pipeline import build_classifier, load_split
     from .presets import get_preset
-    from .train import PGDAdversary, accuracy, train_classifier
+    from .train import TRADES, PGDAdversary, accuracy, train_classifier
 
+    if args.adversarial and args.trades:
+        raise ValueError("choose one of --adversarial (PGD-AT) and --trades")
     preset = get_preset(args.preset)
     split = load_split(preset, args.data_root)
     threat = Threat("inf", preset.threats["inf"])
     adversary = PGDAdversary(threat, steps=args.pgd_steps) if args.adversarial else None
+    trades = TRADES(threat, steps=args.pgd_steps, beta=args.beta) if args.trades else None
     torch.manual_seed(preset.classifier_train.seed)
     clf = train_classifier(build_classifier(preset, tuple(split.x_train.shape[1:])), split.x_train, split.y_train,
-                           preset.classifier_train, adversary=adversary, device=args.device, progress=True).cpu()
-    kind = f"adversarial (PGD-{args.pgd_steps}, ℓ∞ {threat.eps:g})" if args.adversarial else "plain"
-    path = Path(args.workdir) / preset.name / f"classifier_{'adv' if args.adversarial else 'plain'}_cli.pt"
+                           preset.classifier_train, adversary=adversary, trades=trades, device=args.device, progress=True).cpu()
+    tag = "adv" if args.adversarial else ("trades" if args.trades else "plain")
+    kind = {"adv": f"adversarial (PGD-{args.pgd_steps}, ℓ∞ {threat.eps:g})",
+            "trades": f"TRADES (β = {args.beta:g}, {args.pgd_steps} steps, ℓ∞ {threat.eps:g})", "plain": "plain"}[tag]
+    path = Path(args.workdir) / preset.name / f"classifier_{tag}_cli.pt"
     save_checkpoint(path, {"state": clf.state_dict(), "meta": {"kind": kind, "preset": preset.name}})
     n = min(args.n, len(split.x_test))
     x, y = split.x_test[:n], split.y_test[:n]
@@ -214,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--preset", default="digits")
     tc.add_argument("--workdir", default="runs")
     tc.add_argument("--adversarial", action="store_true", help="PGD adversarial training at the preset's ℓ∞ budget")
-    tc.add_argument("--pgd-steps", type=int, default=7)
+    tc.add_argument("--trades", action="store_true", help="TRADES (Zhang et al. 2019) at the preset's ℓ∞ budget")
+    tc.add_argument("--beta", type=float, default=6.0, help="TRADES' β")
+    tc.add_argument("--pgd-steps", type=int, default=7, help="steps of the inner maximisation")
     tc.add_argument("--n", type=int, default=200, help="test images for the PGD-20 check")
     tc.add_argument("--device", default="cpu")
     tc.add_argument("--data-root", default=None)

@@ -24,7 +24,8 @@ from .attacks import Defended, Threat, pgd
 from .io import atomic_write_bytes, atomic_write_json
 
 __all__ = ["Defence", "AttackSpec", "ATTACKS", "wilson", "predict", "attack_flags", "evaluate", "worst_case",
-           "render_table", "plot_results", "Identity", "make_row", "row_key", "bits", "load_done", "reusable"]
+           "render_table", "plot_results", "Identity", "make_row", "row_key", "bits", "load_done", "reusable",
+           "suite_context"]
 
 
 class Identity:
@@ -262,7 +263,7 @@ def bits(flags: torch.Tensor) -> str:
 
 
 def make_row(defence: Defence, spec: AttackSpec, threat: Threat, clean: torch.Tensor, flags: torch.Tensor,
-             seconds: float, seed: int) -> dict:
+             seconds: float, seed: int, context: Optional[dict] = None) -> dict:
     """One ``results.json`` row.
 
     Args:
@@ -276,19 +277,45 @@ def make_row(defence: Defence, spec: AttackSpec, threat: Threat, clean: torch.Te
     return {
         "key": row_key(defence.name, spec.name, threat), "defence": defence.name, "attack": spec.name,
         "norm": str(threat.norm), "eps": threat.eps, "n": n, "clean_acc": float(clean.double().mean()),
-        "robust_acc": k / n, "ci95": [lo, hi], "attack_settings": effective_settings(spec, threat, defence),
+        "robust_acc": k / n, "ci95": [lo, hi], "attack_settings": effective_settings(spec, threat, defence, context),
         "stochastic": bool(defence.stochastic), "config": defence.config_dict(), "defence_fingerprint": defence.fingerprint(),
         "seed": seed, "version": __version__, "seconds": round(seconds, 2), "survived": bits(flags),
         "cascade": bool(spec.cascade),
     }
 
 
-def effective_settings(spec: AttackSpec, threat: Threat, defence: Defence) -> dict:
-    """The attack's settings as run against this defence (EoT only against stochastic ones)."""
+def effective_settings(spec: AttackSpec, threat: Threat, defence: Defence, context: Optional[dict] = None) -> dict:
+    """The attack's settings as run against this defence (EoT only against stochastic ones).
+
+    ``context`` (from :func:`suite_context`) adds what a cascaded or warm-started row depends on:
+    the attacks before it in its suite, and the settings of the attack whose end points it starts from.
+    """
     d = json.loads(json.dumps(spec.settings(threat)))
     if not defence.stochastic:
         d["eot"] = 1
+    if context:
+        d.update(json.loads(json.dumps(context)))
     return d
+
+
+def suite_context(d: Defence, threat: Threat, attacks: Sequence[AttackSpec], skip: Optional[Callable]) -> dict:
+    """Per attack name, what its row depends on besides its own settings (see :func:`effective_settings`):
+    ``after`` = the attacks run before a cascaded one at this (defence, threat), in order;
+    ``warm_settings`` = the full settings of a warm start's source."""
+    applicable = [a for a in attacks if skip is None or not skip(d, a, threat)]
+    ctx: dict = {}
+    for i, a in enumerate(applicable):
+        c = {}
+        if a.cascade:
+            c["after"] = [b.name for b in applicable[:i]]
+        if a.warm_from is not None:
+            src = next((b for b in applicable[:i] if b.name == a.warm_from), None)
+            if src is None:
+                raise ValueError(f"attack {a.name!r} starts from {a.warm_from!r}, which does not run before it "
+                                 f"against {d.name} at {threat}")
+            c["warm_settings"] = effective_settings(src, threat, d, ctx[src.name])
+        ctx[a.name] = c
+    return ctx
 
 
 def load_done(path: Path, n: int, data: str | None = None) -> dict:
@@ -305,10 +332,12 @@ def load_done(path: Path, n: int, data: str | None = None) -> dict:
     return {r["key"]: r for r in old.get("rows", []) if r.get("n") == n}
 
 
-def reusable(done: dict, key: str, spec: AttackSpec, threat: Threat, defence: Defence, seed: int) -> bool:
-    """A finished row can be reused only if the attack, the defence (weights and config) and seed match."""
+def reusable(done: dict, key: str, spec: AttackSpec, threat: Threat, defence: Defence, seed: int,
+             context: Optional[dict] = None) -> bool:
+    """A finished row can be reused only if the attack (with its ``context``), the defence (weights and
+    config) and seed match."""
     r = done.get(key)
-    return (r is not None and r["attack_settings"] == effective_settings(spec, threat, defence)
+    return (r is not None and r["attack_settings"] == effective_settings(spec, threat, defence, context)
             and r.get("defence_fingerprint") == defence.fingerprint() and r.get("seed") == seed)
 
 
@@ -322,11 +351,12 @@ def pending(defences, attacks, threats, skip, done: dict, seed: int, rows: list)
     for d in defences:
         for threat in threats:
             group_reused = True
+            ctx = suite_context(d, threat, attacks, skip)
             for spec in attacks:
                 if skip is not None and skip(d, spec, threat):
                     continue
                 key = row_key(d.name, spec.name, threat)
-                if reusable(done, key, spec, threat, d, seed) and (group_reused or not spec.cascade):
+                if reusable(done, key, spec, threat, d, seed, ctx[spec.name]) and (group_reused or not spec.cascade):
                     rows.append(done[key])
                     continue
                 group_reused = False
@@ -374,21 +404,34 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
                         "attack_order": [a.name for a in attacks], **(meta or {})}, "rows": []}
     done = load_done(path, int(x.shape[0]), data_fp)
     cleans: dict = {}
-    points: dict = {}  # (defence, threat, attack) -> end points, for warm starts
+    points: dict = {}  # (defence, threat, attack) -> (end points, images attacked), for warm starts
     needed = {a.warm_from for a in attacks if a.warm_from}
+
+    def start_points(d, threat, spec, todo):
+        """End points of ``spec.warm_from`` for the images in ``todo``; recomputed (on those images,
+        itself warm-started where it was) when its row was reused from disk."""
+        src = (d.name, str(threat), spec.warm_from)
+        if src not in points:
+            s_spec = by_name[spec.warm_from]
+            init = start_points(d, threat, s_spec, todo) if s_spec.warm_from else None
+            _, pts = attack_flags(d, s_spec, threat, x, y, seed=seed, batch_size=batch_size, alive=todo, x_init=init,
+                                  return_points=True)
+            points[src] = (pts, todo.clone())
+        pts, attacked = points[src]
+        missing = int((todo & ~attacked).sum())
+        if missing:
+            raise ValueError(f"{spec.name!r} would start from {spec.warm_from!r}'s end points on {missing} images that "
+                             f"{spec.warm_from!r} never attacked ({d.name}, {threat}): make it cascaded after it")
+        return pts
+
     for d, threat, spec in pending(defences, attacks, threats, skip, done, seed, results["rows"]):
         if d.name not in cleans:
             cleans[d.name] = predict(d, x) == y
         clean = cleans[d.name]
         todo = _cumulative(results["rows"], d.name, threat, clean) if spec.cascade else clean
+        x_init = start_points(d, threat, spec, todo) if spec.warm_from is not None else None
+        context = suite_context(d, threat, attacks, skip)[spec.name]
         t0 = time.perf_counter()
-        x_init = None
-        if spec.warm_from is not None:
-            src = (d.name, str(threat), spec.warm_from)
-            if src not in points:  # its row was reused from disk: recompute its end points where needed
-                _, points[src] = attack_flags(d, by_name[spec.warm_from], threat, x, y, seed=seed, batch_size=batch_size,
-                                              alive=todo, return_points=True)
-            x_init = points[src]
         bar = tqdm(total=int(todo.sum()), desc=f"{d.name} · {spec.name} · {threat}", leave=False,
                    disable=not progress, dynamic_ncols=True)
 
@@ -400,9 +443,10 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
         flags, pts = attack_flags(d, spec, threat, x, y, seed=seed, batch_size=batch_size, progress=tick, alive=todo,
                                   x_init=x_init, return_points=True)
         bar.close()
+        seconds = time.perf_counter() - t0
         if spec.name in needed:
-            points[(d.name, str(threat), spec.name)] = pts
-        results["rows"].append(make_row(d, spec, threat, clean, flags, time.perf_counter() - t0, seed))
+            points[(d.name, str(threat), spec.name)] = (pts, todo.clone())
+        results["rows"].append(make_row(d, spec, threat, clean, flags, seconds, seed, context))
         results["worst_case"] = worst_case(results["rows"])
         atomic_write_json(path, results)
     results["worst_case"] = worst_case(results["rows"])

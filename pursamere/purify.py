@@ -131,10 +131,11 @@ class PurifyConfig:
         d = asdict(self)
         if "eps_pur" in changes and "rho" not in changes and self.rho == self.eps_pur / 2:
             d["rho"] = None  # keep ρ tied to ε_pur when it was the default
-        if "rho" in changes and changes["rho"] not in (None, 0, 0.0) and "rho_sigma" not in changes:
-            d["rho_sigma"] = None  # a fixed ρ replaces a σ-tied one
-        if changes.get("rho_sigma") is not None and "rho" not in changes:
-            d["rho"] = 0.0  # a σ-tied ρ replaces the fixed one
+        if "rho" in changes and "rho_sigma" not in changes:
+            d["rho_sigma"] = None  # a fixed ρ (0 = SAM off, None = ε_pur/2) replaces a σ-tied one
+        if "rho_sigma" in changes and "rho" not in changes:
+            # a σ-tied ρ replaces the fixed one; removing the σ-tie restores the default ρ = ε_pur/2
+            d["rho"] = 0.0 if changes["rho_sigma"] is not None else None
         d.update(changes)
         return PurifyConfig(**d)
 
@@ -163,6 +164,18 @@ class Trace:
     ere: torch.Tensor  # ê_σ(x_k) before the step, per item
     distance: torch.Tensor  # ‖x_{k+1} − x_adv‖_p after the step, per item
     path: torch.Tensor | None = field(default=None, repr=False)  # (K+1, B, ...) iterates when asked
+
+
+class _PassThrough(torch.autograd.Function):
+    """Straight-through: the value of ``value`` (bit for bit), the gradient of the identity in ``x``."""
+
+    @staticmethod
+    def forward(ctx, x, value):
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
 
 
 class _CheckpointedStep(torch.autograd.Function):
@@ -324,7 +337,7 @@ class Purifier:
                 for k in range(head):
                     xh, mh, vh, _ = self._step(xh, mh, vh, x0.detach(), k, create_graph=False)
                     xh, mh, vh = xh.detach(), mh.detach(), vh.detach()
-            x = x0 + (xh - x0).detach()  # BPDA across the head: value xh, Jacobian identity
+            x = _PassThrough.apply(x0, xh)  # BPDA across the head: value exactly xh, Jacobian identity
             m, v = mh, vh
         for k in range(head, n_steps):
             if checkpoint:

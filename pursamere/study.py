@@ -22,7 +22,8 @@ from .attacks import Threat
 from .evaluate import AttackSpec, Defence, evaluate
 from .io import atomic_write_json
 
-__all__ = ["sam_settings", "sam_study_attacks", "sam_study", "attack_study_attacks", "attack_study", "summarise", "sam_frame"]
+__all__ = ["sam_settings", "sam_study_attacks", "sam_study", "attack_study_attacks", "attack_study", "summarise", "sam_frame",
+           "robust_flags", "choose_setting"]
 
 
 def sam_settings(cfg, dim: int) -> dict:
@@ -115,7 +116,7 @@ def sam_study(preset, arts: dict, out_dir: str | Path, n: Optional[int] = None, 
     res = evaluate(defs, specs, [threat], x, y, out_dir, progress=progress,
                    meta={"study": "sam", "eps_pur": preset.purify.eps_pur, "settings": grid,
                          "images": f"the {len(x)} validation images of preset {preset.name}"})
-    summary = {"threat": str(threat), "eps_pur": preset.purify.eps_pur, "attacks": [a.name for a in specs],
+    summary = {"threat": str(threat), "eps_pur": preset.purify.eps_pur, "m": preset.purify.m, "attacks": [a.name for a in specs],
                "settings": grid, "rows": summarise(res)}
     atomic_write_json(Path(out_dir) / "study.json", summary)
     return summary
@@ -128,7 +129,7 @@ def attack_study(preset, arts: dict, out_dir: str | Path, defence: str = "ERE de
 
     x, y = _validation(preset, arts, n)
     cfgs = {"ERE descent": preset.purify.replace(rho=0.0, rho_sigma=None),
-            "PurSAMERE": preset.purify.replace(rho=preset.purify.eps_pur / 2, rho_sigma=None)}
+            "PurSAMERE": preset.purify.replace(rho=preset.purify.eps_pur / 2, rho_sigma=None, sam_norm=preset.purify.norm)}
     if defence not in cfgs:
         raise ValueError(f"attack study: unknown defence {defence!r}, choose from {list(cfgs)}")
     d = Defence(f"{defence} ε_pur={preset.purify.eps_pur:.4g}", arts["eq17"], Purifier(arts["score"], cfgs[defence]))
@@ -151,7 +152,7 @@ def sam_frame(summary: dict):
     rows = []
     for r in summary["rows"]:
         name, kw = r["setting"], summary["settings"][r["setting"]]
-        m = kw.get("m", 4) if "M=" in name else 4
+        m = kw.get("m", summary.get("m", 4))
         if kw.get("rho_sigma") is not None:
             kind = f"σ-tied {'ℓ∞' if kw.get('sam_norm') == 'inf' else 'ℓ2'}"
         elif kw.get("rho", 0) == 0:
@@ -163,3 +164,44 @@ def sam_frame(summary: dict):
                      "worst case": r["worst_case"], "lo": r["ci95"][0], "hi": r["ci95"][1],
                      **{f"{a}": v for a, v in r["per_attack"].items()}})
     return pd.DataFrame(rows)
+
+
+def _sign_test(b: int, c: int) -> float:
+    """Two-sided exact binomial (sign / McNemar exact) test of b versus c discordant images."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def robust_flags(results: dict, setting: str) -> list[bool]:
+    """Per image: robust to every attack run against ``setting`` (the worst case, image by image)."""
+    rows = [r for r in results["rows"] if r["defence"] == setting]
+    if not rows:
+        raise ValueError(f"no rows for setting {setting!r}")
+    return [all(r["survived"][i] == "1" for r in rows) for i in range(rows[0]["n"])]
+
+
+def choose_setting(summary: dict, results: dict, baseline: str = "SAM off", alpha: float = 0.05) -> dict:
+    """The rule that sets the preset's defaults from the SAM study (written while it ran, before its M = 16 rows).
+
+    Take the setting with the highest worst-case accuracy (ties: higher clean accuracy). It replaces
+    ``baseline`` only if, on the same images, it saves significantly more images than it loses:
+    two-sided exact sign test on the discordant images, p < ``alpha``. Otherwise the baseline stays
+    (SAM off costs half as much as SAM on; fewer draws cost less). Returns the decision and the counts.
+    """
+    rows = {r["setting"]: r for r in summary["rows"]}
+    if baseline not in rows:
+        raise ValueError(f"the study has no {baseline!r} setting")
+    best = max(rows.values(), key=lambda r: (r["worst_case"], r["clean_acc"]))
+    base, cand = robust_flags(results, baseline), robust_flags(results, best["setting"])
+    b = sum(c and not a for a, c in zip(base, cand))
+    c = sum(a and not c for a, c in zip(base, cand))
+    p = _sign_test(b, c)
+    adopt = best["setting"] != baseline and b > c and p < alpha
+    chosen = best["setting"] if adopt else baseline
+    return {"chosen": chosen, "overrides": summary["settings"][chosen], "best": best["setting"],
+            "best_worst_case": best["worst_case"], "baseline_worst_case": rows[baseline]["worst_case"],
+            "saves": b, "loses": c, "p_value": p, "alpha": alpha, "n": best["n"]}

@@ -118,6 +118,7 @@ def ensemble_defences(preset, arts: dict, best: Optional[dict] = None) -> list[D
         best_cfg = cfg.replace(**best)
         if best_cfg not in (paper, plain_ere):
             best_name = "PurSAMERE " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.items())
+            e = f"ε_pur={best_cfg.eps_pur:.4g}"
             defs.append(Defence(f"{best_name} {e}", aug, Purifier(score, best_cfg)))
         elif best_cfg == paper:
             best_name = "PurSAMERE ρ=ε_pur/2"

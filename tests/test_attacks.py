@@ -339,6 +339,9 @@ def test_pgd_warm_start_and_partial_unrolling_in_defended(net, digits):
     xr = x[:2].clone().requires_grad_(True)
     (g,) = torch.autograd.grad(d(xr).sum(), xr)
     assert torch.isfinite(g).all() and float(g.abs().sum()) > 0
+    assert Defended(net, pur, gradient="exact", unroll_last=99).unroll_last == pur.config.steps  # capped at K
+    with pytest.raises(ValueError, match="integer >= 0"):
+        Defended(net, pur, gradient="exact", unroll_last=-1)
     with pytest.raises(ValueError, match="needs gradient='exact'"):
         Defended(net, pur, gradient="bpda", unroll_last=1)
     with pytest.raises(TypeError, match="takes last=k"):

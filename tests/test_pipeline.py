@@ -59,3 +59,7 @@ def test_cli_adversarial_training_on_tiny(tmp_path, capsys):
                  "--pgd-steps", "2", "--n", "50"]) == 0
     out = capsys.readouterr().out
     assert "adversarial (PGD-2" in out and (tmp_path / "tiny" / "classifier_adv_cli.pt").exists()
+    assert main(["train-classifier", "--preset", "tiny", "--workdir", str(tmp_path), "--trades", "--pgd-steps", "2",
+                 "--n", "50"]) == 0
+    assert "TRADES (β = 6" in capsys.readouterr().out and (tmp_path / "tiny" / "classifier_trades_cli.pt").exists()
+    assert main(["train-classifier", "--preset", "tiny", "--workdir", str(tmp_path), "--trades", "--adversarial"]) == 2

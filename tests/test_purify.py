@@ -180,7 +180,11 @@ def test_partial_unrolling_interpolates_bpda_and_the_exact_gradient(net):
     def grad(**kw):
         xr = x.clone().requires_grad_(True)
         y = pur.unrolled(xr, **kw)
-        assert torch.equal(y.detach(), pur(x))  # the forward value is Algorithm 1's output
+        # the forward value is Algorithm 1's output (bit for bit when checkpointed; the double-backward
+        # graph of checkpoint=False may reassociate sums)
+        if kw.get("checkpoint", True):
+            assert torch.equal(y.detach(), pur(x))
+        assert torch.allclose(y.detach(), pur(x), atol=1e-12)
         return torch.autograd.grad((y * u).sum(), xr)[0]
 
     exact = grad(checkpoint=False)
@@ -208,6 +212,10 @@ def test_rho_tied_to_sigma(net):
     assert cfg.replace(rho=0.05).rho_sigma is None and cfg.replace(rho=0.05).rho == 0.05
     assert PurifyConfig(**SMALL).replace(rho_sigma=1.0).rho == 0.0
     assert not PurifyConfig(rho=0.0, **SMALL).sam
+    assert not cfg.replace(rho=0.0).sam  # turning SAM off also removes the σ-tie
+    back = cfg.replace(rho_sigma=None)  # removing the σ-tie restores the default ρ = ε_pur/2
+    assert back.rho == pytest.approx(back.eps_pur / 2) and back.rho_sigma is None
+    assert cfg.replace(rho=None).rho == pytest.approx(cfg.eps_pur / 2) and cfg.replace(rho=None).rho_sigma is None
     with pytest.raises(ValueError, match="not both"):
         PurifyConfig(rho=0.1, rho_sigma=0.5, **SMALL)
     with pytest.raises(ValueError, match="rho_sigma must be"):

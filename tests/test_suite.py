@@ -70,34 +70,62 @@ def test_merge_results_joins_split_runs(tiny_run, tmp_path):
 
 
 def test_cascade_and_warm_start_in_evaluate(tmp_path):
-    """Planted classifier: a cascaded attack sees only the survivors; a warm start uses the earlier end points."""
-    torch.manual_seed(0)
-    clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
-    x = torch.rand(10, 1, 4, 4)
-    y = clf(x).argmax(1)  # clean accuracy 100%
-    d = Defence("net", clf)
-    specs = [AttackSpec("fgsm", steps=1), AttackSpec("pgd3", steps=3, cascade=True, warm_from="fgsm")]
-    res = evaluate([d], specs, [Threat("inf", 0.1)], x, y, tmp_path, progress=False)
-    fgsm, casc = res["rows"]
-    assert casc["cascade"] and all(not (c == "1" and f == "0") for f, c in zip(fgsm["survived"], casc["survived"]))
-    assert res["worst_case"][0]["robust_acc"] == casc["robust_acc"] and res["worst_case"][0]["cascaded"] == ["pgd3"]
-    with pytest.raises(ValueError, match="earlier attack"):
-        evaluate([d], specs[::-1], [Threat("inf", 0.1)], x, y, tmp_path / "b", progress=False)
-    # a cascaded row is recomputed when a row before it was: here the first attack changes
-    specs2 = [AttackSpec("fgsm", steps=1, step_size=0.05), specs[1]]
+    """Planted classifier: a cascaded attack sees only the survivors; a warm start gets the earlier end points."""
     import pursamere.evaluate as ev
 
-    calls = []
-    real = ev.attack_flags
-    ev.attack_flags = lambda *a, **k: calls.append(a[1].name) or real(*a, **k)
+    torch.manual_seed(0)
+    clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    x = torch.rand(16, 1, 4, 4)
+    y = clf(x).argmax(1)  # clean accuracy 100%
+    d = Defence("net", clf)
+    threat = Threat("inf", 0.1)
+    specs = [AttackSpec("fgsm", steps=1), AttackSpec("pgd3", steps=3, cascade=True),
+             AttackSpec("warm", steps=2, cascade=True, warm_from="fgsm")]
+    seen, real = [], ev.attack_flags
+
+    def spy(defence, spec, threat, x, y, **kw):
+        seen.append((spec.name, kw["alive"].clone(), kw.get("x_init")))
+        return real(defence, spec, threat, x, y, **kw)
+
+    ev.attack_flags = spy
     try:
-        evaluate([d], specs2, [Threat("inf", 0.1)], x, y, tmp_path, progress=False)
-        assert calls == ["fgsm", "pgd3"]  # the cascaded row depends on the changed first row
-        calls.clear()
-        evaluate([d], specs2, [Threat("inf", 0.1)], x, y, tmp_path, progress=False)
-        assert calls == []  # both reused now
+        res = evaluate([d], specs, [threat], x, y, tmp_path, progress=False)
+        fgsm, casc, warm = res["rows"]
+        flags = {r["attack"]: torch.tensor([c == "1" for c in r["survived"]]) for r in res["rows"]}
+        assert 0 < int(flags["fgsm"].sum()) < 16  # the planted budget breaks some images, not all
+        assert torch.equal(seen[0][1], torch.ones(16, dtype=torch.bool)) and seen[0][2] is None
+        assert torch.equal(seen[1][1], flags["fgsm"])  # the cascade attacked exactly fgsm's survivors
+        assert torch.equal(seen[2][1], flags["pgd3"])
+        fgsm_points = real(d, specs[0], threat, x, y, return_points=True)[1]
+        assert torch.equal(seen[2][2], fgsm_points)  # the warm start got fgsm's end points
+        assert not bool((flags["pgd3"] & ~flags["fgsm"]).any()) and not bool((flags["warm"] & ~flags["pgd3"]).any())
+        assert casc["attack_settings"]["after"] == ["fgsm"] and warm["attack_settings"]["after"] == ["fgsm", "pgd3"]
+        assert warm["attack_settings"]["warm_settings"]["steps"] == 1
+        assert res["worst_case"][0]["robust_acc"] == warm["robust_acc"] and res["worst_case"][0]["cascaded"] == ["pgd3", "warm"]
+
+        # resume: nothing recomputed; after a change of the first attack everything after it is recomputed,
+        # and the warm start's source is recomputed from disk-reused rows only where needed
+        seen.clear()
+        evaluate([d], specs, [threat], x, y, tmp_path, progress=False)
+        assert seen == []
+        specs2 = [AttackSpec("fgsm", steps=1, step_size=0.05), *specs[1:]]
+        evaluate([d], specs2, [threat], x, y, tmp_path, progress=False)
+        assert [n for n, _, _ in seen] == ["fgsm", "pgd3", "warm"]
+        seen.clear()
+        # a reordered suite: the cascaded row's "after" differs, so it is not reused
+        specs3 = [specs2[0], AttackSpec("other", steps=1, step_size=0.02), *specs2[1:]]
+        evaluate([d], specs3, [threat], x, y, tmp_path, progress=False)
+        # fgsm's row is reused from disk, so its end points are recomputed for the warm start, on the images
+        # the warm start attacks only
+        assert [n for n, _, _ in seen] == ["other", "pgd3", "fgsm", "warm"]
+        assert torch.equal(seen[2][1], seen[3][1])
     finally:
         ev.attack_flags = real
+    with pytest.raises(ValueError, match="earlier attack"):
+        evaluate([d], specs[::-1], [threat], x, y, tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match="never attacked"):  # a full-set attack cannot start from a cascaded one's points
+        evaluate([d], [specs[0], specs[1], AttackSpec("w2", steps=2, warm_from="pgd3")], [threat], x, y, tmp_path / "c",
+                 progress=False)
 
 
 @pytest.mark.parametrize("kw,msg", [
@@ -113,13 +141,21 @@ def test_bad_attack_specs(kw, msg):
 
 
 def test_applies_follows_the_suite_table():
-    from pursamere.evaluate import Identity
+    from pursamere.baselines import ADP, ADPConfig
+    from pursamere.models import SCORE_TINY, ScoreNet
+    from pursamere.purify import Purifier, PurifyConfig
 
-    clf = torch.nn.Linear(2, 2)
-    atk = {a.name: a for a in ensemble_attacks(EnsemblePlan())}
-    und = Defence("u", clf)
-    assert [a for a in atk if applies(und, atk[a])] == ["BPDA20", "APGD-CE20", "APGD-DLR20", "Square100"]
-    assert isinstance(und.purifier, Identity)
+    clf, score = torch.nn.Linear(2, 2), ScoreNet(SCORE_TINY).eval()
+    atk = ensemble_attacks(EnsemblePlan())
+
+    def names(d):
+        return [a.name for a in atk if applies(d, a)]
+
+    assert names(Defence("u", clf)) == ["BPDA20", "APGD-CE20", "APGD-DLR20", "Square100"]
+    assert names(Defence("p", clf, Purifier(score, PurifyConfig()))) == [a.name for a in atk]
+    assert names(Defence("a", clf, ADP(score, ADPConfig(fixed_noise=False)))) == ["BPDA20", "APGD-CE20", "APGD-DLR20", "Square100"]
+    fixed = names(Defence("f", clf, ADP(score, ADPConfig(fixed_noise=True))))
+    assert "partial3-margin20" not in fixed and "BPDA20→exact10" in fixed and "exact10" in fixed
 
 
 def test_tiny_adversarial_training_beats_the_plain_model_under_pgd(tiny_run):
@@ -168,3 +204,27 @@ def test_sam_grid_covers_the_study():
     assert {k for k in g if "M=" in k} == {"SAM off, M=1", "SAM off, M=16", "ℓ∞ ρ=ε_pur/2, M=1", "ℓ∞ ρ=ε_pur/2, M=16"}
     for kw in g.values():  # every setting is a valid config
         TINY.purify.replace(**kw)
+
+
+def test_choose_setting_needs_a_significant_paired_gain():
+    from pursamere.study import _sign_test, choose_setting
+
+    assert _sign_test(0, 0) == 1.0 and _sign_test(9, 0) == pytest.approx(2 / 2 ** 9)
+    assert _sign_test(6, 4) == pytest.approx(_sign_test(4, 6)) and _sign_test(6, 4) > 0.5
+
+    def make(bits):
+        rows = [{"defence": s, "n": len(b), "survived": b} for s, b in bits.items()]
+        summary = {"settings": {s: {"rho": float(i)} for i, s in enumerate(bits)},
+                   "rows": [{"setting": s, "worst_case": b.count("1") / len(b), "clean_acc": 1.0, "n": len(b)}
+                            for s, b in bits.items()]}
+        return summary, {"rows": rows}
+
+    base = "1" * 20 + "0" * 20
+    big = "1" * 20 + "1" * 10 + "0" * 10   # saves 10, loses 0
+    small = "0" * 2 + "1" * 18 + "1" * 4 + "0" * 16  # saves 4, loses 2
+    d = choose_setting(*make({"SAM off": base, "big": big}))
+    assert d["chosen"] == "big" and d["saves"] == 10 and d["loses"] == 0 and d["p_value"] < 0.01
+    d = choose_setting(*make({"SAM off": base, "small": small}))
+    assert d["best"] == "small" and d["chosen"] == "SAM off" and (d["saves"], d["loses"]) == (4, 2)
+    with pytest.raises(ValueError, match="no 'SAM off'"):
+        choose_setting(*make({"x": base}))

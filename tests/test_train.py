@@ -121,3 +121,12 @@ def test_trades_refuses_bad_settings():
         TRADES(Threat(2, 1.0))
     with pytest.raises(ValueError, match="beta > 0"):
         TRADES(threat, beta=0.0)
+
+
+def test_trades_kl_is_kl_of_clean_to_adversarial():
+    from pursamere.train import TRADES
+
+    clean, adv = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.0, 1.0, 0.5]])
+    p, q = clean.softmax(1), adv.softmax(1)
+    assert float(TRADES.kl(clean, adv)) == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-6)
+    assert float(TRADES.kl(clean, adv)) != pytest.approx(float((q * (q / p).log()).sum()), rel=1e-3)
