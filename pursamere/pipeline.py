@@ -401,7 +401,8 @@ def run_pipeline(preset: Preset, plan: Plan, workdir: str | Path, out_dir: str |
               f"BPDA{plan.bpda_long_steps}-det, exact-gradient PGD{plan.exact_steps} through the unrolled purifier, "
               f"BPDA{plan.bpda_steps}+EoT({plan.eot}) for stochastic purifiers. Budgets: "
               + ", ".join(f"ℓ{'∞' if k == 'inf' else k} {v:.4g}" for k, v in preset.threats.items())
-              + f". Purifier: K = {preset.purify.steps} steps, M = {preset.purify.m}, ρ = ε_pur/2.\n")
+              + f". Purifier: K = {preset.purify.steps} steps, M = {preset.purify.m}; PurSAMERE rows use the paper's SAM (ρ = ε_pur/2), "
+              + f"ERE descent has SAM off (the preset's default ρ = {preset.purify.rho:g}).\n")
     table = header + "\n" + render_table(res, "Robust accuracy per attack and worst case (headline)")
     if check_md:
         table += "\n## Obfuscation checks\n\n" + check_md

@@ -26,6 +26,9 @@ from pursamere.pipeline import prepare, validation_indices
 from pursamere.presets import DIGITS
 from pursamere.purify import Purifier
 
+# the candidates vary the schedule under the paper's SAM (ρ = ε_pur/2, ℓ∞), whatever the preset's default ρ
+PAPER_SAM = DIGITS.purify.replace(rho=DIGITS.purify.eps_pur / 2, rho_sigma=None, sam_norm="inf")
+
 CANDIDATES = {
     "A: σ 0.3→0.02, K=6, lr 0.04→0.005": dict(sigma_max=0.3, sigma_min=0.02, n_levels=6, steps_per_level=1, lr_max=0.04, lr_min=0.005),
     "B: σ 0.6→0.02, K=6, lr 0.04→0.005": dict(sigma_max=0.6, sigma_min=0.02, n_levels=6, steps_per_level=1, lr_max=0.04, lr_min=0.005),
@@ -76,12 +79,12 @@ def main():
         if only and name.split(":")[0] not in only:
             continue
         t0 = time.perf_counter()
-        pur = Purifier(arts["score"], DIGITS.purify.replace(**kw))
+        pur = Purifier(arts["score"], PAPER_SAM.replace(**kw))
         d = Defence(name, arts["eq17"], pur)
         clean = predict(d, x) == y
         plain_clean = float((predict(Defence(name, arts["plain"], pur), x) == y).double().mean())
         robust = attack_flags(d, spec, threat, x, y, alive=clean)
-        rows.append({"schedule": name, **{"rho": DIGITS.purify.rho, **kw}, "clean_acc": float(clean.double().mean()), "plain_clf_clean_acc": plain_clean,
+        rows.append({"schedule": name, **{"rho": PAPER_SAM.rho, **kw}, "clean_acc": float(clean.double().mean()), "plain_clf_clean_acc": plain_clean,
                      "robust_acc": float(robust.double().mean()), "n": args.n, "seconds": round(time.perf_counter() - t0, 1)})
         print(rows[-1], flush=True)
         _save(Path(args.out), rows, spec.name, threat.eps)  # after every candidate: an interrupted sweep keeps its rows
