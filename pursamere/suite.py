@@ -168,8 +168,11 @@ def run_ensemble(preset, plan: EnsemblePlan, workdir: str | Path, out_dir: str |
     return res
 
 
-def merge_results(paths: Sequence[str | Path], out_dir: str | Path, title: str = "") -> dict:
-    """Join several ``results.json`` made on the same images (for example runs split by defence)."""
+def merge_results(paths: Sequence[str | Path], out_dir: str | Path, title: str = "", order: Sequence[str] = ()) -> dict:
+    """Join several ``results.json`` made on the same images (for example runs split by defence).
+
+    ``order``: defence names in the order the tables should list them (others follow, as found).
+    """
     import json
 
     from .evaluate import worst_case
@@ -185,6 +188,8 @@ def merge_results(paths: Sequence[str | Path], out_dir: str | Path, title: str =
                 raise ValueError(f"row {r['key']!r} appears in more than one of {list(map(str, paths))}")
             seen.add(r["key"])
             rows.append(r)
+    rank = {d: i for i, d in enumerate(order)}
+    rows.sort(key=lambda r: rank.get(r["defence"], len(rank)))  # stable: attack order inside a defence is kept
     res = {"meta": dict(parts[0]["meta"], merged_from=[str(p) for p in paths]), "rows": rows, "worst_case": worst_case(rows)}
     out = Path(out_dir)
     atomic_write_json(out / "results.json", res)
@@ -193,7 +198,7 @@ def merge_results(paths: Sequence[str | Path], out_dir: str | Path, title: str =
     return res
 
 
-#: Ensemble plans per preset: ``digits`` is the recorded study's budget, ``tiny`` the tests' and live pages'.
+#: The ensemble plan of each preset (``digits`` is the recorded study's budget, ``tiny`` the tests' and the live pages').
 PLANS = {
     "digits": EnsemblePlan(),
     "tiny": EnsemblePlan(n_test=12, eps=(0.1, 0.2), gpgd_steps=2, bpda_steps=2, exact_steps=1, partial_last=1,

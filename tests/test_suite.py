@@ -61,8 +61,10 @@ def test_merge_results_joins_split_runs(tiny_run, tmp_path):
     res, work = tiny_run
     a = run_ensemble(TINY, PLAN, work / "runs", tmp_path / "a", only=("undefended",), progress=False, log=lambda *a: None)
     b = run_ensemble(TINY, PLAN, work / "runs", tmp_path / "b", only=("TRADES",), progress=False, log=lambda *a: None)
-    m = merge_results([tmp_path / "a" / "results.json", tmp_path / "b" / "results.json"], tmp_path / "m")
+    m = merge_results([tmp_path / "a" / "results.json", tmp_path / "b" / "results.json"], tmp_path / "m",
+                      order=["TRADES", "undefended"])
     assert len(m["rows"]) == len(a["rows"]) + len(b["rows"]) and (tmp_path / "m" / "table.md").exists()
+    assert m["rows"][0]["defence"] == "TRADES" and m["rows"][-1]["defence"] == "undefended"
     with pytest.raises(ValueError, match="more than one"):
         merge_results([tmp_path / "a" / "results.json", tmp_path / "a" / "results.json"], tmp_path / "m2")
     with pytest.raises(ValueError, match="no defence name"):
