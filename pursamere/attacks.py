@@ -36,7 +36,7 @@ from .purify import InvalidInputError, check_images
 
 __all__ = [
     "Threat", "pgd", "one_step", "default_step_size", "margin_loss", "robust_accuracy",
-    "Defended", "GRADIENTS", "slide_direction",
+    "Defended", "GRADIENTS", "slide_direction", "supports_partial_unrolling",
 ]
 
 #: How ``Defended`` lets gradients through the purifier.
@@ -391,6 +391,14 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None
 
 
+def supports_partial_unrolling(purifier) -> bool:
+    """Whether ``purifier.unrolled`` takes ``last=k`` (partial unrolling, :class:`Defended`'s ``unroll_last``)."""
+    import inspect
+
+    fn = getattr(purifier, "unrolled", None)
+    return callable(fn) and "last" in inspect.signature(fn).parameters
+
+
 class Defended(nn.Module):
     """A purified classifier ``f(P(x))`` with a chosen way for gradients to cross ``P``.
 
@@ -428,14 +436,11 @@ class Defended(nn.Module):
         if gradient not in GRADIENTS:
             raise ValueError(f"unknown gradient {gradient!r}: use one of {GRADIENTS}")
         if unroll_last is not None:
-            import inspect
-
             if gradient != "exact":
                 raise ValueError(f"unroll_last (partial unrolling) needs gradient='exact', got {gradient!r}")
             if isinstance(unroll_last, bool) or not isinstance(unroll_last, int) or unroll_last < 0:
                 raise ValueError(f"unroll_last must be an integer >= 0, got {unroll_last!r}")
-            fn = getattr(purifier, "unrolled", None)
-            if not callable(fn) or "last" not in inspect.signature(fn).parameters:
+            if not supports_partial_unrolling(purifier):
                 raise TypeError(f"unroll_last needs a purifier whose unrolled() takes last=k "
                                 f"({type(purifier).__name__} does not)")
         if not callable(classifier) or not callable(purifier):

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from .attacks import Defended, Threat, pgd
+from .geometry import _per_item
 from .io import atomic_write_bytes, atomic_write_json
 
 __all__ = ["Defence", "AttackSpec", "ATTACKS", "wilson", "predict", "attack_flags", "evaluate", "worst_case",
@@ -233,7 +234,7 @@ def attack_flags(defence: Defence, spec: AttackSpec, threat: Threat, x, y, seed:
                          keep="last" if defence.stochastic else "best")
                 ok = predict(defence, xa) == y[b]
                 # keep, per image, a point that breaks it if any restart found one (else the last restart's)
-                kept = xa if kept is None else torch.where(_items(~ok, xa), xa, kept)
+                kept = xa if kept is None else torch.where(_per_item(~ok, xa), xa, kept)
                 best = ok if best is None else best & ok
             alive[b], xa = best, kept
         else:
@@ -247,10 +248,6 @@ def attack_flags(defence: Defence, spec: AttackSpec, threat: Threat, x, y, seed:
         if progress is not None:
             progress(int(alive[idx[: i + len(b)]].sum()), i + len(b))
     return (alive, points) if return_points else alive
-
-
-def _items(flags, like):
-    return flags.view(-1, *([1] * (like.ndim - 1)))
 
 
 def row_key(defence: str, attack: str, threat: Threat) -> str:
@@ -311,8 +308,8 @@ def suite_context(d: Defence, threat: Threat, attacks: Sequence[AttackSpec], ski
         if a.warm_from is not None:
             src = next((b for b in applicable[:i] if b.name == a.warm_from), None)
             if src is None:
-                raise ValueError(f"attack {a.name!r} starts from {a.warm_from!r}, which does not run before it "
-                                 f"against {d.name} at {threat}")
+                raise ValueError(f"attack {a.name!r} starts from {a.warm_from!r}, which must be an earlier attack of the "
+                                 f"suite that runs against {d.name} at {threat}")
             c["warm_settings"] = effective_settings(src, threat, d, ctx[src.name])
         ctx[a.name] = c
     return ctx
@@ -391,10 +388,6 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
     by_name = {a.name: a for a in attacks}
     if len(by_name) < len(attacks):
         raise ValueError(f"two attacks share a name: {[a.name for a in attacks]}")
-    for a in attacks:
-        if a.warm_from is not None and (a.warm_from not in by_name or
-                                        [b.name for b in attacks].index(a.warm_from) > [b.name for b in attacks].index(a.name)):
-            raise ValueError(f"attack {a.name!r} starts from {a.warm_from!r}, which must be an earlier attack of the suite")
     out = Path(out_dir)
     path = out / "results.json"
     from .train import fingerprint

@@ -194,9 +194,8 @@ def prepare(preset: Preset, workdir: str | Path, fresh: bool = False, progress: 
     # 5. adversarially trained classifiers, the competition: PGD (Madry et al. 2018) and TRADES
     arts = {"split": split, "score": score.to("cpu"), "plain": plain, "eq17": aug, "times": times}
     threat = Threat("inf", preset.threats["inf"])
-    for key, label in (("adv", "PGD adversarial training"), ("trades", "TRADES")):
-        if preset.adv_train_steps < 1:
-            break
+    kinds = (("adv", "PGD adversarial training"), ("trades", "TRADES")) if preset.adv_train_steps >= 1 else ()
+    for key, label in kinds:
         t0 = time.perf_counter()
         settings = {"steps": preset.adv_train_steps, "eps": threat.eps, **({"beta": preset.trades_beta} if key == "trades" else {})}
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .attacks import Threat
+from .attacks import Threat, supports_partial_unrolling
 from .evaluate import AttackSpec, Defence, Identity, evaluate, plot_results, render_table
 from .io import atomic_write_json, atomic_write_text
 
@@ -71,13 +71,6 @@ def ensemble_attacks(plan: EnsemblePlan) -> list[AttackSpec]:
     ]
 
 
-def _partial_ok(purifier) -> bool:
-    import inspect
-
-    fn = getattr(purifier, "unrolled", None)
-    return callable(fn) and "last" in inspect.signature(fn).parameters
-
-
 def applies(defence: Defence, spec: AttackSpec) -> bool:
     """Whether ``spec`` belongs to ``defence``'s suite (the table of the module docstring)."""
     if isinstance(defence.purifier, Identity):  # no purifier: every gradient rule is the white-box one
@@ -85,7 +78,7 @@ def applies(defence: Defence, spec: AttackSpec) -> bool:
     if defence.stochastic:
         return spec.gradient == "bpda" or spec.kind == "square"
     if spec.unroll_last is not None:
-        return _partial_ok(defence.purifier)
+        return supports_partial_unrolling(defence.purifier)
     return True
 
 
