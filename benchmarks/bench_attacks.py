@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 
 def build(args, steps_per_level):
-    from pursamere.attacks import Defended  # noqa: F401  (import cost outside the timings)
-    from pursamere.models import SCORE_DIGITS, ScoreNet, SmallCNN
-    from pursamere.purify import Purifier, PurifyConfig
+    from pursamere.evaluation.attacks import Defended  # noqa: F401  (import cost outside the timings)
+    from pursamere.method.nets import SCORE_DIGITS, ScoreNet, SmallCNN
+    from pursamere.method.purify import Purifier, PurifyConfig
 
     torch.manual_seed(0)
     net = ScoreNet(SCORE_DIGITS).eval()  # untrained is fine: the cost does not depend on the weights
@@ -47,7 +47,7 @@ def build(args, steps_per_level):
 
 
 def attack_step(model, x, y):
-    """One PGD iteration's gradient work (as in ``pursamere.attacks.pgd``)."""
+    """One PGD iteration's gradient work (as in ``pursamere.evaluation.attacks.pgd``)."""
     xv = x.detach().requires_grad_(True)
     (g,) = torch.autograd.grad(F.cross_entropy(model(xv), y, reduction="sum"), xv)
     return g
@@ -82,7 +82,7 @@ def peak_rss_kib() -> int:
 
 def child(args):
     """Run one exact-gradient step in this (fresh) process; print the memory it took."""
-    from pursamere.attacks import Defended
+    from pursamere.evaluation.attacks import Defended
 
     clf, pur, x, y = build(args, args.child_steps_per_level)
     pur(x)  # warm-up and baseline: set-up plus one plain purification of the batch
@@ -117,7 +117,7 @@ def main():
     if args.child_steps_per_level is not None:
         return child(args)
 
-    from pursamere.attacks import Defended
+    from pursamere.evaluation.attacks import Defended
 
     clf, pur, x, y = build(args, args.steps_per_level)
     k = pur.config.steps

@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from pursamere.models import SCORE_CIFAR10, SCORE_DIGITS, ScoreNet
-from pursamere.purify import Purifier, PurifyConfig
+from pursamere.method.nets import SCORE_CIFAR10, SCORE_DIGITS, ScoreNet
+from pursamere.method.purify import Purifier, PurifyConfig
 
 
 def bare_passes(net, x, m, passes):

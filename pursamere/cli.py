@@ -13,22 +13,22 @@ def _run_id() -> str:
 
 def cmd_demo(args) -> int:
     if args.toy:
-        from .toydemo import run_toy_demo
+        from .experiments.toydemo import run_toy_demo
 
         out = Path(args.out or f"results/toy/{_run_id()}")
         res = run_toy_demo(out)
         print(res["report"])
         print(f"wrote {out}/results.json, report.md, toy.png")
         return 0
-    from .pipeline import run_demo  # the digits pipeline
+    from .experiments.pipeline import run_demo  # the digits pipeline
 
     return run_demo(args)
 
 
 def cmd_reproduce(args) -> int:
     """The preset's full protocol (all test images, long attacks), resumable."""
-    from .pipeline import run_pipeline
-    from .presets import get_preset
+    from .experiments.pipeline import run_pipeline
+    from .experiments.presets import get_preset
 
     preset = get_preset(args.preset)
     out = Path(args.out or f"results/{preset.name}/full")
@@ -38,8 +38,8 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_train_score(args) -> int:
-    from .pipeline import prepare
-    from .presets import get_preset
+    from .experiments.pipeline import prepare
+    from .experiments.presets import get_preset
 
     prepare(get_preset(args.preset), args.workdir, fresh=args.fresh, device=args.device, data_root=args.data_root)
     return 0
@@ -49,11 +49,11 @@ def cmd_train_classifier(args) -> int:
     """Train the preset's classifier, plainly or with PGD adversarial training (Madry et al.)."""
     import torch
 
-    from .attacks import Threat, pgd, robust_accuracy
+    from .evaluation.attacks import Threat, pgd, robust_accuracy
     from .io import save_checkpoint
-    from .pipeline import build_classifier, load_split
-    from .presets import get_preset
-    from .train import TRADES, PGDAdversary, accuracy, train_classifier
+    from .experiments.pipeline import build_classifier, load_split
+    from .experiments.presets import get_preset
+    from .method.train import TRADES, PGDAdversary, accuracy, train_classifier
 
     if args.adversarial and args.trades:
         raise ValueError("choose one of --adversarial (PGD-AT) and --trades")
@@ -80,10 +80,10 @@ def cmd_train_classifier(args) -> int:
 
 def cmd_evaluate(args) -> int:
     """Chosen defences × attacks × threats on the preset's trained models."""
-    from .attacks import Threat
-    from .evaluate import ATTACKS, evaluate, plot_results, render_table
-    from .pipeline import build_defences, prepare
-    from .presets import get_preset
+    from .evaluation.attacks import Threat
+    from .evaluation.runner import ATTACKS, evaluate, plot_results, render_table
+    from .experiments.pipeline import build_defences, prepare
+    from .experiments.presets import get_preset
 
     preset = get_preset(args.preset)
     arts = prepare(preset, args.workdir, device=args.device, data_root=args.data_root)
@@ -118,8 +118,8 @@ def cmd_ensemble(args) -> int:
     """The attack ensemble (worst case per image) over ℓ∞ budgets, every defence."""
     import json
 
-    from .presets import get_preset
-    from .suite import EnsemblePlan, run_ensemble
+    from .experiments.presets import get_preset
+    from .evaluation.suite import EnsemblePlan, run_ensemble
 
     preset = get_preset(args.preset)
     eps = tuple(float(e) for e in args.eps.split(",")) if args.eps else (preset.threats["inf"],)
@@ -136,9 +136,9 @@ def cmd_ensemble(args) -> int:
 
 def cmd_study(args) -> int:
     """The SAM study or the attack study on the preset's validation images."""
-    from .pipeline import prepare
-    from .presets import get_preset
-    from .study import attack_study, sam_study
+    from .experiments.pipeline import prepare
+    from .experiments.presets import get_preset
+    from .experiments.study import attack_study, sam_study
 
     preset = get_preset(args.preset)
     arts = prepare(preset, args.workdir, device=args.device, data_root=args.data_root)
@@ -157,7 +157,7 @@ def cmd_study(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from .data import download_cifar10, load_cifar10
+    from .experiments.data import download_cifar10, load_cifar10
 
     if args.name != "cifar10":
         raise SystemExit(f"unknown data set {args.name!r}: only 'cifar10' can be fetched")
@@ -173,10 +173,10 @@ def cmd_data(args) -> int:
 def cmd_purify(args) -> int:
     import torch
 
-    from .data import load_images, save_images
-    from .presets import get_preset
-    from .pipeline import load_trained_score
-    from .purify import Purifier
+    from .experiments.data import load_images, save_images
+    from .experiments.presets import get_preset
+    from .experiments.pipeline import load_trained_score
+    from .method.purify import Purifier
 
     preset = get_preset(args.preset)
     x, names = load_images(args.input)

@@ -9,11 +9,11 @@ images. Output: ``results/digits/at-strong/results.json`` (the book shows the co
 """
 import torch
 
-from pursamere.attacks import Threat
-from pursamere.evaluate import AttackSpec, Defence, evaluate
-from pursamere.pipeline import prepare, table_indices
-from pursamere.presets import DIGITS
-from pursamere.suite import ensemble_frame
+from pursamere.evaluation.attacks import Threat
+from pursamere.evaluation.runner import AttackSpec, Defence, evaluate
+from pursamere.experiments.pipeline import prepare, table_indices
+from pursamere.experiments.presets import DIGITS
+from pursamere.evaluation.suite import ensemble_frame
 
 SPECS = [
     AttackSpec("PGD100×5 restarts", gradient="bpda", steps=100, restarts=5),

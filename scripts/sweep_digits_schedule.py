@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from pursamere.attacks import Threat
-from pursamere.evaluate import AttackSpec, Defence, attack_flags, predict
+from pursamere.evaluation.attacks import Threat
+from pursamere.evaluation.runner import AttackSpec, Defence, attack_flags, predict
 from pursamere.io import atomic_write_json, atomic_write_text
-from pursamere.pipeline import prepare, validation_indices
-from pursamere.presets import DIGITS
-from pursamere.purify import Purifier
+from pursamere.experiments.pipeline import prepare, validation_indices
+from pursamere.experiments.presets import DIGITS
+from pursamere.method.purify import Purifier
 
 # the candidates vary the schedule under the paper's SAM (ρ = ε_pur/2, ℓ∞), whatever the preset's default ρ
 PAPER_SAM = DIGITS.purify.replace(rho=DIGITS.purify.eps_pur / 2, rho_sigma=None, sam_norm="inf")

@@ -1,8 +1,8 @@
 """Langevin sampling and the ERE-detection AUROC on exact scores."""
 import torch
 
-from pursamere.analysis import annealed_langevin, auroc, ere_auroc, image_grid
-from pursamere.scores import GaussianMixture, sigma_ladder
+from pursamere.method.analysis import annealed_langevin, auroc, ere_auroc, image_grid
+from pursamere.method.scores import GaussianMixture, sigma_ladder
 
 
 def test_auroc_known_values():

@@ -10,13 +10,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pursamere.attacks import (
+from pursamere.evaluation.attacks import (
     Defended, Threat, default_step_size, margin_loss, one_step, pgd, robust_accuracy, slide_direction,
 )
-from pursamere.geometry import lp_norm, project
-from pursamere.models import SCORE_TINY, ScoreNet
-from pursamere.purify import InvalidInputError, Purifier, PurifyConfig
-from pursamere.train import ClassifierTrainConfig, accuracy, train_classifier
+from pursamere.method.geometry import lp_norm, project
+from pursamere.method.nets import SCORE_TINY, ScoreNet
+from pursamere.method.purify import InvalidInputError, Purifier, PurifyConfig
+from pursamere.method.train import ClassifierTrainConfig, accuracy, train_classifier
 
 torchattacks = pytest.importorskip("torchattacks")
 

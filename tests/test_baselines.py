@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from pursamere.baselines import ADP, ADPConfig, DiffPure, DiffPureConfig, vp_equivalent_sigma
-from pursamere.models import SCORE_TINY, ScoreNet
-from pursamere.purify import InvalidInputError
-from pursamere.scores import AffineScore, GaussianMixture
+from pursamere.method.baselines import ADP, ADPConfig, DiffPure, DiffPureConfig, vp_equivalent_sigma
+from pursamere.method.nets import SCORE_TINY, ScoreNet
+from pursamere.method.purify import InvalidInputError
+from pursamere.method.scores import AffineScore, GaussianMixture
 
 TOY_ADP = dict(box=None, sigma_noise=0.3)
 TOY_DP = dict(box=None, sigma_star=0.5, sigma_min=0.01, n_levels=40)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pursamere.data import (CIFAR10_CLASSES, OFFICIAL_MD5, OFFICIAL_URL, DataError, _restricted_load,
+from pursamere.experiments.data import (CIFAR10_CLASSES, OFFICIAL_MD5, OFFICIAL_URL, DataError, _restricted_load,
                             download_cifar10, load_cifar10, load_cifar10_jpeg, load_digits_split,
                             load_image_folder, load_images, save_images)
 

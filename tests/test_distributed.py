@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pursamere.distributed import DistContext, _batches_of, evaluate_distributed, shard_indices, tiny_setup
-from pursamere.evaluate import evaluate
+from pursamere.experiments.distributed import DistContext, _batches_of, evaluate_distributed, shard_indices, tiny_setup
+from pursamere.evaluation.runner import evaluate
 
 # 23 of the 24 images are clean-correct: 5 attack batches, rank 0 attacks 3 and rank 1 attacks 2.
 # Batch 5 does not divide half of 23, so a split by image instead of by batch would move images to
@@ -100,7 +100,7 @@ def test_two_gloo_ranks_match_single_process(reference, tmp_path):
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT"):
         env.pop(var, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "pursamere.distributed", "evaluate", "--preset", "tiny",
+           "--master_port", str(_free_port()), "-m", "pursamere.experiments.distributed", "evaluate", "--preset", "tiny",
            "--n-images", str(N), "--batch-size", str(BATCH), "--out", str(out), "--device", "cpu", "--no-progress"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from pursamere.ere import NoiseBank, dsm_loss_per_sample, ere
-from pursamere.models import SCORE_TINY, ScoreNet
-from pursamere.scores import AffineScore, GaussianMixture, sigma_ladder
+from pursamere.method.ere import NoiseBank, dsm_loss_per_sample, ere
+from pursamere.method.nets import SCORE_TINY, ScoreNet
+from pursamere.method.scores import AffineScore, GaussianMixture, sigma_ladder
 
 
 def test_ere_is_twice_the_per_sample_dsm_loss():

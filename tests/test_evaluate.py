@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 
-from pursamere.attacks import Threat
-from pursamere.checks import ObfuscationWarning, obfuscation_checks
-from pursamere.evaluate import ATTACKS, AttackSpec, Defence, evaluate, plot_results, render_table, wilson
-from pursamere.models import SmallCNN
-from pursamere.train import ClassifierTrainConfig, train_classifier
+from pursamere.evaluation.attacks import Threat
+from pursamere.evaluation.checks import ObfuscationWarning, obfuscation_checks
+from pursamere.evaluation.runner import ATTACKS, AttackSpec, Defence, evaluate, plot_results, render_table, wilson
+from pursamere.method.nets import SmallCNN
+from pursamere.method.train import ClassifierTrainConfig, train_classifier
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pursamere.geometry import canonical_norm, lp_norm, project, sam_step
+from pursamere.method.geometry import canonical_norm, lp_norm, project, sam_step
 
 NORMS = ["inf", 2, 1]
 coords = st.floats(-0.5, 1.5, allow_nan=False, width=64)

@@ -74,8 +74,8 @@ PIPELINE_NOTEBOOKS = ("04_digits", "05_attacks_and_baselines", "06_cifar10_gpu")
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from pursamere.pipeline import run_pipeline
-    from pursamere.presets import TINY
+    from pursamere.experiments.pipeline import run_pipeline
+    from pursamere.experiments.presets import TINY
 
     root = tmp_path_factory.mktemp("tiny_pipeline")
     plan = dataclasses.replace(TINY.demo, check_gradients=("bpda",))  # halves the checklist: the pages only display it
@@ -147,7 +147,7 @@ def test_05_attacks_and_baselines_on_the_tiny_run(tiny_run, tmp_path):
 
 
 def test_06_cifar10_cost_model_and_tiny_run(tiny_run, tmp_path):
-    from pursamere.presets import CIFAR10
+    from pursamere.experiments.presets import CIFAR10
 
     res = run_pipeline_notebook("06_cifar10_gpu", tiny_run, tmp_path, device="cpu", plan="full")
     c = CIFAR10.purify

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from pursamere.cli import main
-from pursamere.presets import DIGITS, TINY, get_preset, ncsnv2_gamma, ncsnv2_ladder
+from pursamere.experiments.presets import DIGITS, TINY, get_preset, ncsnv2_gamma, ncsnv2_ladder
 
 
 def test_tiny_end_to_end_through_the_cli(tmp_path, capsys):
@@ -27,7 +27,7 @@ def test_tiny_end_to_end_through_the_cli(tmp_path, capsys):
     diag = json.loads((out / "score_diagnostics.json").read_text())
     assert all(0 <= d["auroc"] <= 1 for d in diag["ere_detection"]) and (out / "samples.png").exists()
     # `pursamere purify` on a user's PNGs with the trained tiny score net
-    from pursamere.data import load_digits_split, load_images, save_images
+    from pursamere.experiments.data import load_digits_split, load_images, save_images
 
     save_images(load_digits_split().x_test[:2], tmp_path / "in")
     assert main(["purify", str(tmp_path / "in"), "--out", str(tmp_path / "pur"), "--preset", "tiny",
@@ -42,7 +42,7 @@ def test_tiny_end_to_end_through_the_cli(tmp_path, capsys):
 
 
 def test_presets_follow_ncsnv2_rules_and_paper_settings():
-    from pursamere.data import load_digits_split
+    from pursamere.experiments.data import load_digits_split
 
     first, last, n = ncsnv2_ladder(load_digits_split().x_train, 0.01)
     assert DIGITS.sigma_first == pytest.approx(first, abs=0.01) and DIGITS.n_sigmas == n

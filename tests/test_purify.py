@@ -4,11 +4,11 @@ import math
 import pytest
 import torch
 
-from pursamere.ere import ere
-from pursamere.geometry import lp_norm
-from pursamere.models import SCORE_TINY, ScoreNet
-from pursamere.purify import InvalidInputError, Purifier, PurifyConfig, adam_step
-from pursamere.scores import GaussianMixture
+from pursamere.method.ere import ere
+from pursamere.method.geometry import lp_norm
+from pursamere.method.nets import SCORE_TINY, ScoreNet
+from pursamere.method.purify import InvalidInputError, Purifier, PurifyConfig, adam_step
+from pursamere.method.scores import GaussianMixture
 
 SMALL = dict(n_levels=3, steps_per_level=2, sigma_max=0.3, sigma_min=0.02)
 

@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 
-from pursamere.attacks import Threat
+from pursamere.evaluation.attacks import Threat
 from pursamere.cli import main
-from pursamere.evaluate import AttackSpec, Defence, evaluate, worst_case
-from pursamere.presets import TINY
-from pursamere.suite import PLANS, EnsemblePlan, applies, ensemble_attacks, merge_results, run_ensemble
+from pursamere.evaluation.runner import AttackSpec, Defence, evaluate, worst_case
+from pursamere.experiments.presets import TINY
+from pursamere.evaluation.suite import PLANS, EnsemblePlan, applies, ensemble_attacks, merge_results, run_ensemble
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 
@@ -73,7 +73,7 @@ def test_merge_results_joins_split_runs(tiny_run, tmp_path):
 
 def test_cascade_and_warm_start_in_evaluate(tmp_path):
     """Planted classifier: a cascaded attack sees only the survivors; a warm start gets the earlier end points."""
-    import pursamere.evaluate as ev
+    import pursamere.evaluation.runner as ev
 
     torch.manual_seed(0)
     clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
@@ -143,9 +143,9 @@ def test_bad_attack_specs(kw, msg):
 
 
 def test_applies_follows_the_suite_table():
-    from pursamere.baselines import ADP, ADPConfig
-    from pursamere.models import SCORE_TINY, ScoreNet
-    from pursamere.purify import Purifier, PurifyConfig
+    from pursamere.method.baselines import ADP, ADPConfig
+    from pursamere.method.nets import SCORE_TINY, ScoreNet
+    from pursamere.method.purify import Purifier, PurifyConfig
 
     clf, score = torch.nn.Linear(2, 2), ScoreNet(SCORE_TINY).eval()
     atk = ensemble_attacks(EnsemblePlan())
@@ -162,8 +162,8 @@ def test_applies_follows_the_suite_table():
 
 def test_tiny_adversarial_training_beats_the_plain_model_under_pgd(tiny_run):
     """The TINY preset's PGD-AT classifier is more robust than its plain one on the same data."""
-    from pursamere.attacks import pgd, robust_accuracy
-    from pursamere.pipeline import prepare
+    from pursamere.evaluation.attacks import pgd, robust_accuracy
+    from pursamere.experiments.pipeline import prepare
 
     _, work = tiny_run
     arts = prepare(TINY, work / "runs", progress=False, log=lambda *a: None)
@@ -198,7 +198,7 @@ def test_cli_ensemble_and_studies_on_tiny(tiny_run, capsys):
 
 
 def test_sam_grid_covers_the_study():
-    from pursamere.study import sam_settings
+    from pursamere.experiments.study import sam_settings
 
     g = sam_settings(TINY.purify, 64)
     assert "SAM off" in g and g["ℓ2 ρ=√d·ε_pur/2"]["rho"] == pytest.approx(TINY.purify.eps_pur / 2 * 8)
@@ -209,7 +209,7 @@ def test_sam_grid_covers_the_study():
 
 
 def test_choose_setting_needs_a_significant_paired_gain():
-    from pursamere.study import _sign_test, choose_setting
+    from pursamere.experiments.study import _sign_test, choose_setting
 
     assert _sign_test(0, 0) == 1.0 and _sign_test(9, 0) == pytest.approx(2 / 2 ** 9)
     assert _sign_test(6, 4) == pytest.approx(_sign_test(4, 6)) and _sign_test(6, 4) > 0.5

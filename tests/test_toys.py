@@ -1,13 +1,13 @@
-"""Fast checks of the 2-D toy experiments (pursamere.toys) against exact references."""
+"""Fast checks of the 2-D toy experiments (pursamere.book.toys) against exact references."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from pursamere import toys as T
-from pursamere.ere import NoiseBank, ere
-from pursamere.scores import AffineScore, GaussianMixture
+from pursamere.book import toys as T
+from pursamere.method.ere import NoiseBank, ere
+from pursamere.method.scores import AffineScore, GaussianMixture
 
 F64 = torch.float64
 

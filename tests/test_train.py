@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from pursamere.io import CorruptCheckpointError, load_checkpoint, save_checkpoint
-from pursamere.models import SCORE_TINY, ScoreNet, SmallCNN, WideResNet
-from pursamere.scores import sigma_ladder
-from pursamere.train import ClassifierTrainConfig, ScoreTrainConfig, accuracy, dsm_loss, train_classifier, train_score
+from pursamere.method.nets import SCORE_TINY, ScoreNet, SmallCNN, WideResNet
+from pursamere.method.scores import sigma_ladder
+from pursamere.method.train import ClassifierTrainConfig, ScoreTrainConfig, accuracy, dsm_loss, train_classifier, train_score
 
 CFG = ScoreTrainConfig(steps=12, batch_size=8, checkpoint_every=4, lr=2e-3)
 SIGMAS = sigma_ladder(1.0, 0.02, 6)
@@ -91,8 +91,8 @@ def test_classifier_training_and_models_run_at_tiny_size():
 def test_adversarial_training_raises_pgd_accuracy(method):
     from sklearn.datasets import load_digits
 
-    from pursamere.attacks import Threat, pgd, robust_accuracy
-    from pursamere.train import TRADES, PGDAdversary
+    from pursamere.evaluation.attacks import Threat, pgd, robust_accuracy
+    from pursamere.method.train import TRADES, PGDAdversary
 
     d = load_digits()
     x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
@@ -110,8 +110,8 @@ def test_adversarial_training_raises_pgd_accuracy(method):
 
 
 def test_trades_refuses_bad_settings():
-    from pursamere.attacks import Threat
-    from pursamere.train import TRADES
+    from pursamere.evaluation.attacks import Threat
+    from pursamere.method.train import TRADES
 
     threat = Threat("inf", 0.15)
     with pytest.raises(ValueError, match="cannot be combined"):
@@ -124,7 +124,7 @@ def test_trades_refuses_bad_settings():
 
 
 def test_trades_kl_is_kl_of_clean_to_adversarial():
-    from pursamere.train import TRADES
+    from pursamere.method.train import TRADES
 
     clean, adv = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.0, 1.0, 0.5]])
     p, q = clean.softmax(1), adv.softmax(1)

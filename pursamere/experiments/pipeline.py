@@ -13,14 +13,14 @@ from pathlib import Path
 
 import torch
 
-from .attacks import Threat
-from .baselines import ADP, DiffPure
-from .evaluate import AttackSpec, Defence, evaluate, plot_results, render_table
-from .io import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
-from .models import ScoreNet, SmallCNN, WideResNet
+from ..evaluation.attacks import Threat
+from ..method.baselines import ADP, DiffPure
+from ..evaluation.runner import AttackSpec, Defence, evaluate, plot_results, render_table
+from ..io import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
+from ..method.nets import ScoreNet, SmallCNN, WideResNet
 from .presets import Plan, Preset
-from .purify import Purifier
-from .train import TRADES, PGDAdversary, accuracy, config_hash, fingerprint, train_classifier, train_score
+from ..method.purify import Purifier
+from ..method.train import TRADES, PGDAdversary, accuracy, config_hash, fingerprint, train_classifier, train_score
 
 __all__ = ["load_split", "build_classifier", "prepare", "build_defences", "run_pipeline", "purify_batched", "load_trained_score"]
 
@@ -101,7 +101,7 @@ def _cached_model(path: Path, meta: dict, build, fresh: bool):
 
 def load_trained_score(preset: Preset, workdir: Path) -> ScoreNet:
     """The preset's trained score net (EMA weights) from ``workdir``; clear error when missing."""
-    from .train import load_score_net
+    from ..method.train import load_score_net
 
     path = Path(workdir) / preset.name / "score.pt"
     if not path.exists():
@@ -136,7 +136,7 @@ def prepare(preset: Preset, workdir: str | Path, fresh: bool = False, progress: 
         else:
             done = ck["step"] >= preset.score_train.steps
     if done:
-        from .train import load_score_net
+        from ..method.train import load_score_net
 
         score = load_score_net(net, score_path)
         log(f"score net: reused {score_path}")
@@ -285,9 +285,9 @@ def score_diagnostics(preset: Preset, arts: dict, out_dir: str | Path, n: int = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .analysis import annealed_langevin, ere_auroc, image_grid
-    from .attacks import pgd
-    from .io import atomic_write_bytes
+    from ..method.analysis import annealed_langevin, ere_auroc, image_grid
+    from ..evaluation.attacks import pgd
+    from ..io import atomic_write_bytes
 
     out = Path(out_dir)
     split, score = arts["split"], arts["score"]
@@ -323,8 +323,8 @@ def example_figure(preset: Preset, defence: Defence, x: torch.Tensor, y: torch.T
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .attacks import pgd
-    from .io import atomic_write_bytes
+    from ..evaluation.attacks import pgd
+    from ..io import atomic_write_bytes
 
     threat = Threat("inf", preset.threats["inf"])
     x_adv = pgd(defence.model("bpda"), x, y, threat, steps=steps)
@@ -354,7 +354,7 @@ def example_figure(preset: Preset, defence: Defence, x: torch.Tensor, y: torch.T
 def run_pipeline(preset: Preset, plan: Plan, workdir: str | Path, out_dir: str | Path, fresh: bool = False,
                  progress: bool = True, device: str = "cpu", log=print, checks: bool = True, data_root=None) -> dict:
     """Train (or reuse), then run the tables of the plan; write results, table.md, plots, checks."""
-    from .checks import format_checks, obfuscation_checks
+    from ..evaluation.checks import format_checks, obfuscation_checks
 
     t_start = time.perf_counter()
     out = Path(out_dir)
@@ -429,7 +429,7 @@ def run_demo(args) -> int:
 
 
 def evaluation_setup(name: str, n: int | None = None, seed: int = 0, workdir: str | Path = "runs", plan: str = "full"):
-    """``(defences, attacks, threats, x, y, skip)`` of a trained preset, for :mod:`pursamere.distributed`.
+    """``(defences, attacks, threats, x, y, skip)`` of a trained preset, for :mod:`pursamere.experiments.distributed`.
 
     Train first (``pursamere train-score --preset NAME``): every rank calls this, and it only
     reuses the cached models (it trains when they are missing, which several ranks must not do

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .attacks import Threat, supports_partial_unrolling
-from .evaluate import AttackSpec, Defence, Identity, evaluate, plot_results, render_table
-from .io import atomic_write_json, atomic_write_text
+from .runner import AttackSpec, Defence, Identity, evaluate, plot_results, render_table
+from ..io import atomic_write_json, atomic_write_text
 
 __all__ = ["EnsemblePlan", "PLANS", "ensemble_attacks", "applies", "ensemble_defences", "run_ensemble", "merge_results",
            "ensemble_frame"]
@@ -91,8 +91,8 @@ def ensemble_defences(preset, arts: dict, best: Optional[dict] = None) -> list[D
     the best purifier in front of the PGD-AT classifier; ADP and DiffPure-style, stochastic and
     fixed-seed.
     """
-    from .baselines import ADP, DiffPure
-    from .purify import Purifier
+    from ..method.baselines import ADP, DiffPure
+    from ..method.purify import Purifier
 
     score, plain, aug = arts["score"], arts["plain"], arts["eq17"]
     cfg = preset.purify
@@ -133,7 +133,7 @@ def run_ensemble(preset, plan: EnsemblePlan, workdir: str | Path, out_dir: str |
     :func:`merge_results`. Writes ``results.json``, ``table.md`` and
     ``robust_accuracy.png`` (worst case against ε per defence). Resumable.
     """
-    from .pipeline import prepare, table_indices
+    from ..experiments.pipeline import prepare, table_indices
 
     t0 = time.perf_counter()
     arts = prepare(preset, workdir, progress=progress, device=device, log=log, data_root=data_root)
@@ -168,7 +168,7 @@ def merge_results(paths: Sequence[str | Path], out_dir: str | Path, title: str =
     """
     import json
 
-    from .evaluate import worst_case
+    from .runner import worst_case
 
     parts = [json.loads(Path(p).read_text()) for p in paths]
     fps = {p["meta"].get("data_fingerprint") for p in parts}
@@ -203,7 +203,7 @@ def ensemble_frame(results: dict):
     """The worst case per (defence, ε) as a DataFrame: defence, norm, eps, n, clean, robust, lo, hi, weakest attack."""
     import pandas as pd
 
-    from .evaluate import worst_case
+    from .runner import worst_case
 
     out = []
     for w in results.get("worst_case") or worst_case(results["rows"]):

@@ -22,9 +22,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .ere import NoiseBank, ere
-from .purify import Purifier, PurifyConfig
-from .scores import GaussianMixture, PiecewiseAffinePotential, Score
+from ..method.ere import NoiseBank, ere
+from ..method.purify import Purifier, PurifyConfig
+from ..method.scores import GaussianMixture, PiecewiseAffinePotential, Score
 
 __all__ = [
     "toy_purifier", "FrozenSigma", "PlantedSpuriousScore",

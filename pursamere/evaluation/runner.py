@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 
 from .attacks import Defended, Threat, pgd
-from .geometry import _per_item
-from .io import atomic_write_bytes, atomic_write_json
+from ..method.geometry import _per_item
+from ..io import atomic_write_bytes, atomic_write_json
 
 __all__ = ["Defence", "AttackSpec", "ATTACKS", "wilson", "predict", "attack_flags", "evaluate", "worst_case",
            "render_table", "plot_results", "Identity", "make_row", "row_key", "bits", "load_done", "reusable",
@@ -69,7 +69,7 @@ class Defence:
 
     def model(self, gradient: str, unroll_last: Optional[int] = None) -> Defended:
         """The defence as an attackable module with the given gradient rule (``unroll_last``:
-        partial unrolling, see :class:`pursamere.attacks.Defended`)."""
+        partial unrolling, see :class:`pursamere.evaluation.attacks.Defended`)."""
         if unroll_last is not None and isinstance(self.purifier, Identity):
             unroll_last = None  # nothing to unroll: the exact gradient of the identity
         return Defended(self.classifier, self.purifier, gradient=gradient, unroll_last=unroll_last)
@@ -77,7 +77,7 @@ class Defence:
     def fingerprint(self) -> str:
         """A hash of the classifier's and the purifier's weights and config: rows made by another
         defence under the same name are never reused on resume."""
-        from .train import config_hash, fingerprint
+        from ..method.train import config_hash, fingerprint
 
         tensors = list(self.classifier.state_dict().values())
         score = getattr(self.purifier, "score", None)
@@ -100,7 +100,7 @@ class AttackSpec:
     ``"exact"``); ``kind``: ``"pgd"``, ``"square"`` (gradient-free), ``"apgd-ce"``/``"apgd-dlr"``
     (torchattacks). ``eot`` is used only against stochastic defences (it is 1 otherwise).
 
-    Adaptive additions (the ensemble of :mod:`pursamere.suite`):
+    Adaptive additions (the ensemble of :mod:`pursamere.evaluation.suite`):
 
     - ``unroll_last=k`` with ``gradient="exact"``: partial unrolling, exact gradients through the
       purifier's last k steps and straight-through for the rest (``0`` = BPDA, ``None`` = all).
@@ -267,7 +267,7 @@ def make_row(defence: Defence, spec: AttackSpec, threat: Threat, clean: torch.Te
         clean: ``(n,)`` bool, the defence's clean prediction was right.
         flags: ``(n,)`` bool, the image survived this attack (:func:`attack_flags`).
     """
-    from . import __version__
+    from .. import __version__
 
     k, n = int(flags.sum()), int(flags.shape[0])
     lo, hi = wilson(k, n)
@@ -383,14 +383,14 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
     """
     from tqdm.auto import tqdm
 
-    from . import __version__
+    from .. import __version__
 
     by_name = {a.name: a for a in attacks}
     if len(by_name) < len(attacks):
         raise ValueError(f"two attacks share a name: {[a.name for a in attacks]}")
     out = Path(out_dir)
     path = out / "results.json"
-    from .train import fingerprint
+    from ..method.train import fingerprint
 
     data_fp = fingerprint(x, y)
     results = {"meta": {"version": __version__, "n": int(x.shape[0]), "seed": seed, "data_fingerprint": data_fp,

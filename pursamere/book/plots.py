@@ -88,8 +88,8 @@ def live_run(preset: str, out_dir=None, workdir=None, plan: str = "demo", device
 
     import torch
 
-    from .pipeline import run_pipeline
-    from .presets import get_preset
+    from ..experiments.pipeline import run_pipeline
+    from ..experiments.presets import get_preset
 
     p = get_preset(preset)
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -108,7 +108,7 @@ def live_run(preset: str, out_dir=None, workdir=None, plan: str = "demo", device
 
 
 def _show_path(path) -> str:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     try:
         return str(Path(path).resolve().relative_to(root))
     except ValueError:
@@ -148,7 +148,7 @@ def attack_roles(results: dict) -> dict:
 
     Gray-box = ``gradient="none"``, exact = ``"exact"``; of the BPDA attacks the shortest is
     ``bpda`` (Table 2) and the longest ``bpda_long`` (Table 3). Works for runs of
-    ``run_pipeline``, ``pursamere evaluate`` and ``pursamere.distributed`` alike.
+    ``run_pipeline``, ``pursamere evaluate`` and ``pursamere.experiments.distributed`` alike.
     """
     by = {}
     for r in results["rows"]:
@@ -188,7 +188,7 @@ def rows_frame(results: dict):
 
 
 def _worst(results: dict):
-    from .evaluate import worst_case
+    from ..evaluation.runner import worst_case
 
     return results.get("worst_case") or worst_case(results["rows"])
 
@@ -440,7 +440,7 @@ def cost_model(preset, plan, throughput: Optional[float] = None):
     """
     import pandas as pd
 
-    from .pipeline import attack_plan
+    from ..experiments.pipeline import attack_plan
 
     cfg = preset.purify
     per_pur = cfg.steps * cfg.m * (2 if cfg.sam else 1)

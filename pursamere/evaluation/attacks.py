@@ -31,8 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .geometry import _per_item, canonical_norm, lp_norm, project
-from .purify import InvalidInputError, check_images
+from ..method.geometry import _per_item, canonical_norm, lp_norm, project
+from ..method.purify import InvalidInputError, check_images
 
 __all__ = [
     "Threat", "pgd", "one_step", "default_step_size", "margin_loss", "robust_accuracy",
@@ -218,7 +218,7 @@ def pgd(
 
     Each step: ``x ← Π_{B_p(x₀, ε) ∩ [0,1]^d}(x + α · ascent(∇ loss))`` with the ascent
     direction of the norm (sign for ℓ∞, ``g/‖g‖₂`` for ℓ2, SLIDE for ℓ1, see
-    :func:`slide_direction`) and the exact projection of :func:`pursamere.geometry.project`.
+    :func:`slide_direction`) and the exact projection of :func:`pursamere.method.geometry.project`.
 
     The forward pass of every step already gives the model's logits at the current iterate,
     so success is tracked for free: with ``keep="best"`` each image returns the iterate of

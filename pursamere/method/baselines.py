@@ -1,6 +1,6 @@
 """Baseline purifiers on the same score model: ADP (Yoon et al. 2021) and DiffPure-style (Nie et al. 2022).
 
-Both are callables ``x -> x`` like :class:`pursamere.purify.Purifier`, and both share one
+Both are callables ``x -> x`` like :class:`pursamere.method.purify.Purifier`, and both share one
 randomness API so the evaluation code never branches on the purifier's type:
 
 - ``config.seed`` and ``config.fixed_noise``. With ``fixed_noise=True`` every call uses the
@@ -251,7 +251,7 @@ class ADP(_NoisyPurifier):
     piecewise constant and pass no gradient of their own.
 
     Example:
-        >>> from pursamere.scores import GaussianMixture
+        >>> from pursamere.method.scores import GaussianMixture
         >>> adp = ADP(GaussianMixture([[0.0, 0.0]], [1.0]), ADPConfig(box=None, fixed_noise=True))
         >>> adp(torch.tensor([[3.0, 0.0]])).norm() < 3.0
         tensor(True)
@@ -313,7 +313,7 @@ class DiffPure(_NoisyPurifier):
     One score evaluation per level; ``n_levels`` noise draws per call.
 
     Example:
-        >>> from pursamere.scores import GaussianMixture
+        >>> from pursamere.method.scores import GaussianMixture
         >>> dp = DiffPure(GaussianMixture([[0.0, 0.0]], [0.1]), DiffPureConfig(box=None, n_levels=20))
         >>> dp(torch.tensor([[0.5, 0.0]])).norm() < 0.5
         tensor(True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .attacks import Threat
-from .evaluate import AttackSpec, Defence, attack_flags
+from .runner import AttackSpec, Defence, attack_flags
 
 __all__ = ["CheckResult", "obfuscation_checks", "format_checks", "ObfuscationWarning"]
 

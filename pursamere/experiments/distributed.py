@@ -2,10 +2,10 @@
 
 Every rank attacks a slice of the images; rank 0 reassembles the per-image survival flags in
 the original order and writes ONE ``results.json`` whose rows are exactly those of
-:func:`pursamere.evaluate.evaluate`::
+:func:`pursamere.evaluation.runner.evaluate`::
 
-    torchrun --nproc_per_node 4 -m pursamere.distributed evaluate --preset tiny --n-images 512 --out results/tiny/run1
-    python -m pursamere.distributed evaluate --preset tiny --n-images 32 --out DIR    # one process, same file
+    torchrun --nproc_per_node 4 -m pursamere.experiments.distributed evaluate --preset tiny --n-images 512 --out results/tiny/run1
+    python -m pursamere.experiments.distributed evaluate --preset tiny --n-images 32 --out DIR    # one process, same file
 
 Sharding never changes a number. ``attack_flags`` attacks the clean-correct images in batches of
 ``batch_size`` with the SAME seed for every batch, so an image's random start depends on the batch
@@ -17,7 +17,7 @@ stochastic defence draws fresh noise per call, so its numbers agree in distribut
 
 Presets: ``--preset tiny`` is built in (:func:`tiny_setup`). Others plug in through
 :func:`register_preset` (``name -> fn(n, seed) -> Setup``), or, when nothing is registered under
-the name, through ``pursamere.presets.evaluation_setup(name, n=..., seed=...)`` if that module
+the name, through ``pursamere.experiments.presets.evaluation_setup(name, n=..., seed=...)`` if that module
 defines it. A setup builder may run on every rank independently: weights are broadcast from rank
 0 afterwards (:func:`sync_defences`) and the data are checked to be identical on every rank.
 """
@@ -36,11 +36,11 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .attacks import Threat
-from .evaluate import (AttackSpec, Defence, attack_flags, load_done, make_row, pending, predict, render_table,
+from ..evaluation.attacks import Threat
+from ..evaluation.runner import (AttackSpec, Defence, attack_flags, load_done, make_row, pending, predict, render_table,
                        row_key, worst_case)
-from .io import atomic_write_json, atomic_write_text
-from .train import fingerprint
+from ..io import atomic_write_json, atomic_write_text
+from ..method.train import fingerprint
 
 __all__ = ["DistContext", "init_distributed", "shutdown", "shard_indices", "make_row", "evaluate_distributed",
            "sync_defences", "Setup", "register_preset", "build_setup", "tiny_setup", "main"]
@@ -182,7 +182,7 @@ def evaluate_distributed(defences: Sequence[Defence], attacks: Sequence[AttackSp
                          meta: Optional[dict] = None, batch_size: int = 64, predict_batch_size: int = 256,
                          skip: Optional[Callable] = None, progress: bool = False,
                          ctx: Optional[DistContext] = None) -> dict:
-    """:func:`pursamere.evaluate.evaluate`, with the images split across the ranks of a process group.
+    """:func:`pursamere.evaluation.runner.evaluate`, with the images split across the ranks of a process group.
 
     Call it on EVERY rank with the same arguments (same data, same defences). Each rank predicts
     and attacks its share only; the flags are gathered, so every rank returns the same full
@@ -203,7 +203,7 @@ def evaluate_distributed(defences: Sequence[Defence], attacks: Sequence[AttackSp
         ``{"meta", "rows", "worst_case"}`` exactly as ``evaluate`` returns it (``meta`` also
         records ``world_size``).
     """
-    from . import __version__
+    from .. import __version__
 
     ctx = ctx or init_distributed()
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
@@ -233,8 +233,8 @@ def evaluate_distributed(defences: Sequence[Defence], attacks: Sequence[AttackSp
 
     for a in attacks:
         if a.cascade or a.warm_from is not None:
-            raise ValueError(f"attack {a.name!r}: cascaded and warm-started attacks (the ensemble of pursamere.suite) "
-                             "run in pursamere.evaluate.evaluate, not in the distributed runner")
+            raise ValueError(f"attack {a.name!r}: cascaded and warm-started attacks (the ensemble of pursamere.evaluation.suite) "
+                             "run in pursamere.evaluation.runner.evaluate, not in the distributed runner")
     cleans: dict = {}
     for d, threat, spec in pending(defences, attacks, threats, skip, done, seed, results["rows"]):
         key = row_key(d.name, spec.name, threat)
@@ -310,7 +310,7 @@ def register_preset(name: str):
 
 
 def build_setup(name: str, n: Optional[int] = None, seed: int = 0) -> Setup:
-    """The setup of preset ``name``: registered here, else ``pursamere.presets.evaluation_setup``."""
+    """The setup of preset ``name``: registered here, else ``pursamere.experiments.presets.evaluation_setup``."""
     if name in _PRESETS:
         return Setup(*_PRESETS[name](n=n, seed=seed))
     from .pipeline import evaluation_setup  # the trained presets (digits, cifar10, ...)
@@ -326,9 +326,9 @@ def tiny_setup(n: Optional[int] = 32, seed: int = 0) -> Setup:
     check, not a defence. Attacks: BPDA-2 and exact-3 under ℓ∞ 0.1 and ℓ2 0.5.
     """
     from .data import load_digits_split
-    from .models import SCORE_TINY, ScoreNet, SmallCNN
-    from .purify import PurifyConfig, Purifier
-    from .train import ClassifierTrainConfig, train_classifier
+    from ..method.nets import SCORE_TINY, ScoreNet, SmallCNN
+    from ..method.purify import PurifyConfig, Purifier
+    from ..method.train import ClassifierTrainConfig, train_classifier
 
     split = load_digits_split(seed=seed)
     torch.manual_seed(seed)
@@ -371,7 +371,7 @@ def _to_device(setup: Setup, device: torch.device) -> Setup:
 
 # ----------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="torchrun --nproc_per_node N -m pursamere.distributed",
+    p = argparse.ArgumentParser(prog="torchrun --nproc_per_node N -m pursamere.experiments.distributed",
                                 description="Sharded robustness evaluation (one results.json, same rows as one process).")
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("evaluate", help="evaluate a preset's defences × attacks × threats")
@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=64, help="attack batch size (part of the result)")
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     e.add_argument("--reference", action="store_true",
-                   help="run pursamere.evaluate.evaluate in one process instead (for checking the sharded run)")
+                   help="run pursamere.evaluation.runner.evaluate in one process instead (for checking the sharded run)")
     e.add_argument("--no-progress", action="store_true")
     return p
 
@@ -404,7 +404,7 @@ def main(argv=None) -> int:
         sync_defences(ctx, setup.defences)
         meta = {"preset": args.preset}
         if args.reference:
-            from .evaluate import evaluate
+            from ..evaluation.runner import evaluate
 
             res = evaluate(*setup[:5], args.out, seed=args.seed, meta=meta, batch_size=args.batch_size,
                            progress=not args.no_progress, skip=setup.skip)

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from .baselines import ADPConfig, DiffPureConfig
-from .models import SCORE_CIFAR10, SCORE_DIGITS, SCORE_TINY, ScoreNetConfig
-from .purify import PurifyConfig
-from .train import ClassifierTrainConfig, ScoreTrainConfig
+from ..method.baselines import ADPConfig, DiffPureConfig
+from ..method.nets import SCORE_CIFAR10, SCORE_DIGITS, SCORE_TINY, ScoreNetConfig
+from ..method.purify import PurifyConfig
+from ..method.train import ClassifierTrainConfig, ScoreTrainConfig
 
 __all__ = ["Preset", "Plan", "DIGITS", "CIFAR10", "TINY", "PRESETS", "get_preset", "ncsnv2_gamma", "ncsnv2_ladder"]
 
@@ -95,7 +95,7 @@ class Preset:
     test_limit_per_class: int | None = None
 
     def sigmas(self) -> torch.Tensor:
-        from .scores import sigma_ladder
+        from ..method.scores import sigma_ladder
 
         return sigma_ladder(self.sigma_first, self.sigma_last, self.n_sigmas)
 

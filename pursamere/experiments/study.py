@@ -9,7 +9,7 @@
   unrolling with several k; APGD-CE/DLR; Square. Every attack runs on every image (no
   cascade), so the columns compare attacks one to one.
 
-Both write ``results.json`` through :func:`pursamere.evaluate.evaluate` (resumable) and a
+Both write ``results.json`` through :func:`pursamere.evaluation.runner.evaluate` (resumable) and a
 ``study.json`` summary that the book reads.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from .attacks import Threat
-from .evaluate import AttackSpec, Defence, evaluate
-from .io import atomic_write_json
+from ..evaluation.attacks import Threat
+from ..evaluation.runner import AttackSpec, Defence, evaluate
+from ..io import atomic_write_json
 
 __all__ = ["sam_settings", "sam_study_attacks", "sam_study", "attack_study_attacks", "attack_study", "summarise", "sam_frame",
            "robust_flags", "choose_setting"]
@@ -101,7 +101,7 @@ def sam_study(preset, arts: dict, out_dir: str | Path, n: Optional[int] = None, 
 
     ``only``: setting names to run (default all). Writes ``results.json`` and ``study.json``.
     """
-    from .purify import Purifier
+    from ..method.purify import Purifier
 
     x, y = _validation(preset, arts, n)
     grid = sam_settings(preset.purify, x[0].numel())
@@ -125,7 +125,7 @@ def sam_study(preset, arts: dict, out_dir: str | Path, n: Optional[int] = None, 
 def attack_study(preset, arts: dict, out_dir: str | Path, defence: str = "ERE descent", n: Optional[int] = None,
                  attacks: Optional[list] = None, progress: bool = True) -> dict:
     """Compare attack variants (:func:`attack_study_attacks`) one to one on one defence."""
-    from .purify import Purifier
+    from ..method.purify import Purifier
 
     x, y = _validation(preset, arts, n)
     cfgs = {"ERE descent": preset.purify.replace(rho=0.0, rho_sigma=None),

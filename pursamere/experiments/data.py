@@ -29,8 +29,8 @@ from typing import NamedTuple, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .io import atomic_write_bytes
-from .purify import InvalidInputError, check_images
+from ..io import atomic_write_bytes
+from ..method.purify import InvalidInputError, check_images
 
 __all__ = ["DataError", "UnsafePickleError", "Split", "load_digits_split", "CIFAR10_CLASSES",
            "OFFICIAL_URL", "OFFICIAL_MD5", "load_cifar10", "download_cifar10", "load_image_folder",

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .purify import Purifier, PurifyConfig
-from .scores import GaussianMixture
+from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..method.purify import Purifier, PurifyConfig
+from ..method.scores import GaussianMixture
 
 #: two modes 3 apart; a linear classifier x₁ + 2x₂ > 1.5 that is right on the data but fragile off it
 TOY_MIXTURE = dict(means=[[0.0, 0.0], [3.0, 0.0]], stds=[0.3, 0.3])

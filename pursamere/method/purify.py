@@ -54,7 +54,7 @@ class PurifyConfig:
     """Settings of Algorithm 1. Values the paper lost are OUR defaults (see method.md).
 
     The defaults suit images in [0,1] and a score net trained down to σ ≈ 0.01; presets
-    (``pursamere.presets``) override them per data set after a documented sweep.
+    (``pursamere.experiments.presets``) override them per data set after a documented sweep.
     """
 
     eps_pur: float = 8 / 255  # radius of the purification ball B_p(x_adv, ε_pur) (eq. 12)
@@ -215,7 +215,7 @@ class Purifier:
         config: a :class:`PurifyConfig`.
 
     Example:
-        >>> from pursamere.scores import GaussianMixture
+        >>> from pursamere.method.scores import GaussianMixture
         >>> gm = GaussianMixture([[0.0, 0.0]], [0.5])
         >>> pur = Purifier(gm, PurifyConfig(eps_pur=1.0, box=None, sigma_max=0.5, sigma_min=0.05))
         >>> pur(torch.tensor([[0.6, 0.0]])).abs().max() < 0.6

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .io import load_checkpoint, save_checkpoint
+from ..io import load_checkpoint, save_checkpoint
 
 __all__ = ["ScoreTrainConfig", "train_score", "load_score_net", "ClassifierTrainConfig", "train_classifier", "accuracy",
            "PGDAdversary", "TRADES", "dsm_loss", "fingerprint"]
@@ -268,7 +268,7 @@ class PGDAdversary:
         self.threat, self.steps, self.step_size, self.calls, self.seed = threat, steps, step_size, 0, seed
 
     def __call__(self, model, x, y):
-        from .attacks import pgd
+        from ..evaluation.attacks import pgd
 
         self.calls += 1
         return pgd(model, x, y, self.threat, steps=self.steps, step_size=self.step_size, keep="last",
