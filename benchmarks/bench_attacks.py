@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 
 def build(args, steps_per_level):
-    from pursamere.evaluation.attacks import Defended  # noqa: F401  (import cost outside the timings)
+    from pursamere.evaluation.defended import Defended  # noqa: F401  (import cost outside the timings)
     from pursamere.method.nets import SCORE_DIGITS, ScoreNet, SmallCNN
     from pursamere.method.purify import Purifier, PurifyConfig
 
@@ -82,7 +82,7 @@ def peak_rss_kib() -> int:
 
 def child(args):
     """Run one exact-gradient step in this (fresh) process; print the memory it took."""
-    from pursamere.evaluation.attacks import Defended
+    from pursamere.evaluation.defended import Defended
 
     clf, pur, x, y = build(args, args.child_steps_per_level)
     pur(x)  # warm-up and baseline: set-up plus one plain purification of the batch
@@ -117,7 +117,7 @@ def main():
     if args.child_steps_per_level is not None:
         return child(args)
 
-    from pursamere.evaluation.attacks import Defended
+    from pursamere.evaluation.defended import Defended
 
     clf, pur, x, y = build(args, args.steps_per_level)
     k = pur.config.steps

@@ -1,63 +1,102 @@
-"""The ``pursamere`` command: thin wrappers over the package (logic lives in the modules)."""
+"""The ``pursamere`` command: a thin shell that builds a protocol and calls the one engine.
+
+Under ``torchrun`` (``WORLD_SIZE`` set) the evaluating commands shard their attacks over the ranks:
+``torchrun --nproc_per_node 4 -m pursamere ensemble --preset digits``.
+"""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
-import time
 from pathlib import Path
 
 
-def _run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S")
+def _options(args, resume: bool = False):
+    from .evaluation.sharding import init_distributed
+    from .experiments.engine import Options
+
+    shards = init_distributed(args.device) if "WORLD_SIZE" in os.environ else None
+    return Options(workdir=args.workdir, device=args.device, fresh=getattr(args, "fresh", False),
+                   resume=resume or getattr(args, "resume", False), data_root=args.data_root, shards=shards,
+                   progress=not getattr(args, "quiet", False))
 
 
+def _engine(args, protocol, kind: str, resume: bool = False, default_out=None):
+    """Run ``protocol`` with the arguments' options; print the table on rank 0."""
+    from .evaluation.sharding import shutdown
+    from .experiments.engine import results_dir, run
+
+    preset = _preset(args)
+    opts = _options(args, resume)
+    try:
+        res = run(preset, protocol, results_dir(preset.name, kind, args.out or default_out), opts)
+    finally:
+        if opts.shards is not None:
+            shutdown(opts.shards)
+    if res.table:
+        print(res.table)
+        print(f"wrote {res.out}/ in {res.summary['seconds_total']:.0f} s")
+    return res
+
+
+def _preset(args):
+    from .experiments.presets import get_preset
+
+    return get_preset(args.preset)
+
+
+def _items(text: str, sep: str = ",") -> tuple:
+    return tuple(t.strip() for t in text.split(sep) if t.strip())
+
+
+# ------------------------------------------------------------------------------------------ commands
 def cmd_demo(args) -> int:
     if args.toy:
+        from .experiments.engine import results_dir
         from .experiments.toydemo import run_toy_demo
 
-        out = Path(args.out or f"results/toy/{_run_id()}")
+        out = results_dir("toy", "demo", args.out)
         res = run_toy_demo(out)
         print(res["report"])
         print(f"wrote {out}/results.json, report.md, toy.png")
         return 0
-    from .experiments.pipeline import run_demo  # the digits pipeline
+    from .experiments import protocols
 
-    return run_demo(args)
+    preset = _preset(args)
+    _engine(args, protocols.tables(preset, preset.demo), "demo")
+    return 0
 
 
 def cmd_reproduce(args) -> int:
     """The preset's full protocol (all test images, long attacks), resumable."""
-    from .experiments.pipeline import run_pipeline
-    from .experiments.presets import get_preset
+    from .experiments import protocols
 
-    preset = get_preset(args.preset)
-    out = Path(args.out or f"results/{preset.name}/full")
-    res = run_pipeline(preset, preset.full, args.workdir, out, fresh=args.fresh, device=args.device, data_root=args.data_root)
-    print(res["table"])
+    preset = _preset(args)
+    _engine(args, protocols.tables(preset, preset.full), "full", resume=True, default_out=f"results/{preset.name}/full")
     return 0
 
 
 def cmd_train_score(args) -> int:
-    from .experiments.pipeline import prepare
-    from .experiments.presets import get_preset
+    from .experiments.artifacts import prepare
 
-    prepare(get_preset(args.preset), args.workdir, fresh=args.fresh, device=args.device, data_root=args.data_root)
+    prepare(_preset(args), args.workdir, fresh=args.fresh, device=args.device, data_root=args.data_root)
     return 0
 
 
 def cmd_train_classifier(args) -> int:
-    """Train the preset's classifier, plainly or with PGD adversarial training (Madry et al.)."""
+    """Train the preset's classifier, plainly or with PGD adversarial training (Madry et al.) or TRADES."""
     import torch
 
     from .evaluation.attacks import Threat, pgd, robust_accuracy
+    from .experiments.artifacts import build_classifier
+    from .experiments.data import load_split
     from .io import save_checkpoint
-    from .experiments.pipeline import build_classifier, load_split
-    from .experiments.presets import get_preset
     from .method.train import TRADES, PGDAdversary, accuracy, train_classifier
 
     if args.adversarial and args.trades:
         raise ValueError("choose one of --adversarial (PGD-AT) and --trades")
-    preset = get_preset(args.preset)
+    preset = _preset(args)
     split = load_split(preset, args.data_root)
     threat = Threat("inf", preset.threats["inf"])
     adversary = PGDAdversary(threat, steps=args.pgd_steps) if args.adversarial else None
@@ -79,80 +118,60 @@ def cmd_train_classifier(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    """Chosen defences × attacks × threats on the preset's trained models."""
+    """Chosen defences × named attacks × threats on the preset's trained models."""
     from .evaluation.attacks import Threat
-    from .evaluation.runner import ATTACKS, evaluate, plot_results, render_table
-    from .experiments.pipeline import build_defences, prepare
-    from .experiments.presets import get_preset
+    from .experiments import protocols
 
-    preset = get_preset(args.preset)
-    arts = prepare(preset, args.workdir, device=args.device, data_root=args.data_root)
-    defs = build_defences(preset, arts)
-    if args.defences:
-        want = [w.strip() for w in args.defences.split(",")]
-        defs = [d for d in defs if any(d.name.lower().startswith(w.lower()) for w in want)]
-        if not defs:
-            raise ValueError(f"no defence matches {args.defences!r}")
+    preset = _preset(args)
     try:
-        attacks = [ATTACKS[a.strip()] for a in args.attacks.split(",")]
+        attacks = tuple(protocols.NAMED_ATTACKS[a] for a in _items(args.attacks))
     except KeyError as e:
-        raise ValueError(f"unknown attack {e.args[0]!r}: choose from {sorted(ATTACKS)}") from None
+        raise ValueError(f"unknown attack {e.args[0]!r}: choose from {sorted(protocols.NAMED_ATTACKS)}") from None
     threats = []
-    for t in args.threats.split(","):
+    for t in _items(args.threats):
         norm, _, eps = t.partition(":")
-        threats.append(Threat(norm, float(eps) if eps else preset.threats[Threat(norm, 1.0).norm]))
-    split = arts["split"]
-    n = min(args.n, len(split.x_test))
-    out = Path(args.out or f"results/{preset.name}/eval-{_run_id()}")
-    res = evaluate(defs, attacks, threats, split.x_test[:n], split.y_test[:n], out)
-    table = render_table(res, f"{preset.name}: n = {n}")
-    from .io import atomic_write_text
-
-    atomic_write_text(out / "table.md", table)
-    plot_results(res, out / "robust_accuracy.png")
-    print(table)
+        canonical = Threat(norm, 1.0).norm
+        threats.append(Threat(norm, float(eps) if eps else preset.threats[canonical]))
+    _engine(args, protocols.custom(preset, attacks, tuple(threats), n=args.n, only=_items(args.defences)), "eval")
     return 0
 
 
 def cmd_ensemble(args) -> int:
     """The attack ensemble (worst case per image) over ℓ∞ budgets, every defence."""
-    import json
+    import dataclasses
 
-    from .experiments.presets import get_preset
-    from .evaluation.suite import EnsemblePlan, run_ensemble
+    from .experiments import protocols
 
-    preset = get_preset(args.preset)
-    eps = tuple(float(e) for e in args.eps.split(",")) if args.eps else (preset.threats["inf"],)
-    plan = EnsemblePlan(n_test=args.n, eps=eps, square_queries=args.square_queries)
+    preset = _preset(args)
+    plan = preset.ensemble
+    eps = tuple(float(e) for e in _items(args.eps)) if args.eps else plan.eps
+    budget = plan.budget if args.square_queries is None else dataclasses.replace(plan.budget, square_queries=args.square_queries)
+    plan = dataclasses.replace(plan, n_test=args.n or plan.n_test, eps=eps, budget=budget,
+                               batch_size=args.batch_size or plan.batch_size)
     best = json.loads(args.best) if args.best else None
     if best is not None and not isinstance(best, dict):
         raise ValueError(f"--best must be a JSON object of purifier settings, got {args.best!r}")
-    out = Path(args.out or f"results/{preset.name}/ensemble-{_run_id()}")
-    only = tuple(o.strip() for o in args.only.split(",") if o.strip())
-    res = run_ensemble(preset, plan, args.workdir, out, best=best, only=only, device=args.device, data_root=args.data_root)
-    print((out / "table.md").read_text())
+    _engine(args, protocols.ensemble(preset, plan, best=best, only=_items(args.only)), "ensemble")
     return 0
 
 
 def cmd_study(args) -> int:
     """The SAM study or the attack study on the preset's validation images."""
-    from .experiments.pipeline import prepare
-    from .experiments.presets import get_preset
-    from .experiments.study import attack_study, sam_study
+    from .experiments import protocols
 
-    preset = get_preset(args.preset)
-    arts = prepare(preset, args.workdir, device=args.device, data_root=args.data_root)
-    out = Path(args.out or f"results/{preset.name}/{args.which}-study")
+    preset = _preset(args)
     if args.which == "sam":
-        only = tuple(o.strip() for o in args.only.split(";") if o.strip())
-        summary = sam_study(preset, arts, out, n=args.n, only=only)
-        for r in summary["rows"]:
-            print(f"{r['setting']:<28} clean {100 * r['clean_acc']:5.1f}  worst case {100 * r['worst_case']:5.1f} (n = {r['n']})")
+        protocol = protocols.sam_study(preset, n=args.n, only=_items(args.only, ";"))
     else:
-        summary = attack_study(preset, arts, out, defence=args.defence, n=args.n)
-        for r in summary["rows"]:
+        protocol = protocols.attack_study(preset, family=args.defence, n=args.n)
+    res = _engine(args, protocol, f"{args.which}-study", default_out=f"results/{preset.name}/{args.which}-study")
+    if res.study is None:
+        return 0
+    for r in res.study["rows"]:
+        if args.which == "sam":
+            print(f"{r['setting']:<28} clean {100 * r['clean_acc']:5.1f}  worst case {100 * r['worst_case']:5.1f} (n = {r['n']})")
+        else:
             print(f"{r['attack']:<22} robust {100 * r['robust_acc']:5.1f}  ({r['seconds']:.0f} s)")
-    print(f"wrote {out}/study.json")
     return 0
 
 
@@ -160,7 +179,7 @@ def cmd_data(args) -> int:
     from .experiments.data import download_cifar10, load_cifar10
 
     if args.name != "cifar10":
-        raise SystemExit(f"unknown data set {args.name!r}: only 'cifar10' can be fetched")
+        raise ValueError(f"unknown data set {args.name!r}: only 'cifar10' can be fetched")
     root = Path(args.root)
     if args.download:
         path = download_cifar10(root, progress=True)
@@ -173,21 +192,31 @@ def cmd_data(args) -> int:
 def cmd_purify(args) -> int:
     import torch
 
-    from .experiments.data import load_images, save_images
-    from .experiments.presets import get_preset
-    from .experiments.pipeline import load_trained_score
+    from .experiments.artifacts import load_trained_score
+    from .experiments.images import load_images, save_images
     from .method.purify import Purifier
 
-    preset = get_preset(args.preset)
-    x, names = load_images(args.input)
+    preset = _preset(args)
+    x, names = load_images(args.input, item_shape=preset.image_shape)
     score = load_trained_score(preset, Path(args.workdir))
-    cfg = preset.purify
-    if args.eps_pur is not None:
-        cfg = cfg.replace(eps_pur=args.eps_pur)
+    cfg = preset.purify if args.eps_pur is None else preset.purify.replace(eps_pur=args.eps_pur)
     y = Purifier(score, cfg)(x.to(torch.float32))
     paths = save_images(y, args.out, names=names)
     print(f"purified {len(x)} image(s) → {paths[0] if len(paths) == 1 else args.out}")
     return 0
+
+
+# ------------------------------------------------------------------------------------------ parser
+def _common(p, out_help: str = "output folder (default results/<preset>/<kind>-<date-time>)", resume: bool = True):
+    p.add_argument("--preset", default="digits")
+    p.add_argument("--workdir", default="runs", help="where checkpoints and caches live")
+    p.add_argument("--out", default=None, help=out_help)
+    p.add_argument("--fresh", action="store_true", help="retrain instead of reusing cached checkpoints")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--data-root", default=None, help="folder of the data set (CIFAR-10 presets)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    if resume:
+        p.add_argument("--resume", action="store_true", help="continue a finished run in --out (matching rows are reused)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,24 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the main job: digits end to end (or --toy: 2-D toy in seconds)")
     d.add_argument("--toy", action="store_true", help="run the 2-D toy demo (exact score, no training)")
-    d.add_argument("--out", default=None, help="output folder (default results/<preset>/<run-id>)")
-    d.add_argument("--preset", default="digits")
-    d.add_argument("--workdir", default="runs", help="where checkpoints and caches live")
-    d.add_argument("--fresh", action="store_true", help="retrain instead of reusing cached checkpoints")
-    d.add_argument("--device", default="cpu", help="cpu or cuda")
-    d.add_argument("--data-root", default=None, help="folder of the data set (CIFAR-10 presets)")
+    _common(d)
     d.set_defaults(func=cmd_demo)
 
-    for name, fn, helptext in (("reproduce", cmd_reproduce, "the full protocol of a preset (all test images, long attacks), resumable"),
-                               ("train-score", cmd_train_score, "train (or resume) the preset's score net and classifiers")):
-        r = sub.add_parser(name, help=helptext)
-        r.add_argument("--preset", default="digits")
-        r.add_argument("--workdir", default="runs")
-        r.add_argument("--out", default=None)
-        r.add_argument("--fresh", action="store_true")
-        r.add_argument("--device", default="cpu", help="cpu or cuda")
-        r.add_argument("--data-root", default=None, help="folder of the data set (CIFAR-10)")
-        r.set_defaults(func=fn)
+    r = sub.add_parser("reproduce", help="the full protocol of a preset (all test images, long attacks), resumable")
+    _common(r, "output folder (default results/<preset>/full)", resume=False)
+    r.set_defaults(func=cmd_reproduce)
+
+    ts = sub.add_parser("train-score", help="train (or resume) the preset's score net and classifiers")
+    _common(ts, resume=False)
+    ts.set_defaults(func=cmd_train_score)
 
     tc = sub.add_parser("train-classifier", help="train the preset's classifier, optionally adversarially (PGD, Madry et al.)")
     tc.add_argument("--preset", default="digits")
@@ -228,40 +249,31 @@ def build_parser() -> argparse.ArgumentParser:
     tc.set_defaults(func=cmd_train_classifier)
 
     ev = sub.add_parser("evaluate", help="attack chosen defences of a trained preset")
-    ev.add_argument("--preset", default="digits")
-    ev.add_argument("--workdir", default="runs")
-    ev.add_argument("--defences", default="", help="comma-separated name prefixes (default: all)")
-    ev.add_argument("--attacks", default="gpgd20,bpda20-det", help="comma-separated names from evaluate.ATTACKS")
+    _common(ev)
+    ev.add_argument("--defences", default="", help="comma-separated families (PurSAMERE, ERE descent, ADP, ...), "
+                                                   "classifiers (plain, eq17, pgd-at, trades) or exact labels (default: all)")
+    ev.add_argument("--attacks", default="gpgd20,bpda20-det", help="comma-separated names from protocols.NAMED_ATTACKS")
     ev.add_argument("--threats", default="inf", help="comma-separated norm[:eps], e.g. inf,2:0.5,1")
-    ev.add_argument("--n", type=int, default=100, help="test images (the first n)")
-    ev.add_argument("--out", default=None)
-    ev.add_argument("--device", default="cpu")
-    ev.add_argument("--data-root", default=None)
+    ev.add_argument("--n", "--n-images", dest="n", type=int, default=100, help="table images (first n of the fixed order)")
     ev.set_defaults(func=cmd_evaluate)
 
     en = sub.add_parser("ensemble", help="attack every defence with the whole suite; worst case per image (AutoAttack's count)")
-    en.add_argument("--preset", default="digits")
-    en.add_argument("--workdir", default="runs")
-    en.add_argument("--eps", default="0.1,0.15,0.2", help="comma-separated ℓ∞ budgets (empty: the preset's)")
-    en.add_argument("--n", type=int, default=64, help="table images (first n of the fixed order)")
-    en.add_argument("--square-queries", type=int, default=100)
+    _common(en)
+    en.add_argument("--eps", default="", help="comma-separated ℓ∞ budgets (default: the preset's ensemble plan)")
+    en.add_argument("--n", "--n-images", dest="n", type=int, default=None,
+                    help="table images (default: the preset's ensemble plan); under torchrun write --n-images")
+    en.add_argument("--square-queries", type=int, default=None)
+    en.add_argument("--batch-size", type=int, default=None, help="attack batch size (part of the result: it fixes the random starts)")
     en.add_argument("--best", default="", help='purifier overrides chosen by the SAM study, as JSON, e.g. \'{"rho": 0.0}\'')
-    en.add_argument("--only", default="", help="comma-separated defence-name prefixes (default: all)")
-    en.add_argument("--out", default=None)
-    en.add_argument("--device", default="cpu")
-    en.add_argument("--data-root", default=None)
+    en.add_argument("--only", default="", help="comma-separated families, classifiers or exact labels (default: all)")
     en.set_defaults(func=cmd_ensemble)
 
     st = sub.add_parser("study", help="the SAM study or the attack study on the validation images")
     st.add_argument("which", choices=("sam", "attacks"))
-    st.add_argument("--preset", default="digits")
-    st.add_argument("--workdir", default="runs")
-    st.add_argument("--n", type=int, default=None, help="validation images (default: all of them)")
+    _common(st)
+    st.add_argument("--n", "--n-images", dest="n", type=int, default=None, help="validation images (default: all of them)")
     st.add_argument("--only", default="", help="SAM study: semicolon-separated setting names (default: all)")
     st.add_argument("--defence", default="ERE descent", help="attack study: 'ERE descent' or 'PurSAMERE'")
-    st.add_argument("--out", default=None)
-    st.add_argument("--device", default="cpu")
-    st.add_argument("--data-root", default=None)
     st.set_defaults(func=cmd_study)
 
     dd = sub.add_parser("data", help="fetch or check a data set")

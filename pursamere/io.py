@@ -1,4 +1,4 @@
-"""Safe files: atomic writes, checksummed checkpoints read with ``weights_only=True``."""
+"""Safe files: atomic writes, checksummed checkpoints read with ``weights_only=True``, fingerprints, figures."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "save_checkpoint", "load_checkpoint", "CorruptCheckpointError"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "save_checkpoint", "load_checkpoint",
+           "CorruptCheckpointError", "fingerprint", "config_hash", "save_figure"]
 
 _TRAILER = b"\nPURSAMERE-SHA256:"
 
@@ -71,3 +72,27 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if hashlib.sha256(payload).hexdigest().encode() != digest:
         raise CorruptCheckpointError(f"{path} fails its SHA-256 check: the file is corrupt; delete it and retrain (or use --fresh)")
     return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+
+
+def fingerprint(*tensors: torch.Tensor) -> str:
+    """A short SHA-256 of tensors' bytes: ties a checkpoint or a results row to the data and weights it used."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def config_hash(obj) -> str:
+    """A short SHA-256 of a JSON-able settings object (dataclass dicts, lists, numbers)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def save_figure(fig, path, dpi: int = 110) -> Path:
+    """Write a Matplotlib figure as PNG atomically and close it (the package's one PNG writer)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    if getattr(fig.canvas, "manager", None) is not None:  # a pyplot figure: release it
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())

@@ -17,7 +17,7 @@ DEVICE=${DEVICE:-cuda}
 NGPU=${NGPU:-1}
 pursamere train-score --preset cifar10 --device "$DEVICE" --data-root data     # score net (300k steps) + WRN-28-10 ×2
 if [ "$NGPU" -gt 1 ]; then
-  torchrun --nproc_per_node "$NGPU" -m pursamere.experiments.distributed evaluate --preset cifar10 --out results/cifar10/full --device "$DEVICE"
+  torchrun --nproc_per_node "$NGPU" -m pursamere reproduce --preset cifar10 --device "$DEVICE" --data-root data --out results/cifar10/full
 else
   pursamere reproduce --preset cifar10 --device "$DEVICE" --data-root data --out results/cifar10/full
 fi

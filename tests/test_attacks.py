@@ -10,9 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pursamere.evaluation.attacks import (
-    Defended, Threat, default_step_size, margin_loss, one_step, pgd, robust_accuracy, slide_direction,
-)
+from pursamere.evaluation.attacks import Threat, default_step_size, margin_loss, one_step, pgd, robust_accuracy, slide_direction
+from pursamere.evaluation.defended import Defended
 from pursamere.method.geometry import lp_norm, project
 from pursamere.method.nets import SCORE_TINY, ScoreNet
 from pursamere.method.purify import InvalidInputError, Purifier, PurifyConfig

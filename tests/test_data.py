@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 
 from pursamere.experiments.data import (CIFAR10_CLASSES, OFFICIAL_MD5, OFFICIAL_URL, DataError, _restricted_load,
-                            download_cifar10, load_cifar10, load_cifar10_jpeg, load_digits_split,
-                            load_image_folder, load_images, save_images)
+                                       download_cifar10, load_cifar10, load_cifar10_jpeg, load_digits_split,
+                                       load_image_folder)
+from pursamere.experiments.images import load_images, save_images
 
 SHARED_JPEG = Path("/work/shared/data/cifar10-jpeg")
 

@@ -1,4 +1,5 @@
-"""Sharded evaluation: the merged results of 2 gloo ranks equal one process's, bit for bit."""
+"""Sharded evaluation: the ONE engine under torchrun with 2 gloo ranks writes one process's rows, bit for bit —
+cascades and warm starts included."""
 import json
 import os
 import socket
@@ -9,13 +10,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from pursamere.experiments.distributed import DistContext, _batches_of, evaluate_distributed, shard_indices, tiny_setup
-from pursamere.evaluation.runner import evaluate
+from pursamere.evaluation.sharding import DistContext, own_batches, shard_indices
+from pursamere.experiments import engine, protocols
+from pursamere.experiments.presets import TINY
 
-# 23 of the 24 images are clean-correct: 5 attack batches, rank 0 attacks 3 and rank 1 attacks 2.
-# Batch 5 does not divide half of 23, so a split by image instead of by batch would move images to
-# other batches (other random starts) and change some survival bits (checked when written).
+# 24 table images attacked in batches of 5 (the tiny ensemble plan with another batch size): the
+# clean-correct images make an odd number of batches, so a split by image instead of by batch would
+# move images to other batches (other random starts) and change some survival bits.
 N, BATCH = 24, 5
+ONLY = ("undefended", "ERE descent")  # white-box PGD/APGD/Square; and gPGD, BPDA, exact, BPDA→exact, partial (cascades)
+
+
+def _protocol():
+    import dataclasses
+
+    plan = dataclasses.replace(TINY.ensemble, n_test=N, eps=(0.15,), batch_size=BATCH)
+    return protocols.ensemble(TINY, plan, only=ONLY)
 
 
 def _same_rows(a, b):
@@ -39,7 +49,7 @@ def test_shard_indices_cover_every_index_once_in_order(n, world):
 @pytest.mark.parametrize("n_alive,batch", [(0, 4), (1, 4), (23, 5), (24, 8), (100, 7), (3, 64)])
 def test_ranks_get_whole_batches_of_the_single_process_run(n_alive, batch, world):
     idx = torch.randperm(200)[:n_alive]  # the clean-correct images, any order
-    shares = [_batches_of(idx, batch, DistContext(rank=r, world_size=world)) for r in range(world)]
+    shares = [own_batches(idx, batch, DistContext(rank=r, world_size=world)) for r in range(world)]
     assert torch.equal(torch.cat(shares), idx)
     # cut each share as attack_flags does: exactly the batches one process makes
     cut = [c.tolist() for s in shares if len(s) for c in s.split(batch)]
@@ -65,25 +75,27 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def reference(one_thread, tmp_path_factory):
-    """The tiny preset built and evaluated by ``evaluate.evaluate`` in this one process."""
-    setup = tiny_setup(n=N)
-    return setup, evaluate(*setup[:5], tmp_path_factory.mktemp("ref"), batch_size=BATCH, progress=False)
+    """The protocol run by the engine in this one process (it also trains and caches the models)."""
+    work = tmp_path_factory.mktemp("work")
+    run = engine.run(TINY, _protocol(), tmp_path_factory.mktemp("ref"),
+                     engine.Options(workdir=str(work), progress=False, log=lambda *a: None))
+    return work, run
 
 
-def test_single_process_fallback_equals_evaluate(reference, tmp_path, monkeypatch):
+def test_single_process_context_equals_no_context(reference, tmp_path, monkeypatch):
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
-    (defences, attacks, threats, x, y, _), ref = reference
-    attacks, threats = attacks[:1], threats[:1]
-    got = evaluate_distributed(defences, attacks, threats, x, y, tmp_path, batch_size=BATCH)
-    keys = {r["key"] for r in got["rows"]}
-    _same_rows([r for r in ref["rows"] if r["key"] in keys], got["rows"])
-    assert len(got["rows"]) == len(defences) and got["meta"]["world_size"] == 1
+    work, ref = reference
+    got = engine.run(TINY, _protocol(), tmp_path, engine.Options(workdir=str(work), progress=False, log=lambda *a: None,
+                                                                 shards=DistContext()), artifacts=ref.artifacts)
+    _same_rows(ref.results["rows"], got.results["rows"])
+    assert got.results["meta"]["world_size"] == 1
     saved = json.loads((tmp_path / "results.json").read_text())
-    _same_rows(saved["rows"], got["rows"])
+    _same_rows(saved["rows"], got.results["rows"])
     # resume: rows already written are reused, not recomputed
-    again = evaluate_distributed(defences, attacks, threats, x, y, tmp_path, batch_size=BATCH)
-    assert [r["seconds"] for r in again["rows"]] == [r["seconds"] for r in saved["rows"]]
+    again = engine.run(TINY, _protocol(), tmp_path, engine.Options(workdir=str(work), progress=False, resume=True,
+                                                                   log=lambda *a: None), artifacts=ref.artifacts)
+    assert [r["seconds"] for r in again.results["rows"]] == [r["seconds"] for r in saved["rows"]]
 
 
 def _free_port() -> int:
@@ -99,18 +111,20 @@ def test_two_gloo_ranks_match_single_process(reference, tmp_path):
         env["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT"):
         env.pop(var, None)
+    work, ref = reference
+    # the same command a user types: the CLI sees WORLD_SIZE and shards the one engine's loop
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "pursamere.experiments.distributed", "evaluate", "--preset", "tiny",
-           "--n-images", str(N), "--batch-size", str(BATCH), "--out", str(out), "--device", "cpu", "--no-progress"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+           "--master_port", str(_free_port()), "-m", "pursamere", "ensemble", "--preset", "tiny", "--workdir", str(work),
+           "--n-images", str(N), "--batch-size", str(BATCH), "--eps", "0.15", "--only", ",".join(ONLY), "--out", str(out), "--quiet"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     got = json.loads((out / "results.json").read_text())
-    assert got["meta"]["world_size"] == 2 and got["meta"]["n"] == N
+    assert got["meta"]["world_size"] == 2 and got["meta"]["n"] == N and got["meta"]["batch_size"] == BATCH
     assert (out / "table.md").exists()
-    _, ref = reference
-    _same_rows(ref["rows"], got["rows"])
-    assert got["worst_case"] == ref["worst_case"]
+    _same_rows(ref.results["rows"], got["rows"])
+    assert got["worst_case"] == ref.results["worst_case"]
+    assert any(r["cascade"] for r in got["rows"]) and any(r["role"] == "bpda→exact" for r in got["rows"])
     # the check has teeth: the attacks broke some images and spared others, in every defence
     for r in got["rows"]:
-        if r["norm"] == "inf":
-            assert "0" in r["survived"] and "1" in r["survived"], r["key"]
+        if not r["cascade"]:
+            assert 0 in r["survived"] and 1 in r["survived"], r["key"]

@@ -6,7 +6,12 @@ import torch
 
 from pursamere.evaluation.attacks import Threat
 from pursamere.evaluation.checks import ObfuscationWarning, obfuscation_checks
-from pursamere.evaluation.runner import ATTACKS, AttackSpec, Defence, evaluate, plot_results, render_table, wilson
+from pursamere.evaluation.defences import Defence
+from pursamere.evaluation.results import render_table, wilson
+from pursamere.evaluation.runner import evaluate
+from pursamere.evaluation.suite import AttackSpec
+from pursamere.experiments.protocols import NAMED_ATTACKS as ATTACKS
+from pursamere.experiments.reporting import plot_results
 from pursamere.method.nets import SmallCNN
 from pursamere.method.train import ClassifierTrainConfig, train_classifier
 
@@ -52,9 +57,9 @@ def test_evaluate_rows_worst_case_resume_and_outputs(tmp_path, digits_clf):
         rows = [r for r in res["rows"] if r["defence"] == w["defence"]]
         # an image counted robust survived every attack
         for i in range(w["n"]):
-            robust_here = all(r["survived"][i] == "1" for r in rows)
-            assert robust_here == (i in [j for j in range(w["n"]) if all(r["survived"][j] == "1" for r in rows)])
-        assert w["robust_acc"] == pytest.approx(sum(all(r["survived"][i] == "1" for r in rows) for i in range(w["n"])) / w["n"])
+            robust_here = all(r["survived"][i] == 1 for r in rows)
+            assert robust_here == (i in [j for j in range(w["n"]) if all(r["survived"][j] == 1 for r in rows)])
+        assert w["robust_acc"] == pytest.approx(sum(all(r["survived"][i] == 1 for r in rows) for i in range(w["n"])) / w["n"])
     und = {r["attack"]: r for r in res["rows"] if r["defence"] == "undefended"}
     assert und["bpda5"]["robust_acc"] < 0.5 * und["bpda5"]["clean_acc"]
     saved = json.loads((tmp_path / "results.json").read_text())

@@ -74,12 +74,13 @@ PIPELINE_NOTEBOOKS = ("04_digits", "05_attacks_and_baselines", "06_cifar10_gpu")
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from pursamere.experiments.pipeline import run_pipeline
+    from pursamere.experiments import engine, protocols
     from pursamere.experiments.presets import TINY
 
     root = tmp_path_factory.mktemp("tiny_pipeline")
     plan = dataclasses.replace(TINY.demo, check_gradients=("bpda",))  # halves the checklist: the pages only display it
-    run_pipeline(TINY, plan, workdir=root / "work", out_dir=root / "run", progress=False, log=lambda *a: None)
+    engine.run(TINY, protocols.tables(TINY, plan), root / "run",
+               engine.Options(workdir=str(root / "work"), progress=False, log=lambda *a: None))
     return root
 
 
@@ -179,5 +180,5 @@ def test_07_worst_case_live_tiny(tiny_run, tmp_path):
             assert acc <= res["clean"][d] + 1e-12
     assert res["attack_study_worst"] <= min(res["attack_study"].values()) + 1e-12
     v = res["sam_verdict"]
-    assert v["n_sam_settings"] == sum(1 for s in res["sam_study"] if not s.startswith("SAM off"))
+    assert v["n_sam_settings"] == sum(1 for s in res["sam_study"].values() if s["kind"] != "off")
     assert v["best_worst_case"] == max(r["worst_case"] for r in res["sam_study"].values())

@@ -27,7 +27,8 @@ def test_tiny_end_to_end_through_the_cli(tmp_path, capsys):
     diag = json.loads((out / "score_diagnostics.json").read_text())
     assert all(0 <= d["auroc"] <= 1 for d in diag["ere_detection"]) and (out / "samples.png").exists()
     # `pursamere purify` on a user's PNGs with the trained tiny score net
-    from pursamere.experiments.data import load_digits_split, load_images, save_images
+    from pursamere.experiments.data import load_digits_split
+    from pursamere.experiments.images import load_images, save_images
 
     save_images(load_digits_split().x_test[:2], tmp_path / "in")
     assert main(["purify", str(tmp_path / "in"), "--out", str(tmp_path / "pur"), "--preset", "tiny",
@@ -36,9 +37,35 @@ def test_tiny_end_to_end_through_the_cli(tmp_path, capsys):
     original, _ = load_images(tmp_path / "in")
     assert purified.shape == original.shape and (purified - original).abs().max() <= TINY.purify.eps_pur + 1 / 255
     assert main(["purify", str(tmp_path / "missing"), "--out", str(tmp_path / "x"), "--preset", "tiny"]) == 2
+    # hostile inputs: one error line naming the file and the problem, no traceback, nothing written
+    capsys.readouterr()
+    bomb = tmp_path / "bomb.png"
+    _png_declaring(bomb, 60000, 60000)
+    import numpy as np
+
+    np.save(tmp_path / "rgb.npy", np.random.rand(2, 3, 32, 32).astype(np.float32))
+    for bad, why in ((bomb, "60000x60000"), (tmp_path / "rgb.npy", "(3, 32, 32), but this model takes (1, 8, 8)")):
+        assert main(["purify", str(bad), "--out", str(tmp_path / "bad-out"), "--preset", "tiny",
+                     "--workdir", str(tmp_path / "work")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("pursamere: error: ") and str(bad) in err and why in err, err
+        assert not (tmp_path / "bad-out").exists()
     # a finished run is never overwritten silently
     assert main(["demo", "--preset", "tiny", "--workdir", str(tmp_path / "work"), "--out", str(out)]) == 2
     assert "already holds" in capsys.readouterr().err
+
+
+def _png_declaring(path, width, height):
+    """A tiny PNG whose header declares ``width × height`` pixels (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+                     + chunk(b"IEND", b""))
 
 
 def test_presets_follow_ncsnv2_rules_and_paper_settings():

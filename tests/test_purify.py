@@ -90,7 +90,12 @@ def test_sam_is_used_when_rho_positive_and_off_when_zero(net):
     assert base.rho == pytest.approx(base.eps_pur / 2)
     assert Purifier(net, base).score_evaluations == 2 * Purifier(net, base.replace(rho=0.0)).score_evaluations
     assert not torch.equal(Purifier(net, base)(x), Purifier(net, base.replace(rho=0.0))(x))
-    assert base.replace(eps_pur=0.1).rho == pytest.approx(0.05)  # ρ stays tied to ε_pur
+    # replace() changes exactly what it is given: ρ is NOT re-tied to a new ε_pur; paper_sam() ties it
+    assert base.replace(eps_pur=0.1).rho == pytest.approx(base.rho) and base.replace(eps_pur=0.1).eps_pur == 0.1
+    assert base.replace(eps_pur=0.1).paper_sam().rho == pytest.approx(0.05)
+    assert base.replace(eps_pur=0.1).paper_sam().sam_norm == base.norm and not base.sam_off().sam
+    with pytest.raises(ValueError, match="no field"):
+        base.replace(eps=0.1)
 
 
 def test_exact_gradient_same_with_and_without_checkpointing(net):
@@ -208,14 +213,18 @@ def test_rho_tied_to_sigma(net):
     # a fixed ρ equal to the σ-tied one at every step gives the same result
     one = dict(SMALL, n_levels=1, sigma_min=0.2, sigma_max=0.2)
     assert torch.equal(Purifier(net, PurifyConfig(rho_sigma=0.5, **one))(x), Purifier(net, PurifyConfig(rho=0.1, **one))(x))
-    # replace() switches between the two forms cleanly
-    assert cfg.replace(rho=0.05).rho_sigma is None and cfg.replace(rho=0.05).rho == 0.05
-    assert PurifyConfig(**SMALL).replace(rho_sigma=1.0).rho == 0.0
+    # replace() switches between the two forms only when told both fields; a half-said switch is an error
+    assert cfg.replace(rho=0.05, rho_sigma=None).rho_sigma is None and cfg.replace(rho=0.05, rho_sigma=None).rho == 0.05
+    assert PurifyConfig(**SMALL).replace(rho=0.0, rho_sigma=1.0).rho == 0.0
+    with pytest.raises(ValueError, match="not both"):
+        cfg.replace(rho=0.05)  # the σ-tie is still there: say rho_sigma=None
+    with pytest.raises(ValueError, match="not both"):
+        PurifyConfig(**SMALL).replace(rho_sigma=1.0)  # ρ = ε_pur/2 is still there: say rho=0.0
     assert not PurifyConfig(rho=0.0, **SMALL).sam
-    assert not cfg.replace(rho=0.0).sam  # turning SAM off also removes the σ-tie
-    back = cfg.replace(rho_sigma=None)  # removing the σ-tie restores the default ρ = ε_pur/2
+    assert not cfg.sam_off().sam and cfg.sam_off().rho_sigma is None  # SAM off removes the σ-tie too
+    back = cfg.replace(rho_sigma=None, rho=None)  # the default ρ = ε_pur/2 again
     assert back.rho == pytest.approx(back.eps_pur / 2) and back.rho_sigma is None
-    assert cfg.replace(rho=None).rho == pytest.approx(cfg.eps_pur / 2) and cfg.replace(rho=None).rho_sigma is None
+    assert cfg.paper_sam().rho == pytest.approx(cfg.eps_pur / 2) and cfg.paper_sam().rho_sigma is None
     with pytest.raises(ValueError, match="not both"):
         PurifyConfig(rho=0.1, rho_sigma=0.5, **SMALL)
     with pytest.raises(ValueError, match="rho_sigma must be"):

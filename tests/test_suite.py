@@ -4,26 +4,33 @@ import json
 import pytest
 import torch
 
-from pursamere.evaluation.attacks import Threat
 from pursamere.cli import main
-from pursamere.evaluation.runner import AttackSpec, Defence, evaluate, worst_case
+from pursamere.evaluation.attacks import Threat
+from pursamere.evaluation.defences import Defence, Family
+from pursamere.evaluation.results import merge_results
+from pursamere.evaluation.runner import evaluate
+from pursamere.evaluation.suite import AttackSpec, Budget, applies, standard_suite
+from pursamere.experiments import engine, protocols
 from pursamere.experiments.presets import TINY
-from pursamere.evaluation.suite import PLANS, EnsemblePlan, applies, ensemble_attacks, merge_results, run_ensemble
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 
-PLAN = PLANS["tiny"]
+PLAN = TINY.ensemble
+
+
+def run_ensemble(out, work, only=(), resume=False):
+    opts = engine.Options(workdir=str(work / "runs"), progress=False, resume=resume, log=lambda *a: None)
+    return engine.run(TINY, protocols.ensemble(TINY, PLAN, only=only), out, opts).results
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("ens")
-    res = run_ensemble(TINY, PLAN, work / "runs", work / "out", progress=False, log=lambda *a: None)
-    return res, work
+    return run_ensemble(work / "out", work), work
 
 
 def _flags(row):
-    return [c == "1" for c in row["survived"]]
+    return [bool(c) for c in row["survived"]]
 
 
 def test_ensemble_worst_case_is_per_image_and_never_above_any_attack(tiny_run):
@@ -39,36 +46,43 @@ def test_ensemble_worst_case_is_per_image_and_never_above_any_attack(tiny_run):
             if r["cascade"]:
                 before = [all(_flags(q)[i] for q in rows[:j]) for i in range(w["n"])]
                 assert all(b or not f for b, f in zip(before, _flags(r)))
-    # each defence got the attacks that apply to it
+    # each defence got the attacks that apply to it (decided on its structured fields)
     got = {(r["defence"], r["attack"]) for r in res["rows"]}
+    fields = {r["defence"]: (r["family"], r["classifier"], r["deterministic"]) for r in res["rows"]}
     assert ("undefended", "exact1") not in got and ("undefended", "APGD-DLR2") in got
     assert ("ADP", "BPDA2") in got and ("ADP", "exact1") not in got
     assert ("ADP (fixed seed)", "BPDA2→exact1") in got and ("ADP (fixed seed)", "partial1-margin2") not in got
-    assert any(d.startswith("ERE descent") and a == "partial1-margin2" for d, a in got)
-    assert any(d.startswith("PGD-AT + ") for d, _ in got) and ("TRADES", "Square5") in got
+    assert fields["ADP"] == ("ADP", "plain", False) and fields["ADP (fixed seed)"] == ("ADP", "plain", True)
+    ere = [d for d, f in fields.items() if f[:2] == ("ERE descent", "eq17")]
+    assert len(ere) == 1 and (ere[0], "partial1-margin2") in got
+    stacked = [d for d, f in fields.items() if f[:2] == ("ERE descent", "pgd-at")]
+    assert len(stacked) == 1 and ("TRADES", "Square5") in got and fields["TRADES"][0] == "TRADES"
+    assert {r["role"] for r in res["rows"]} == {"gray-box", "bpda", "exact", "bpda→exact", "partial unrolling", "apgd", "square"}
     table = (work / "out" / "table.md").read_text()
     assert "†" in table and table.index("| gPGD2") < table.index("exact1 †") < table.index("APGD-CE2 †")
 
 
 def test_ensemble_resumes_without_recomputing(tiny_run):
     res, work = tiny_run
-    again = run_ensemble(TINY, PLAN, work / "runs", work / "out", progress=False, log=lambda *a: None)
+    with pytest.raises(FileExistsError, match="finished run"):  # a finished run is never overwritten silently
+        run_ensemble(work / "out", work)
+    again = run_ensemble(work / "out", work, resume=True)
     assert [r["seconds"] for r in again["rows"]] == [r["seconds"] for r in res["rows"]]
     assert again["worst_case"] == res["worst_case"]
 
 
 def test_merge_results_joins_split_runs(tiny_run, tmp_path):
     res, work = tiny_run
-    a = run_ensemble(TINY, PLAN, work / "runs", tmp_path / "a", only=("undefended",), progress=False, log=lambda *a: None)
-    b = run_ensemble(TINY, PLAN, work / "runs", tmp_path / "b", only=("TRADES",), progress=False, log=lambda *a: None)
+    a = run_ensemble(tmp_path / "a", work, only=("undefended",))
+    b = run_ensemble(tmp_path / "b", work, only=("TRADES",))
     m = merge_results([tmp_path / "a" / "results.json", tmp_path / "b" / "results.json"], tmp_path / "m",
                       order=["TRADES", "undefended"])
     assert len(m["rows"]) == len(a["rows"]) + len(b["rows"]) and (tmp_path / "m" / "table.md").exists()
     assert m["rows"][0]["defence"] == "TRADES" and m["rows"][-1]["defence"] == "undefended"
     with pytest.raises(ValueError, match="more than one"):
         merge_results([tmp_path / "a" / "results.json", tmp_path / "a" / "results.json"], tmp_path / "m2")
-    with pytest.raises(ValueError, match="no defence name"):
-        run_ensemble(TINY, PLAN, work / "runs", tmp_path / "c", only=("nothing",), progress=False, log=lambda *a: None)
+    with pytest.raises(ValueError, match="no defence matches"):
+        run_ensemble(tmp_path / "c", work, only=("nothing",))
 
 
 def test_cascade_and_warm_start_in_evaluate(tmp_path):
@@ -83,23 +97,26 @@ def test_cascade_and_warm_start_in_evaluate(tmp_path):
     threat = Threat("inf", 0.1)
     specs = [AttackSpec("fgsm", steps=1), AttackSpec("pgd3", steps=3, cascade=True),
              AttackSpec("warm", steps=2, cascade=True, warm_from="fgsm")]
-    seen, real = [], ev.attack_flags
+    seen, real = [], ev.attack_images
 
-    def spy(defence, spec, threat, x, y, **kw):
-        seen.append((spec.name, kw["alive"].clone(), kw.get("x_init")))
-        return real(defence, spec, threat, x, y, **kw)
+    def which(xs):  # the images attacked, as a mask over x
+        return torch.tensor([any(torch.equal(xi, s) for s in xs) for xi in x])
 
-    ev.attack_flags = spy
+    def spy(defence, spec, threat, xs, ys, **kw):
+        seen.append((spec.name, which(xs), kw.get("x_init")))
+        return real(defence, spec, threat, xs, ys, **kw)
+
+    ev.attack_images = spy
     try:
         res = evaluate([d], specs, [threat], x, y, tmp_path, progress=False)
         fgsm, casc, warm = res["rows"]
-        flags = {r["attack"]: torch.tensor([c == "1" for c in r["survived"]]) for r in res["rows"]}
+        flags = {r["attack"]: torch.tensor(_flags(r)) for r in res["rows"]}
         assert 0 < int(flags["fgsm"].sum()) < 16  # the planted budget breaks some images, not all
         assert torch.equal(seen[0][1], torch.ones(16, dtype=torch.bool)) and seen[0][2] is None
         assert torch.equal(seen[1][1], flags["fgsm"])  # the cascade attacked exactly fgsm's survivors
         assert torch.equal(seen[2][1], flags["pgd3"])
-        fgsm_points = real(d, specs[0], threat, x, y, return_points=True)[1]
-        assert torch.equal(seen[2][2], fgsm_points)  # the warm start got fgsm's end points
+        fgsm_points = ev.attack_flags(d, specs[0], threat, x, y, return_points=True)[1]
+        assert torch.equal(seen[2][2], fgsm_points[flags["pgd3"]])  # the warm start got fgsm's end points
         assert not bool((flags["pgd3"] & ~flags["fgsm"]).any()) and not bool((flags["warm"] & ~flags["pgd3"]).any())
         assert casc["attack_settings"]["after"] == ["fgsm"] and warm["attack_settings"]["after"] == ["fgsm", "pgd3"]
         assert warm["attack_settings"]["warm_settings"]["steps"] == 1
@@ -122,7 +139,7 @@ def test_cascade_and_warm_start_in_evaluate(tmp_path):
         assert [n for n, _, _ in seen] == ["other", "pgd3", "fgsm", "warm"]
         assert torch.equal(seen[2][1], seen[3][1])
     finally:
-        ev.attack_flags = real
+        ev.attack_images = real
     with pytest.raises(ValueError, match="earlier attack"):
         evaluate([d], specs[::-1], [threat], x, y, tmp_path / "b", progress=False)
     with pytest.raises(ValueError, match="never attacked"):  # a full-set attack cannot start from a cascaded one's points
@@ -148,12 +165,14 @@ def test_applies_follows_the_suite_table():
     from pursamere.method.purify import Purifier, PurifyConfig
 
     clf, score = torch.nn.Linear(2, 2), ScoreNet(SCORE_TINY).eval()
-    atk = ensemble_attacks(EnsemblePlan())
+    atk = standard_suite(Budget())
 
     def names(d):
         return [a.name for a in atk if applies(d, a)]
 
     assert names(Defence("u", clf)) == ["BPDA20", "APGD-CE20", "APGD-DLR20", "Square100"]
+    assert names(Defence("t", clf, family=Family.TRADES)) == names(Defence("u", clf))
+    assert names(Defence("c", clf, lambda x: x.clamp(0.1, 0.9))) == ["gPGD20", "BPDA20", "APGD-CE20", "APGD-DLR20", "Square100"]
     assert names(Defence("p", clf, Purifier(score, PurifyConfig()))) == [a.name for a in atk]
     assert names(Defence("a", clf, ADP(score, ADPConfig(fixed_noise=False)))) == ["BPDA20", "APGD-CE20", "APGD-DLR20", "Square100"]
     fixed = names(Defence("f", clf, ADP(score, ADPConfig(fixed_noise=True))))
@@ -163,15 +182,16 @@ def test_applies_follows_the_suite_table():
 def test_tiny_adversarial_training_beats_the_plain_model_under_pgd(tiny_run):
     """The TINY preset's PGD-AT classifier is more robust than its plain one on the same data."""
     from pursamere.evaluation.attacks import pgd, robust_accuracy
-    from pursamere.experiments.pipeline import prepare
+    from pursamere.experiments.artifacts import prepare
 
     _, work = tiny_run
     arts = prepare(TINY, work / "runs", progress=False, log=lambda *a: None)
-    split = arts["split"]
+    split = arts.split
     x, y = split.x_test[:200], split.y_test[:200]
     threat = Threat("inf", TINY.threats["inf"])
-    acc = {k: robust_accuracy(arts[k], pgd(arts[k], x, y, threat, steps=10), y) for k in ("plain", "adv", "trades")}
-    assert acc["adv"] > acc["plain"] + 0.05 and acc["trades"] > acc["plain"] + 0.05, acc
+    clf = {k: arts.classifier(k) for k in ("plain", "pgd-at", "trades")}
+    acc = {k: robust_accuracy(c, pgd(c, x, y, threat, steps=10), y) for k, c in clf.items()}
+    assert acc["pgd-at"] > acc["plain"] + 0.05 and acc["trades"] > acc["plain"] + 0.05, acc
 
 
 def test_cli_ensemble_and_studies_on_tiny(tiny_run, capsys):
@@ -198,24 +218,26 @@ def test_cli_ensemble_and_studies_on_tiny(tiny_run, capsys):
 
 
 def test_sam_grid_covers_the_study():
-    from pursamere.experiments.study import sam_settings
+    from pursamere.experiments.protocols import sam_settings
 
     g = sam_settings(TINY.purify, 64)
     assert "SAM off" in g and g["ℓ2 ρ=√d·ε_pur/2"]["rho"] == pytest.approx(TINY.purify.eps_pur / 2 * 8)
-    assert g["ℓ∞ ρ=σ"] == {"rho_sigma": 1.0, "sam_norm": "inf"} and g["SAM off, M=1"]["antithetic"] is False
+    assert g["ℓ∞ ρ=σ"] == {"rho": 0.0, "rho_sigma": 1.0, "sam_norm": "inf"} and g["SAM off, M=1"]["antithetic"] is False
     assert {k for k in g if "M=" in k} == {"SAM off, M=1", "SAM off, M=16", "ℓ∞ ρ=ε_pur/2, M=1", "ℓ∞ ρ=ε_pur/2, M=16"}
     for kw in g.values():  # every setting is a valid config
         TINY.purify.replace(**kw)
 
 
 def test_choose_setting_needs_a_significant_paired_gain():
-    from pursamere.experiments.study import _sign_test, choose_setting
+    from pursamere.evaluation.results import sign_test
+    from pursamere.experiments.studies import choose_setting
 
-    assert _sign_test(0, 0) == 1.0 and _sign_test(9, 0) == pytest.approx(2 / 2 ** 9)
-    assert _sign_test(6, 4) == pytest.approx(_sign_test(4, 6)) and _sign_test(6, 4) > 0.5
+    assert sign_test(0, 0) == 1.0 and sign_test(9, 0) == pytest.approx(2 / 2 ** 9)
+    assert sign_test(6, 4) == pytest.approx(sign_test(4, 6)) and sign_test(6, 4) > 0.5
 
     def make(bits):
-        rows = [{"defence": s, "n": len(b), "survived": b} for s, b in bits.items()]
+        rows = [{"defence": s, "n": len(b), "survived": [int(c) for c in b], "norm": "inf", "eps": 0.2}
+                for s, b in bits.items()]
         summary = {"settings": {s: {"rho": float(i)} for i, s in enumerate(bits)},
                    "rows": [{"setting": s, "worst_case": b.count("1") / len(b), "clean_acc": 1.0, "n": len(b)}
                             for s, b in bits.items()]}

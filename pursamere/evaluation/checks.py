@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from .attacks import Threat
-from .runner import AttackSpec, Defence, attack_flags
+from .defences import Defence
+from .runner import attack_flags
+from .suite import AttackSpec
 
 __all__ = ["CheckResult", "obfuscation_checks", "format_checks", "ObfuscationWarning"]
 

@@ -1,9 +1,9 @@
-"""Data: digits (embedded default), CIFAR-10 (official python-pickle format), image folders.
+"""Data sets: digits (embedded default), CIFAR-10 (official python-pickle format or JPEG folders), image folders.
 
 Images come back as float32 ``NCHW`` tensors in ``[0, 1]`` with int64 labels. Files from
 outside are untrusted: pickles go through a restricted unpickler that can build numpy arrays
 and nothing else, archives are checked member by member (no links, no escaping names), and
-every shape, dtype and range is checked before use. Problems raise :class:`DataError` with a
+every shape, dtype and range is checked before use. Problems raise :class:`~pursamere.experiments.images.DataError` with a
 message that says what to do.
 
 Example::
@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from ..io import atomic_write_bytes
-from ..method.purify import InvalidInputError, check_images
+from .images import MAX_IMAGE_BYTES, DataError, decode_image, is_image_name, stack_images
 
 __all__ = ["DataError", "UnsafePickleError", "Split", "load_digits_split", "CIFAR10_CLASSES",
            "OFFICIAL_URL", "OFFICIAL_MD5", "load_cifar10", "download_cifar10", "load_image_folder",
-           "load_cifar10_jpeg", "load_images", "save_images"]
+           "load_cifar10_jpeg", "load_split", "table_indices", "validation_indices"]
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -44,14 +44,8 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 _SPLIT_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 _MAX_BATCH_BYTES = 64 << 20      # an official batch is ~31 MB; anything far larger is not one
 _MAX_DOWNLOAD_BYTES = 1 << 30    # the official archive is ~163 MiB
-_MAX_IMAGE_BYTES = 32 << 20
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 PathLike = Union[str, os.PathLike]
-
-
-class DataError(ValueError):
-    """A data set is missing, corrupt, unsafe or not in the expected format."""
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -334,14 +328,10 @@ def _file_digest(path: Path, algorithm: str) -> str:
 
 # ---------------------------------------------------------------------------- image folders
 
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(_IMAGE_SUFFIXES) and not name.startswith(".")
-
-
 def _folder_entries(path: Path) -> dict:
     entries = {}
     for d in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(f for f in d.iterdir() if f.is_file() and _is_image(f.name))
+        files = sorted(f for f in d.iterdir() if f.is_file() and is_image_name(f.name))
         if not files:
             raise DataError(f"class folder {d} holds no PNG/JPEG images")
         entries[d.name] = [(f.name, f) for f in files]
@@ -356,44 +346,18 @@ def _tar_entries(path: Path) -> dict:
             for m in tf:
                 _check_member(m, path)
                 parts = PurePosixPath(m.name).parts
-                if not m.isfile() or not _is_image(parts[-1]):
+                if not m.isfile() or not is_image_name(parts[-1]):
                     continue
                 if len(parts) < 2 or (prefix is not None and parts[:-2] != prefix):
                     raise DataError(f"{path}: image {m.name!r} is not in a class folder beside the others "
                                     f"(expected [{'/'.join(prefix or ())}/]<class>/<image>)")
                 prefix = parts[:-2]
-                if m.size > _MAX_IMAGE_BYTES:
+                if m.size > MAX_IMAGE_BYTES:
                     raise DataError(f"{path}: member {m.name!r} has {m.size} bytes, too large for an image")
                 entries.setdefault(parts[-2], []).append((m.name, tf.extractfile(m).read()))
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DataError(f"{path} is not a readable tar archive ({e})") from e
     return {c: sorted(entries[c]) for c in sorted(entries)}
-
-
-def _decode(name: str, src, mode: str, size: Optional[tuple]) -> np.ndarray:
-    from PIL import Image
-    try:
-        with Image.open(src if isinstance(src, Path) else io.BytesIO(src)) as im:
-            im = im.convert(mode)
-            if size is not None and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-            return np.asarray(im, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read image {name}: {e}") from e
-
-
-def _stack(named_arrays: Sequence[tuple[str, np.ndarray]]) -> torch.Tensor:
-    """``[(name, HxW or HxWxC uint8)]`` -> float32 NCHW in [0,1]; all must share a shape."""
-    first_name, first = named_arrays[0]
-    out = np.empty((len(named_arrays),) + first.shape, dtype=np.uint8)
-    for i, (name, a) in enumerate(named_arrays):
-        if a.shape != first.shape:
-            raise DataError(f"image {name} has size {a.shape[1]}x{a.shape[0]} (WxH) but {first_name} has "
-                            f"{first.shape[1]}x{first.shape[0]}; pass size=(H, W) to resize them all")
-        out[i] = a
-    t = torch.from_numpy(out)
-    t = t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
-    return t.contiguous().float().div_(255.0)
 
 
 def _size_pair(size) -> Optional[tuple]:
@@ -439,9 +403,9 @@ def load_image_folder(path: PathLike, size=None, limit_per_class: Optional[int] 
     arrays, labels = [], []
     for label, c in enumerate(classes):
         for name, src in entries[c][:limit_per_class]:
-            arrays.append((name, _decode(name, src, mode, size)))
+            arrays.append((name, decode_image(name, src, mode, size)))
             labels.append(label)
-    return _stack(arrays), torch.tensor(labels, dtype=torch.int64), tuple(classes)
+    return stack_images(arrays), torch.tensor(labels, dtype=torch.int64), tuple(classes)
 
 
 def load_cifar10_jpeg(archive_dir: PathLike, split: str = "test", limit_per_class: Optional[int] = None,
@@ -469,102 +433,43 @@ def load_cifar10_jpeg(archive_dir: PathLike, split: str = "test", limit_per_clas
     return x, y
 
 
-# ---------------------------------------------------------------------------- purify I/O
+# ---------------------------------------------------------------------------- a preset's split
 
-def _expand(src) -> list[Path]:
-    items = [src] if isinstance(src, (str, os.PathLike)) else list(src)
-    paths = []
-    for p in map(lambda s: Path(s).expanduser(), items):
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and (_is_image(f.name) or f.suffix.lower() == ".npy"))
-            if not found:
-                raise DataError(f"{p} holds no .png, .jpg, .jpeg or .npy files")
-            paths += found
-        elif p.is_file():
-            paths.append(p)
-        else:
-            raise DataError(f"no such file or folder: {p}")
-    if not paths:
-        raise DataError("no input images given")
-    return paths
-
-
-def _checked(x: torch.Tensor, name: str) -> torch.Tensor:
-    try:
-        return check_images(x, name=name)
-    except InvalidInputError as e:
-        raise DataError(f"{e} (images must be float in [0, 1], shape (N, C, H, W) or (C, H, W))") from e
-
-
-def load_images(src, mode: Optional[str] = None) -> tuple[torch.Tensor, list[str]]:
-    """Inputs for ``pursamere purify``: a PNG/JPEG, a ``.npy``, a folder of them, or a list.
-
-    ``.npy`` arrays must be float, ``(N, C, H, W)`` or ``(C, H, W)``, finite and in [0,1]
-    (checked, never clamped). Pictures are converted to ``mode`` (default: grey if the first
-    picture is grey, else RGB). All items must share ``(C, H, W)``.
-
-    Returns:
-        ``(x, names)``: float32 ``(N, C, H, W)`` and one name per image (for :func:`save_images`).
-    """
-    from PIL import Image
-    batches, names = [], []
-    for p in _expand(src):
-        if p.suffix.lower() == ".npy":
-            try:
-                a = np.load(p, allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise DataError(f"cannot read {p} as a numpy array ({e})") from e
-            if a.dtype.kind != "f" or a.ndim not in (3, 4):
-                raise DataError(f"{p}: expected a float array (N, C, H, W) or (C, H, W), got {a.dtype} {a.shape}")
-            x = _checked(torch.from_numpy(a.astype(np.float32)).reshape((-1,) + a.shape[-3:]), str(p))
-            names += [p.stem] if len(x) == 1 else [f"{p.stem}_{i:04d}" for i in range(len(x))]
-        elif _is_image(p.name):
-            if mode is None:
-                try:
-                    with Image.open(p) as im:
-                        mode = "L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
-                except (OSError, ValueError) as e:
-                    raise DataError(f"cannot read image {p}: {e}") from e
-            x = _stack([(str(p), _decode(str(p), p, mode, None))])
-            names.append(p.stem)
-        else:
-            raise DataError(f"{p}: not a .png, .jpg, .jpeg or .npy file")
-        if x.shape[1] not in (1, 3):
-            raise DataError(f"{p}: images must have 1 or 3 channels, got {x.shape[1]}")
-        if batches and x.shape[1:] != batches[0].shape[1:]:
-            raise DataError(f"{p}: images have shape {tuple(x.shape[1:])}, earlier ones {tuple(batches[0].shape[1:])}")
-        batches.append(x)
-    if len(set(names)) != len(names):
-        raise DataError(f"input names collide: {sorted(n for n in set(names) if names.count(n) > 1)}")
-    return torch.cat(batches), names
-
-
-def save_images(x: torch.Tensor, out: PathLike, names: Optional[Sequence[str]] = None) -> list[Path]:
-    """Write a batch atomically: ``out.npy`` (exact float32), ``out.png`` (one image), or a folder of PNGs.
-
-    PNGs store 8 bits per channel (values rounded to k/255); use ``.npy`` to keep exact values.
-    """
-    from PIL import Image
-    x = _checked(torch.as_tensor(x).detach().cpu().float(), "images to save")
-    if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise DataError(f"images to save must be (N, 1|3, H, W), got {tuple(x.shape)}")
-    out = Path(out).expanduser()
-    if out.suffix.lower() == ".npy":
-        buf = io.BytesIO()
-        np.save(buf, x.numpy(), allow_pickle=False)
-        return [atomic_write_bytes(out, buf.getvalue())]
-    if out.suffix.lower() == ".png":
-        if len(x) != 1:
-            raise DataError(f"{out}: a single .png holds one image, got {len(x)}; give a folder instead")
-        targets = [out]
+def load_split(preset, data_root: Optional[str] = None) -> Split:
+    """The preset's train/test split (digits are embedded; CIFAR-10 needs a local folder)."""
+    if preset.data == "digits":
+        return load_digits_split(seed=preset.data_seed)
+    if preset.data == "cifar10":
+        root = data_root or "data"
+        xtr, ytr = _per_class(*load_cifar10(root, "train"), preset.train_limit_per_class)
+        xte, yte = _per_class(*load_cifar10(root, "test"), preset.test_limit_per_class)
+    elif preset.data == "cifar10-jpeg":
+        root = data_root or "../shared/data/cifar10-jpeg"
+        xtr, ytr = load_cifar10_jpeg(root, "train", limit_per_class=preset.train_limit_per_class)
+        xte, yte = load_cifar10_jpeg(root, "test", limit_per_class=preset.test_limit_per_class)
     else:
-        names = [f"{i:05d}" for i in range(len(x))] if names is None else [Path(str(n)).name for n in names]
-        if len(names) != len(x) or len(set(names)) != len(names):
-            raise DataError(f"need {len(x)} distinct names, got {len(names)} ({len(set(names))} distinct)")
-        targets = [out / f"{n}.png" for n in names]
-    pixels = (x * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    for target, a in zip(targets, pixels):
-        buf = io.BytesIO()
-        Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a).save(buf, format="PNG")
-        atomic_write_bytes(target, buf.getvalue())
-    return targets
+        raise ValueError(f"preset {preset.name!r} names an unknown data set {preset.data!r}")
+    return Split(xtr, ytr, xte, yte, CIFAR10_CLASSES)
+
+
+def _per_class(x, y, limit):
+    """The first ``limit`` images of every class, in file order (None: all)."""
+    if limit is None:
+        return x, y
+    keep = torch.zeros(len(y), dtype=torch.bool)
+    for c in y.unique():
+        keep[(y == c).nonzero().flatten()[:limit]] = True
+    return x[keep], y[keep]
+
+
+def validation_indices(preset, n_test: int) -> torch.Tensor:
+    """Test images set aside for tuning (the schedule sweep): never part of the tables."""
+    return torch.randperm(n_test, generator=torch.Generator().manual_seed(preset.data_seed + 1))[: preset.validation_size]
+
+
+def table_indices(preset, n_test: int) -> torch.Tensor:
+    """The tables' fixed order of test images, without the validation images."""
+    perm = torch.randperm(n_test, generator=torch.Generator().manual_seed(preset.data_seed))
+    held = torch.zeros(n_test, dtype=torch.bool)
+    held[validation_indices(preset, n_test)] = True
+    return perm[~held[perm]]

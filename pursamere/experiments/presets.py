@@ -15,9 +15,11 @@ import torch
 from ..method.baselines import ADPConfig, DiffPureConfig
 from ..method.nets import SCORE_CIFAR10, SCORE_DIGITS, SCORE_TINY, ScoreNetConfig
 from ..method.purify import PurifyConfig
+from ..evaluation.suite import Budget
 from ..method.train import ClassifierTrainConfig, ScoreTrainConfig
+from .protocols import EnsemblePlan, Plan
 
-__all__ = ["Preset", "Plan", "DIGITS", "CIFAR10", "TINY", "PRESETS", "get_preset", "ncsnv2_gamma", "ncsnv2_ladder"]
+__all__ = ["Preset", "DIGITS", "CIFAR10", "TINY", "PRESETS", "get_preset", "ncsnv2_gamma", "ncsnv2_ladder"]
 
 
 def ncsnv2_gamma(dim: int) -> float:
@@ -50,23 +52,6 @@ def ncsnv2_ladder(data: torch.Tensor, sigma_last: float) -> tuple[float, float, 
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What the tables run: subset size and step counts (``demo`` is a budgeted version of ``full``)."""
-
-    n_test: int | None = None  # images of the test set (None: all), first n of a fixed permutation
-    gpgd_steps: int = 20  # Table 1 (gPGD20)
-    bpda_steps: int = 20  # Table 2 (BPDA20-det)
-    bpda_long_steps: int = 200  # Table 3 (BPDA200-det ℓ∞/ℓ2/ℓ1)
-    exact_steps: int = 20  # exact gradient through the unrolled purifier (not in the paper)
-    eot: int = 8  # BPDA+EoT samples per step for stochastic baselines
-    n_check: int = 32  # images for the obfuscation checks
-    check_gradients: tuple = ("bpda", "exact")  # white-box gradient rules the checks test
-    check_steps: int = 10
-    square_queries: int = 300
-    batch_size: int = 64
-
-
-@dataclass(frozen=True)
 class Preset:
     """Everything an experiment needs. See the module docstring for "paper" versus "ours"."""
 
@@ -85,14 +70,20 @@ class Preset:
     threats: dict  # norm → ε of the attacks (paper: ℓ∞ 8/255, ℓ2 0.5, ℓ1 12)
     adp: ADPConfig
     diffpure: DiffPureConfig
-    demo: Plan = field(default_factory=Plan)
-    full: Plan = field(default_factory=Plan)
+    demo: Plan = field(default_factory=Plan)  # the budgeted tables of `pursamere demo`
+    full: Plan = field(default_factory=Plan)  # the tables of `pursamere reproduce`
+    ensemble: EnsemblePlan = field(default_factory=EnsemblePlan)  # `pursamere ensemble`
     adv_train_steps: int = 7  # PGD steps of the adversarially trained baselines (Madry, TRADES); 0: none
     trades_beta: float = 6.0  # TRADES' β (Zhang et al. 2019's value)
     train_fraction_purified: float = 1.0  # share of the training set purified for eq. 17
     validation_size: int = 64  # test images set aside for tuning sweeps, never in the tables
     train_limit_per_class: int | None = None  # CPU-sized subsets of large data sets (None: all)
     test_limit_per_class: int | None = None
+
+    @property
+    def image_shape(self) -> tuple:
+        """``(C, H, W)`` of one image."""
+        return tuple(self.score_net.image_shape)
 
     def sigmas(self) -> torch.Tensor:
         from ..method.scores import sigma_ladder
@@ -135,6 +126,7 @@ DIGITS = Preset(
     demo=Plan(n_test=32, gpgd_steps=20, bpda_steps=10, bpda_long_steps=20, exact_steps=5, eot=4, n_check=12,
               check_steps=5, square_queries=60, check_gradients=("bpda",)),
     full=Plan(n_test=None),
+    ensemble=EnsemblePlan(),  # the recorded digits ensemble's budget (book chapter 7)
 )
 
 # ----------------------------------------------------------------------------------- CIFAR-10
@@ -193,6 +185,9 @@ TINY = Preset(
     full=Plan(n_test=24, gpgd_steps=3, bpda_steps=2, bpda_long_steps=3, exact_steps=1, eot=2, n_check=8,
               check_steps=2, square_queries=20, batch_size=16),
     train_fraction_purified=0.1,
+    ensemble=EnsemblePlan(n_test=12, eps=(0.1, 0.2), batch_size=8,
+                          budget=Budget(gpgd_steps=2, bpda_steps=2, exact_steps=1, partial_last=1, partial_steps=2,
+                                        apgd_steps=2, square_queries=5, eot=2)),
 )
 
 PRESETS = {"digits": DIGITS, "cifar10": CIFAR10, "cifar10-jpeg-cpu": CIFAR10_JPEG_CPU, "tiny": TINY}

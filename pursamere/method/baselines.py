@@ -33,6 +33,7 @@ from typing import Optional
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from .ere import NoiseBank
 from .purify import check_images
 from .scores import Score, sigma_ladder
 
@@ -176,18 +177,17 @@ class _NoisyPurifier:
         """Restart the stochastic stream from ``config.seed`` (a fresh instance does the same)."""
         self._gen = torch.Generator().manual_seed(self.config.seed)
 
-    def fixed_noise(self, item_shape) -> torch.Tensor:
-        """The fixed draws ``(n_draws, *item_shape)`` (float64), made once from ``config.seed``."""
+    def fixed_noise(self, item_shape) -> NoiseBank:
+        """The fixed draws: a :class:`~pursamere.method.ere.NoiseBank` of ``n_draws`` items of one image's shape."""
         key = tuple(int(s) for s in item_shape)
         if key not in self._banks:
-            gen = torch.Generator().manual_seed(self.config.seed)
-            self._banks[key] = torch.randn((self.n_draws, *key), generator=gen, dtype=torch.float64)
+            self._banks[key] = NoiseBank(key, self.n_draws, self.config.seed)
         return self._banks[key]
 
     def _noises(self, x: torch.Tensor):
         """The ``n_draws`` noise tensors of this call, in order, each broadcastable to ``x``."""
         if self.config.fixed_noise:
-            bank = self.fixed_noise(x.shape[1:]).to(dtype=x.dtype, device=x.device)
+            bank = self.fixed_noise(x.shape[1:]).to(x)
             return [bank[i : i + 1] for i in range(self.n_draws)]  # (1, ...): shared by the batch
         return [
             torch.randn(x.shape, generator=self._gen, dtype=x.dtype).to(x.device)

@@ -8,7 +8,7 @@ white-box attacks (:meth:`Purifier.unrolled`).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
 import torch
@@ -17,7 +17,7 @@ from .ere import NoiseBank, ere
 from .geometry import canonical_norm, lp_norm, project, sam_step
 from .scores import Score, sigma_ladder
 
-__all__ = ["PurifyConfig", "Purifier", "Trace", "InvalidInputError", "check_images", "adam_step"]
+__all__ = ["PurifyConfig", "Purifier", "Trace", "InvalidInputError", "check_images", "adam_step", "straight_through"]
 
 
 class InvalidInputError(ValueError):
@@ -127,17 +127,24 @@ class PurifyConfig:
         return self.rho > 0 or self.rho_sigma is not None
 
     def replace(self, **changes) -> "PurifyConfig":
-        """A copy with some fields changed (validated again)."""
-        d = asdict(self)
-        if "eps_pur" in changes and "rho" not in changes and self.rho == self.eps_pur / 2:
-            d["rho"] = None  # keep ρ tied to ε_pur when it was the default
-        if "rho" in changes and "rho_sigma" not in changes:
-            d["rho_sigma"] = None  # a fixed ρ (0 = SAM off, None = ε_pur/2) replaces a σ-tied one
-        if "rho_sigma" in changes and "rho" not in changes:
-            # a σ-tied ρ replaces the fixed one; removing the σ-tie restores the default ρ = ε_pur/2
-            d["rho"] = 0.0 if changes["rho_sigma"] is not None else None
-        d.update(changes)
-        return PurifyConfig(**d)
+        """A copy with exactly the given fields changed (validated again); nothing else moves.
+
+        ρ is NOT re-tied to a new ε_pur, and giving ``rho`` together with a σ-tie left in place is
+        an error, not a silent override: say what you want (``paper_sam()``, ``sam_off()``, or both
+        ``rho`` and ``rho_sigma``).
+        """
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise ValueError(f"PurifyConfig has no field(s) {unknown}")
+        return PurifyConfig(**{**asdict(self), **changes})
+
+    def paper_sam(self) -> "PurifyConfig":
+        """The paper's SAM at this ε_pur: ρ = ε_pur/2 in the ball's norm (our reading of the lost value)."""
+        return self.replace(rho=self.eps_pur / 2, rho_sigma=None, sam_norm=self.norm)
+
+    def sam_off(self) -> "PurifyConfig":
+        """Plain ERE descent: ρ = 0 and no σ-tie (eq. 17's purified training images use it)."""
+        return self.replace(rho=0.0, rho_sigma=None)
 
 
 def adam_step(x, grad, m, v, t: int, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
@@ -166,8 +173,8 @@ class Trace:
     path: torch.Tensor | None = field(default=None, repr=False)  # (K+1, B, ...) iterates when asked
 
 
-class _PassThrough(torch.autograd.Function):
-    """Straight-through: the value of ``value`` (bit for bit), the gradient of the identity in ``x``."""
+class _StraightThrough(torch.autograd.Function):
+    """Forward: ``value`` bit for bit; backward: the identity in ``x``."""
 
     @staticmethod
     def forward(ctx, x, value):
@@ -176,6 +183,18 @@ class _PassThrough(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return grad, None
+
+
+def straight_through(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` in the forward pass, the identity's gradient in ``x`` in the backward pass.
+
+    BPDA (Athalye et al. 2018 §4.1.1) is ``straight_through(x, P(x))``; partial unrolling uses it to
+    cross the purifier's first steps. The one straight-through function of the package.
+    """
+    if value.shape != x.shape:
+        raise InvalidInputError(f"the purifier changed the shape {tuple(x.shape)} → {tuple(value.shape)}: "
+                                "straight-through (BPDA) needs x → x")
+    return _StraightThrough.apply(x, value)
 
 
 class _CheckpointedStep(torch.autograd.Function):
@@ -337,7 +356,7 @@ class Purifier:
                 for k in range(head):
                     xh, mh, vh, _ = self._step(xh, mh, vh, x0.detach(), k, create_graph=False)
                     xh, mh, vh = xh.detach(), mh.detach(), vh.detach()
-            x = _PassThrough.apply(x0, xh)  # BPDA across the head: value exactly xh, Jacobian identity
+            x = straight_through(x0, xh)  # BPDA across the head: value exactly xh, Jacobian identity
             m, v = mh, vh
         for k in range(head, n_steps):
             if checkpoint:

@@ -7,7 +7,6 @@ an uninterrupted run bit for bit (on CPU).
 from __future__ import annotations
 
 import copy
-import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -16,25 +15,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..io import load_checkpoint, save_checkpoint
+from ..io import fingerprint, load_checkpoint, save_checkpoint
+from .ere import dsm_loss_per_sample
 
 __all__ = ["ScoreTrainConfig", "train_score", "load_score_net", "ClassifierTrainConfig", "train_classifier", "accuracy",
-           "PGDAdversary", "TRADES", "dsm_loss", "fingerprint"]
-
-
-def fingerprint(*tensors: torch.Tensor) -> str:
-    """A short SHA-256 of tensors' bytes: ties a checkpoint to the data it was trained on."""
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def config_hash(obj) -> str:
-    """A short SHA-256 of a JSON-able settings object (dataclass dicts, lists, numbers)."""
-    import json
-
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+           "PGDAdversary", "TRADES", "dsm_loss"]
 
 
 def _progress(total, initial, desc, enabled):
@@ -44,9 +29,8 @@ def _progress(total, initial, desc, enabled):
 
 
 def dsm_loss(score, x: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Eq. 6 with weight σ²: mean over the batch of ``½‖σ s(x + σz, σ) + z‖²``."""
-    sig = sigma.view(-1, *([1] * (x.ndim - 1)))
-    return 0.5 * (sig * score(x + sig * z, sigma) + z).flatten(1).pow(2).sum(1).mean()
+    """Eq. 6 with weight σ²: the batch mean of :func:`pursamere.method.ere.dsm_loss_per_sample`."""
+    return dsm_loss_per_sample(score, x, sigma, z).mean()
 
 
 @dataclass(frozen=True)

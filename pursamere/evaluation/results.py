@@ -1,0 +1,283 @@
+"""Results: rows, resume rules, the worst case per image, paired comparisons and Markdown tables.
+
+One row per (defence, attack, threat). A row records the defence's structured identity (family,
+classifier, purifier settings, deterministic) and the fingerprints of the models behind it, the
+attack's name, role and settings, n, clean accuracy, robust accuracy with a 95% Wilson interval,
+and the per-image outcome ``survived`` (a list of 0/1, one per image, in the order of the images).
+The headline of a defence is its WORST CASE per image over every attack run at a threat.
+
+Nothing here runs an attack (that is :mod:`pursamere.evaluation.runner`).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence
+
+import torch
+
+from .attacks import Threat
+
+__all__ = ["SCHEMA", "wilson", "row_key", "make_row", "effective_settings", "suite_context", "read_results",
+           "load_done", "reusable", "pending", "cumulative", "worst_case", "robust_flags", "sign_test", "paired",
+           "render_table", "norm_label", "merge_results"]
+
+#: Version of the results format (2: structured identities, per-image outcomes as lists).
+SCHEMA = 2
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, mid - half), min(1.0, mid + half))
+
+
+def row_key(defence: str, attack: str, threat: Threat) -> str:
+    return f"{defence}|{attack}|{threat.norm}|{threat.eps:.6g}"
+
+
+def effective_settings(spec, threat: Threat, defence, context: Optional[dict] = None) -> dict:
+    """The attack's settings as run against this defence (EoT only against stochastic ones).
+
+    ``context`` (from :func:`suite_context`) adds what a cascaded or warm-started row depends on:
+    the attacks before it in its suite, and the settings of the attack whose end points it starts from.
+    """
+    d = json.loads(json.dumps(spec.settings(threat)))
+    if not defence.stochastic:
+        d["eot"] = 1
+    if context:
+        d.update(json.loads(json.dumps(context)))
+    return d
+
+
+def suite_context(defence, threat: Threat, attacks: Sequence, applies: Optional[Callable]) -> dict:
+    """Per attack name, what its row depends on besides its own settings (see :func:`effective_settings`):
+    ``after`` = the attacks run before a cascaded one at this (defence, threat), in order;
+    ``warm_settings`` = the full settings of a warm start's source."""
+    applicable = [a for a in attacks if applies is None or applies(defence, a, threat)]
+    ctx: dict = {}
+    for i, a in enumerate(applicable):
+        c = {}
+        if a.cascade:
+            c["after"] = [b.name for b in applicable[:i]]
+        if a.warm_from is not None:
+            src = next((b for b in applicable[:i] if b.name == a.warm_from), None)
+            if src is None:
+                raise ValueError(f"attack {a.name!r} starts from {a.warm_from!r}, which must be an earlier attack of the "
+                                 f"suite that runs against {defence.name} at {threat}")
+            c["warm_settings"] = effective_settings(src, threat, defence, ctx[src.name])
+        ctx[a.name] = c
+    return ctx
+
+
+def make_row(defence, spec, threat: Threat, clean: torch.Tensor, flags: torch.Tensor, seconds: float, seed: int,
+             context: Optional[dict] = None) -> dict:
+    """One ``results.json`` row.
+
+    Args:
+        clean: ``(n,)`` bool, the defence's clean prediction was right.
+        flags: ``(n,)`` bool, the image survived this attack (and, for a cascaded one, every earlier one).
+    """
+    from .. import __version__
+
+    k, n = int(flags.sum()), int(flags.shape[0])
+    lo, hi = wilson(k, n)
+    return {
+        "key": row_key(defence.name, spec.name, threat), "defence": defence.name, **defence.identity(),
+        "attack": spec.name, "role": spec.role.value, "cascade": bool(spec.cascade),
+        "norm": str(threat.norm), "eps": threat.eps, "n": n, "clean_acc": float(clean.double().mean()),
+        "robust_acc": k / n, "ci95": [lo, hi], "attack_settings": effective_settings(spec, threat, defence, context),
+        "models": defence.model_fingerprints(), "defence_fingerprint": defence.fingerprint(),
+        "seed": seed, "version": __version__, "seconds": round(seconds, 2),
+        "survived": [int(f) for f in flags.tolist()],
+    }
+
+
+def read_results(path) -> dict:
+    """A ``results.json`` in the current format; a clear error for anything else."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"no results file at {p}")
+    try:
+        res = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p} is not valid JSON ({e})") from None
+    if not isinstance(res, dict) or "rows" not in res or "meta" not in res:
+        raise ValueError(f"{p} is not a pursamere results file (no 'meta' and 'rows')")
+    if res["meta"].get("schema") != SCHEMA:
+        raise ValueError(f"{p} uses results format {res['meta'].get('schema', 1)}, this pursamere reads {SCHEMA}: "
+                         "run `python scripts/migrate_results.py FOLDER` once")
+    return res
+
+
+def load_done(path: Path, n: int, data: Optional[str] = None) -> dict:
+    """Rows of a previous (possibly interrupted) run at ``path`` on the same images, by key.
+
+    ``data`` is the fingerprint of the images and labels; a file made on other images (or
+    without a fingerprint, or in an older format) gives nothing to reuse.
+    """
+    if not Path(path).exists():
+        return {}
+    old = json.loads(Path(path).read_text())
+    if data is not None and old.get("meta", {}).get("data_fingerprint") != data:
+        return {}
+    if old.get("meta", {}).get("schema") != SCHEMA:
+        return {}
+    return {r["key"]: r for r in old.get("rows", []) if r.get("n") == n}
+
+
+def reusable(done: dict, key: str, spec, threat: Threat, defence, seed: int, context: Optional[dict] = None) -> bool:
+    """A finished row can be reused only if the attack (with its ``context``), the defence (weights and
+    settings) and seed match."""
+    r = done.get(key)
+    return (r is not None and r["attack_settings"] == effective_settings(spec, threat, defence, context)
+            and r.get("defence_fingerprint") == defence.fingerprint() and r.get("seed") == seed)
+
+
+def pending(defences, attacks, threats, applies: Optional[Callable], done: dict, seed: int, rows: list):
+    """Yield ``(defence, threat, attack, context)`` still to run, in table order; finished rows that can be
+    reused (:func:`reusable`) are appended to ``rows`` instead.
+
+    A cascaded row depends on every row before it in its (defence, threat) group, so it is
+    reused only when all of those were reused too.
+    """
+    for d in defences:
+        for threat in threats:
+            group_reused = True
+            ctx = suite_context(d, threat, attacks, applies)
+            for spec in attacks:
+                if applies is not None and not applies(d, spec, threat):
+                    continue
+                key = row_key(d.name, spec.name, threat)
+                if reusable(done, key, spec, threat, d, seed, ctx[spec.name]) and (group_reused or not spec.cascade):
+                    rows.append(done[key])
+                    continue
+                group_reused = False
+                yield d, threat, spec, ctx[spec.name]
+
+
+def _same_threat(r: dict, norm, eps) -> bool:
+    return r["norm"] == str(norm) and r["eps"] == eps
+
+
+def cumulative(rows: Iterable[dict], defence: str, threat: Threat, clean: torch.Tensor) -> torch.Tensor:
+    """Images that survived every row of this (defence, threat) so far (the running worst case)."""
+    alive = clean.clone()
+    for r in rows:
+        if r["defence"] == defence and _same_threat(r, threat.norm, threat.eps):
+            alive &= torch.tensor(r["survived"], dtype=torch.bool, device=clean.device)
+    return alive
+
+
+def robust_flags(rows: Iterable[dict], defence: str, norm=None, eps=None) -> list[bool]:
+    """Per image: robust to EVERY attack run against ``defence`` (at the given threat, when given)."""
+    sel = [r for r in rows if r["defence"] == defence and (norm is None or r["norm"] == str(norm))
+           and (eps is None or r["eps"] == eps)]
+    if not sel:
+        raise ValueError(f"no rows for defence {defence!r}" + (f" at ℓ{norm} ε={eps}" if norm is not None else ""))
+    return [all(r["survived"][i] for r in sel) for i in range(sel[0]["n"])]
+
+
+def worst_case(rows: Sequence[dict]) -> list[dict]:
+    """Per (defence, threat): an image is robust only if it survived EVERY attack run there."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["defence"], r["norm"], r["eps"]), []).append(r)
+    out = []
+    for (d, norm, eps), rs in groups.items():
+        flags = [int(all(r["survived"][i] for r in rs)) for i in range(rs[0]["n"])]
+        k, n = sum(flags), len(flags)
+        first = rs[0]
+        out.append({"defence": d, "family": first["family"], "classifier": first["classifier"],
+                    "purifier": first["purifier"], "deterministic": first["deterministic"],
+                    "norm": norm, "eps": eps, "n": n, "clean_acc": first["clean_acc"],
+                    "robust_acc": k / n, "ci95": list(wilson(k, n)), "survived": flags,
+                    "attacks": [r["attack"] for r in rs], "roles": {r["attack"]: r["role"] for r in rs},
+                    "per_attack": {r["attack"]: r["robust_acc"] for r in rs},
+                    "cascaded": [r["attack"] for r in rs if r.get("cascade")]})
+    return out
+
+
+def sign_test(b: int, c: int) -> float:
+    """Two-sided exact binomial (sign / exact McNemar) test of b versus c discordant images."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired(a: Sequence[bool], b: Sequence[bool]) -> dict:
+    """Compare two defences image by image on the same images: how many each keeps that the other
+    loses, and the exact sign test on those discordant images."""
+    if len(a) != len(b):
+        raise ValueError(f"paired comparison needs the same images: {len(a)} versus {len(b)} outcomes")
+    keeps = sum(bool(x) and not bool(y) for x, y in zip(a, b))
+    loses = sum(bool(y) and not bool(x) for x, y in zip(a, b))
+    return {"n": len(a), "a_robust": int(sum(map(bool, a))), "b_robust": int(sum(map(bool, b))),
+            "a_keeps_b_loses": keeps, "b_keeps_a_loses": loses, "p": sign_test(keeps, loses)}
+
+
+def norm_label(norm, eps: Optional[float] = None) -> str:
+    """``ℓ∞``, ``ℓ2`` … (with ``ε=…`` when given)."""
+    t = f"ℓ{'∞' if str(norm) == 'inf' else norm}"
+    return t if eps is None else f"{t} ε={eps:.4g}"
+
+
+def render_table(results: dict, title: str = "") -> str:
+    """Markdown: one line per defence and threat; clean, each attack, and the worst case (bold)."""
+    rows, wc = results["rows"], results.get("worst_case") or worst_case(results["rows"])
+    order = results["meta"].get("attack_order") or []
+    seen = list(dict.fromkeys(r["attack"] for r in rows))
+    attacks = [a for a in order if a in seen] + [a for a in seen if a not in order]
+    cascaded = {r["attack"] for r in rows if r.get("cascade")}
+    note = (" † = run only on the images that survived every attack before it (the columns to its left, "
+            "AutoAttack's cascade): its number is the cumulative accuracy after it." if cascaded else "")
+    lines = [f"## {title}" if title else "", "",
+             f"n = {results['meta']['n']} images; robust accuracy in % (95% Wilson interval in the JSON); "
+             "worst case = robust to every attack in the row." + note, "",
+             "| defence | threat | clean | " + " | ".join(a + (" †" if a in cascaded else "") for a in attacks)
+             + " | **worst case** |",
+             "|---|---|---|" + "---|" * len(attacks) + "---|"]
+    for w in wc:
+        cells = [f"{100 * w['per_attack'][a]:.1f}" if a in w["per_attack"] else "–" for a in attacks]
+        lines.append(f"| {w['defence']} | {norm_label(w['norm'], w['eps'])} | {100 * w['clean_acc']:.1f} | "
+                     + " | ".join(cells) + f" | **{100 * w['robust_acc']:.1f}** [{100 * w['ci95'][0]:.0f}–{100 * w['ci95'][1]:.0f}] |")
+    return "\n".join(lines).lstrip() + "\n"
+
+
+def merge_results(paths: Sequence, out_dir, title: str = "", order: Sequence[str] = ()) -> dict:
+    """Join several ``results.json`` made on the same images (for example runs split by defence).
+
+    ``order``: defence names in the order the tables should list them (others follow, as found).
+    Writes ``results.json`` and ``table.md`` into ``out_dir``.
+    """
+    from ..io import atomic_write_json, atomic_write_text
+
+    parts = [read_results(p) for p in paths]
+    fps = {p["meta"].get("data_fingerprint") for p in parts}
+    if len(fps) != 1:
+        raise ValueError(f"cannot merge results made on different images (data fingerprints {sorted(map(str, fps))})")
+    rows, seen = [], set()
+    for p in parts:
+        for r in p["rows"]:
+            if r["key"] in seen:
+                raise ValueError(f"row {r['key']!r} appears in more than one of {list(map(str, paths))}")
+            seen.add(r["key"])
+            rows.append(r)
+    rank = {d: i for i, d in enumerate(order)}
+    rows.sort(key=lambda r: rank.get(r["defence"], len(rank)))  # stable: attack order inside a defence is kept
+    res = {"meta": dict(parts[0]["meta"], merged_from=[str(p) for p in paths]), "rows": rows, "worst_case": worst_case(rows)}
+    out = Path(out_dir)
+    atomic_write_json(out / "results.json", res)
+    atomic_write_text(out / "table.md", render_table(res, title))
+    return res

@@ -1,0 +1,178 @@
+"""THE experiment engine: run a protocol on a preset's images and write a results folder.
+
+Every entry point — ``pursamere demo``, ``reproduce``, ``ensemble``, ``evaluate``, both studies, the
+scripts, the notebooks' live branches and ``torchrun`` — builds a
+:class:`~pursamere.experiments.protocols.Protocol` and calls :func:`run`::
+
+    from pursamere.experiments import engine, protocols
+    from pursamere.experiments.presets import DIGITS
+
+    out = engine.run(DIGITS, protocols.tables(DIGITS, DIGITS.demo), "results/digits/demo")
+    print(out.table)
+
+A results folder holds ``results.json`` (rows, written after every row: an interrupted run
+resumes), ``table.md``, ``robust_accuracy.png``, ``summary.json`` and, as the protocol asks,
+``checks.json``, ``examples.png``, ``samples.png`` + ``score_diagnostics.json`` and ``study.json``.
+``table.md`` is written last: a folder that has it holds a finished run, which is never
+overwritten unless ``resume`` is asked for (then matching rows are reused, not recomputed).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ..evaluation.attacks import Threat
+from ..evaluation.checks import format_checks, obfuscation_checks
+from ..evaluation.results import render_table
+from ..evaluation.runner import evaluate
+from ..evaluation.sharding import DistContext, collective
+from ..io import atomic_write_json, atomic_write_text
+from .artifacts import Artifacts, prepare
+from .data import table_indices, validation_indices
+from .protocols import Protocol
+from .reporting import example_figure, plot_results, score_diagnostics
+
+__all__ = ["Options", "Run", "run", "results_dir", "select_images"]
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to run (never what): where models live, the device, resuming, sharding, progress output."""
+
+    workdir: str = "runs"  # checkpoints and caches of the trained models
+    device: str = "cpu"  # "cpu" or "cuda"
+    fresh: bool = False  # retrain the models instead of reusing the cached ones
+    resume: bool = False  # allow a folder that holds a finished run (its matching rows are reused)
+    progress: bool = True  # progress bars
+    data_root: Optional[str] = None  # folder of the data set (CIFAR-10 presets)
+    shards: Optional[DistContext] = None  # split the attacks over the ranks of a torchrun process group
+    log: Callable = print
+
+
+@dataclass
+class Run:
+    """What :func:`run` did: the folder, the results and the objects it used."""
+
+    out: Path
+    results: dict
+    table: str
+    protocol: Protocol
+    artifacts: Artifacts
+    defences: list
+    x: torch.Tensor
+    y: torch.Tensor
+    checks: list
+    summary: dict
+    study: Optional[dict] = None
+
+
+def results_dir(preset_name: str, kind: str, out: Optional[str | Path] = None) -> Path:
+    """The one results-folder convention: ``out``, or ``results/<preset>/<kind>-<date-time>``."""
+    return Path(out) if out else Path("results") / preset_name / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def select_images(preset, split, images) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The protocol's test images: ``(x, y, description)``."""
+    n_test = len(split.x_test)
+    if images.which == "table":
+        idx = table_indices(preset, n_test)
+        idx = idx if images.n is None else idx[: images.n]
+        what = (f"first {len(idx)} of a fixed permutation (seed {preset.data_seed}) of the test set, without the "
+                f"{preset.validation_size} validation images the sweeps use")
+    else:
+        idx = validation_indices(preset, n_test)
+        idx = idx if images.n is None else idx[: images.n]
+        what = f"the {len(idx)} validation images of preset {preset.name} (never part of the tables)"
+    return split.x_test[idx], split.y_test[idx], what
+
+
+def _artifacts(preset, o: Options, rank0: bool) -> Artifacts:
+    """Train or load the models; under torchrun rank 0 trains first and the other ranks load its caches."""
+    def go(log=o.log, progress=o.progress):
+        return prepare(preset, o.workdir, fresh=o.fresh, progress=progress, device=o.device, log=log, data_root=o.data_root)
+
+    if o.shards is None or not o.shards.active:
+        return go()
+    box = {}
+    collective(o.shards, "training the models on rank 0", lambda: box.update(a=go()) if rank0 else None)
+    return box["a"] if rank0 else go(log=lambda *a: None, progress=False)
+
+
+def _json_safe(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+def run(preset, protocol: Protocol, out: str | Path, options: Options = Options(),
+        artifacts: Optional[Artifacts] = None) -> Run:
+    """Run ``protocol`` on ``preset``'s images and write the results folder ``out`` (see the module docstring).
+
+    ``artifacts``: trained models to use (default: :func:`~pursamere.experiments.artifacts.prepare`
+    with ``options``).
+    """
+    o = options
+    out = Path(out)
+    if (out / "table.md").exists() and not o.resume:
+        raise FileExistsError(f"{out} already holds a finished run; choose another output folder or resume it")
+    t_start = time.perf_counter()
+    rank0 = o.shards is None or o.shards.rank == 0
+    device = o.shards.device if o.shards is not None and o.shards.active else torch.device(o.device)
+    arts = (artifacts or _artifacts(preset, o, rank0)).to(device)
+    x, y, what = select_images(preset, arts.split, protocol.images)
+    x, y = x.to(device), y.to(device)
+    defences = [arts.defence(s) for s in protocol.defences]
+    spec_of = {d.name: s for d, s in zip(defences, protocol.defences)}
+    meta = {"preset": preset.name, "protocol": protocol.kind, "title": protocol.title, "subset": what,
+            "plan": _json_safe(protocol.plan), "threats": {str(t.norm): t.eps for t in protocol.threats},
+            "train_times_s": {k: round(v, 1) for k, v in arts.times.items()}, "models": arts.fingerprints()}
+
+    diag = None
+    if protocol.diagnostics and rank0:
+        diag = score_diagnostics(preset, arts, out, n=min(200, len(arts.split.x_test)))
+        best = max(diag["ere_detection"], key=lambda d: d["auroc"])
+        o.log(f"score net check: ERE detects PGD images with AUROC {best['auroc']:.3f} at σ = {best['sigma']:.3g} "
+              f"(mean ERE clean {best['ere_clean_mean']:.2f} vs adversarial {best['ere_adv_mean']:.2f}); samples in samples.png")
+    t0 = time.perf_counter()
+    results = evaluate(defences, protocol.attacks, protocol.threats, x, y, out, seed=protocol.seed, meta=meta,
+                       progress=o.progress, batch_size=protocol.batch_size, applies=protocol.applies(spec_of),
+                       shards=o.shards)
+    eval_s = time.perf_counter() - t0
+    run_ = Run(out, results, "", protocol, arts, defences, x, y, [], {})
+    if not rank0:
+        return run_
+
+    plan = protocol.check_plan
+    for d, s in zip(defences, protocol.defences):
+        if s.examples:
+            example_figure(preset, d, x[:8], y[:8], out / "examples.png", steps=plan.bpda_steps if plan else 10)
+    check_md = ""
+    if plan is not None:
+        lin = Threat("inf", preset.threats["inf"])
+        nc = min(plan.n_check, len(x))
+        for d, s in zip(defences, protocol.defences):
+            for grad in (plan.check_gradients if s.checks else ()):
+                cs = obfuscation_checks(d, lin, x[:nc], y[:nc], gradient=grad, steps=plan.check_steps,
+                                        square_queries=plan.square_queries)
+                check_md += format_checks(f"{d.name}, {grad} gradient, ℓ∞ ε={lin.eps:.4g}, n={nc}", cs) + "\n"
+                run_.checks.append({"defence": d.name, "gradient": grad, "n": nc, "checks": [c.as_dict() for c in cs]})
+        atomic_write_json(out / "checks.json", run_.checks)  # an empty list when the plan runs no checks
+
+    header = f"# {protocol.title} — what ran\n\n{what} (n = {len(x)}). {protocol.describe}\n"
+    table = header + "\n" + render_table(results, "Robust accuracy per attack and worst case (headline)")
+    if check_md:
+        table += "\n## Obfuscation checks\n\n" + check_md
+    if protocol.summary is not None:
+        run_.study = protocol.summary(results, protocol, run_)
+        atomic_write_json(out / "study.json", run_.study)
+    plot_results(results, out / "robust_accuracy.png")
+    run_.summary = {"seconds_total": round(time.perf_counter() - t_start, 1), "seconds_eval": round(eval_s, 1),
+                    "score_diagnostics": diag, **meta}
+    atomic_write_json(out / "summary.json", run_.summary)
+    atomic_write_text(out / "table.md", table)  # last: its presence marks a finished run
+    run_.table = table
+    o.log(f"{protocol.kind}: {len(results['rows'])} rows in {time.perf_counter() - t_start:.0f} s → {out}")
+    return run_

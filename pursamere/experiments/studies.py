@@ -1,0 +1,77 @@
+"""Study summaries (``study.json``) and the rule that turns the SAM study into a preset default.
+
+The studies themselves are protocols (:func:`pursamere.experiments.protocols.sam_study`,
+:func:`~pursamere.experiments.protocols.attack_study`, :func:`~pursamere.experiments.protocols.schedule_sweep`)
+run by the one engine; the functions here read their results.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from ..evaluation.results import paired, robust_flags
+
+__all__ = ["summarise", "summarise_sam", "summarise_attacks", "summarise_sweep", "choose_setting"]
+
+
+def summarise(results: dict) -> list[dict]:
+    """One line per defence: clean, per-attack and worst-case accuracy with n and Wilson interval."""
+    return [{"setting": w["defence"], "family": w["family"], "purifier": w["purifier"], "n": w["n"],
+             "clean_acc": w["clean_acc"], "worst_case": w["robust_acc"], "ci95": w["ci95"], "per_attack": w["per_attack"]}
+            for w in results["worst_case"]]
+
+
+def summarise_sam(results: dict, protocol, run=None) -> dict:
+    """The SAM study: settings, attacks and one line per setting."""
+    (threat,) = protocol.threats
+    return {"threat": str(threat), "eps_pur": protocol.plan["eps_pur"], "m": protocol.plan["m"],
+            "attacks": [a.name for a in protocol.attacks], "settings": protocol.plan["settings"],
+            "rows": summarise(results)}
+
+
+def summarise_attacks(results: dict, protocol, run=None) -> dict:
+    """The attack study: one line per attack (every attack ran on every image) and the worst case."""
+    (threat,) = protocol.threats
+    rows = [{"attack": r["attack"], "robust_acc": r["robust_acc"], "ci95": r["ci95"], "seconds": r["seconds"],
+             "broken": r["survived"].count(0)} for r in results["rows"]]
+    return {"defence": protocol.defences[0].label, "threat": str(threat), "n": results["meta"]["n"],
+            "clean_acc": results["rows"][0]["clean_acc"], "rows": rows, "worst_case": summarise(results)[0]}
+
+
+def summarise_sweep(results: dict, protocol, run=None) -> dict:
+    """The schedule sweep: per candidate, clean accuracy behind the eq.-17 and the plain classifier, and
+    robust accuracy under the sweep's BPDA-det (``run``: the engine's run, for the plain classifier)."""
+    from ..evaluation.runner import predict
+
+    (attack,), (threat,) = protocol.attacks, protocol.threats
+    by_name = {r["defence"]: r for r in results["rows"]}
+    rows = []
+    for spec, d in zip(protocol.defences, run.defences if run is not None else [None] * len(protocol.defences)):
+        r = by_name[spec.label]
+        line = {"schedule": spec.label, "rho": spec.purifier.rho, **protocol.plan["candidates"][spec.label],
+                "clean_acc": r["clean_acc"], "robust_acc": r["robust_acc"], "n": r["n"], "seconds": r["seconds"]}
+        if d is not None:  # the same purifier in front of the plain classifier (the eq.-17 one saw these purifications)
+            plain = run.artifacts.defence(dataclasses.replace(spec, classifier="plain"))
+            line["plain_clf_clean_acc"] = float((predict(plain, run.x) == run.y).double().mean())
+        rows.append(line)
+    return {"attack": f"{attack.name}-det ℓ∞ ε={threat.eps}", "eps_pur": protocol.plan["eps_pur"], "rows": rows}
+
+
+def choose_setting(summary: dict, results: dict, baseline: str = "SAM off", alpha: float = 0.05) -> dict:
+    """The rule that sets the preset's defaults from the SAM study (written while it ran, before its M = 16 rows).
+
+    Take the setting with the highest worst-case accuracy (ties: higher clean accuracy). It replaces
+    ``baseline`` only if, on the same images, it saves significantly more images than it loses:
+    two-sided exact sign test on the discordant images, p < ``alpha``. Otherwise the baseline stays
+    (SAM off costs half as much as SAM on; fewer draws cost less). Returns the decision and the counts.
+    """
+    rows = {r["setting"]: r for r in summary["rows"]}
+    if baseline not in rows:
+        raise ValueError(f"the study has no {baseline!r} setting")
+    best = max(rows.values(), key=lambda r: (r["worst_case"], r["clean_acc"]))
+    cmp = paired(robust_flags(results["rows"], best["setting"]), robust_flags(results["rows"], baseline))
+    b, c, p = cmp["a_keeps_b_loses"], cmp["b_keeps_a_loses"], cmp["p"]
+    adopt = best["setting"] != baseline and b > c and p < alpha
+    chosen = best["setting"] if adopt else baseline
+    return {"chosen": chosen, "overrides": summary["settings"][chosen], "best": best["setting"],
+            "best_worst_case": best["worst_case"], "baseline_worst_case": rows[baseline]["worst_case"],
+            "saves": b, "loses": c, "p_value": p, "alpha": alpha, "n": best["n"]}
