@@ -80,11 +80,17 @@ def test_every_saved_form_of_the_full_cifar10_checkpoint_loads():
     assert info["weights"] == "raw" and float(state["end_conv.weight"][0, 0, 0, 0]) == 0.0
 
 
-def test_load_ncsnv2_reads_the_runner_file_with_weights_only(tmp_path):
-    # the full CIFAR-10 size, as the runner writes it (file and its legacy pre-1.6 format)
-    path = tmp_path / "checkpoint_300000.pth"
+@pytest.fixture(scope="module")
+def full_checkpoint(tmp_path_factory):
+    """The full CIFAR-10 checkpoint as the official runner writes it (raw weights 0, EMA weights 0.25)."""
+    path = tmp_path_factory.mktemp("ncsnv2") / "checkpoint_300000.pth"
     torch.save(runner_list(official_state(value=0.0), ema_value=0.25), path)
-    net, info = load_ncsnv2(path, "cifar10")
+    return path
+
+
+def test_load_ncsnv2_reads_the_runner_file_with_weights_only(full_checkpoint, tmp_path):
+    # the full CIFAR-10 size (and, narrow, the legacy pre-1.6 file format)
+    net, info = load_ncsnv2(full_checkpoint, "cifar10")
     assert isinstance(net, Score) and not net.training
     assert info["parameters"] == OFFICIAL["cifar10"]["parameters"] == 29_694_083
     assert info["weights"] == "ema" and float(net.begin_conv.bias[0]) == 0.25
@@ -173,3 +179,23 @@ def test_smoke_purifies_two_cifar_images_with_a_random_ncsnv2():
     xa = x.clone().requires_grad_(True)  # exact gradients through the unrolled purifier (second order through the net)
     (g,) = torch.autograd.grad(Purifier(net, cfg.replace(n_levels=1, sigma_max=0.01)).unrolled(xa).sum(), xa)
     assert bool(torch.isfinite(g).all()) and float(g.abs().sum()) > 0
+
+
+def test_the_paper_preset_holds_the_paper_settings_and_loads_the_users_files(full_checkpoint, tmp_path):
+    from pursamere.experiments.paper_models import CIFAR10_NCSNV2, MissingModelError
+    from pursamere.experiments.user_models import ClassifierSpec
+
+    p = CIFAR10_NCSNV2
+    assert p.eps_pur == (8 / 255, 12 / 255, 16 / 255) and p.threats == {"inf": 8 / 255, 2: 0.5, 1: 12.0}
+    for eps in p.eps_pur:
+        cfg = p.purify_config(eps)
+        assert (cfg.eps_pur, cfg.rho, cfg.m, cfg.norm) == (eps, eps / 2, 4, "inf")
+    assert p.purify.rho == p.purify.eps_pur / 2 and p.score_checkpoint is None
+    with pytest.raises(MissingModelError, match="needs the official NCSNv2 cifar10 checkpoint"):
+        p.load_score()
+    factory = tmp_path / "clf.py"
+    factory.write_text("import torch.nn as nn\ndef make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))\n")
+    user = p.with_paths(full_checkpoint, ClassifierSpec(f"{factory}:make", normalization="cifar10"))
+    net, info = user.load_score()
+    assert info["weights"] == "ema" and info["config"] == "cifar10"
+    assert user.load_classifier()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
