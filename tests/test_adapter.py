@@ -1,6 +1,7 @@
 """Any classifier: the adapter (normalise, resize, frozen, input gradients) and loading a user's model safely."""
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -134,7 +135,9 @@ def test_a_factory_file_and_its_weights_round_trip(factory_file, tmp_path):
     want = trained.eval()((x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
     from safetensors.torch import save_file
 
-    torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in trained.state_dict().items()}}, tmp_path / "w.pth")
+    # as training scripts save it: nested, DataParallel's prefix, numpy numbers beside (data, allowed by name)
+    torch.save({"epoch": 3, "best_acc": np.float64(0.93), "curve": np.zeros(4, dtype=np.float32),
+                "state_dict": {"module." + k: v for k, v in trained.state_dict().items()}}, tmp_path / "w.pth")
     save_file(trained.state_dict(), str(tmp_path / "w.safetensors"))
     for weights in ("w.pth", "w.safetensors"):
         spec = ClassifierSpec(f"{factory_file}:tiny", weights=str(tmp_path / weights), normalization="cifar10",
@@ -190,6 +193,8 @@ def test_every_bad_input_gets_one_clear_error(factory_file, tmp_path):
 
     torch.save({"model": load_factory(f"{factory_file}:tiny")()}, tmp_path / "pickled.pt")  # a whole module object
     fails(ValueError, "holds a Python object .* will not unpickle", factory=f"{factory_file}:tiny", weights=str(tmp_path / "pickled.pt"))
+    torch.save({"state_dict": wrong, "notes": np.array([1, "x", None], dtype=object)}, tmp_path / "objects.pt")
+    fails(ValueError, "numpy object arrays or other objects", factory=f"{factory_file}:tiny", weights=str(tmp_path / "objects.pt"))
     torch.save({"epoch": 1, "weights_here": {"a": torch.zeros(1)}}, tmp_path / "nested.pt")
     fails(ValueError, "none of the usual entries .*name the entry with state_key", factory=f"{factory_file}:tiny",
           weights=str(tmp_path / "nested.pt"))

@@ -47,6 +47,14 @@ def read_weights(path, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        numeric = _numpy_data_globals(path)
+        if numeric:  # numpy numbers/arrays (e.g. a saved best accuracy): data, allowed by name
+            try:
+                with torch.serialization.safe_globals(numeric):
+                    return torch.load(path, map_location=map_location, weights_only=True)
+            except pickle.UnpicklingError:
+                raise ValueError(f"{path} holds numpy object arrays or other objects that pursamere will not unpickle; "
+                                 f"if you trust the file, re-save just its state dict once") from None
         # weights_only refused the file. If it names a class or function, the file holds an
         # object that unpickling would construct by running code: we do not do that.
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
@@ -60,6 +68,33 @@ def read_weights(path, map_location="cpu"):
     except (RuntimeError, EOFError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path} is not a readable PyTorch weights file (truncated or another format): {first[:200]}") from None
+
+
+def _numpy_data_globals(path) -> list:
+    """The numpy data constructors a refused file needs, as an allowlist; [] if it needs anything else.
+
+    Training scripts often save numpy scalars beside the weights (``best_acc``). numpy's scalar,
+    array and dtype constructors build numbers and arrays, not code, so they are allowed by
+    name — under both spellings of numpy's core module (``numpy.core`` before 2.0, ``numpy._core``).
+    """
+    try:
+        import numpy as np
+
+        wanted = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip checkpoint, or no numpy: nothing to allow
+        return []
+    core = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    allowed = {}
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[f"{mod}.scalar"] = core.scalar
+        allowed[f"{mod}._reconstruct"] = core._reconstruct
+    allowed["numpy.ndarray"], allowed["numpy.dtype"] = np.ndarray, np.dtype
+    if not wanted or any(name not in allowed for name in wanted):
+        return []
+    # a dtype is rebuilt through its class (numpy ≥ 1.25): allow the numeric and string ones
+    kinds = [getattr(np.dtypes, k) for k in dir(getattr(np, "dtypes", None)) if k.endswith("DType")
+             and k not in ("ObjectDType", "VoidDType")] if hasattr(np, "dtypes") else []
+    return [(allowed[name], name) for name in wanted] + kinds
 
 
 def strip_prefix(state: Mapping, prefix: str = "module.") -> tuple[dict, bool]:
