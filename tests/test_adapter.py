@@ -218,3 +218,28 @@ def test_a_classifier_without_input_gradients_is_refused(tmp_path):
     '''))
     with pytest.raises(ValueError, match="no gradient with respect to its input"):
         load_classifier(ClassifierSpec(f"{path}:make"))
+
+
+def test_the_book_examples_load_as_documented(tmp_path):
+    # the factory files shown in book/paper_models.md, run as a reader would (random weights)
+    import re
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    page = (Path(__file__).parent.parent / "book" / "paper_models.md").read_text()
+    files = {b.splitlines()[0][2:]: b for b in re.findall(r"```python\n(.*?)```", page, re.S) if b.startswith("# ") and b.splitlines()[0].endswith(".py")}
+    assert set(files) == {"my_models.py", "rb_wrn.py"}
+    for name, code in files.items():
+        (tmp_path / name).write_text(code)
+    resnet = load_factory(f"{tmp_path / 'my_models.py'}:resnet18_cifar10")()
+    assert sum(p.numel() for p in resnet.parameters()) == 11_181_642  # torchvision's resnet18(num_classes=10)
+    save_file(resnet.state_dict(), str(tmp_path / "resnet18.safetensors"))
+    clf = load_classifier(ClassifierSpec(f"{tmp_path / 'my_models.py'}:resnet18_cifar10", weights=str(tmp_path / "resnet18.safetensors"),
+                                         normalization="imagenet", input_size=(224, 224)))
+    assert clf(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+    wrn = load_factory(f"{tmp_path / 'rb_wrn.py'}:wrn_28_10")()
+    assert sum(p.numel() for p in wrn.parameters()) == 36_479_194  # WRN-28-10
+    torch.save({"state_dict": {"module." + k: v for k, v in wrn.state_dict().items()}}, tmp_path / "Standard.pt")
+    clf = load_classifier(ClassifierSpec(f"{tmp_path / 'rb_wrn.py'}:wrn_28_10", weights=str(tmp_path / "Standard.pt"), normalization="none"))
+    assert torch.equal(clf.model.fc.weight, wrn.fc.weight)
