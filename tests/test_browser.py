@@ -158,7 +158,8 @@ def full_screenshot(driver, path: Path):
 
 def test_every_page_typesets_its_maths_and_stays_on_the_machine(site, browser):
     html, base = site
-    pages = sorted(str(p.relative_to(html).with_suffix("")) for p in html.rglob("*.html"))
+    pages = sorted(str(p.relative_to(html).with_suffix("")) for p in html.rglob("*.html")
+                   if p.relative_to(html).parts[0] not in ("_static", "_sources"))  # not pages: theme fragments
     assert set(toc_pages()) <= set(pages)
     report, failures = [], []
     for page in pages:
@@ -178,8 +179,8 @@ def test_every_page_typesets_its_maths_and_stays_on_the_machine(site, browser):
             failures.append(f"{page}: has maths but MathJax typeset nothing")
         weight = sum((html / urlsplit(u).path.lstrip("/")).stat().st_size for u in set(urls)
                      if urlsplit(u).hostname in LOCAL_HOSTS and (html / urlsplit(u).path.lstrip("/")).is_file())
-        report.append(f"{page}: {len(urls)} requests, {weight:,} bytes, {seen['typeset']} formulas, "
-                      f"{time.perf_counter() - t0:.1f} s")
+        report.append(f"{page}: page {len(source.encode()):,} B; {len(set(urls))} files, {weight:,} B loaded "
+                      f"in all (uncompressed); {seen['typeset']} formulas; {time.perf_counter() - t0:.1f} s")
         if page in toc_pages():
             full_screenshot(browser, SHOTS / f"{page.replace('/', '__')}.png")
     (SHOTS / "pages.txt").write_text("\n".join(report) + "\n")
