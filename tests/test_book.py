@@ -2,7 +2,6 @@
 that nothing on them comes from another host (tests/test_browser.py checks the same pages in
 Chromium, on the same build)."""
 import re
-from pathlib import Path
 
 import nbformat
 import pytest

@@ -4,10 +4,10 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 import pursamere as ps
 from pursamere.book import offline, sliders as S, toys
+from pursamere.book.slider_figure import _encode
 
 
 def _spec(fig):
@@ -27,13 +27,13 @@ def _quantum(a):
 
 def test_encoding_round_trip_keeps_nan_and_shape():
     a = np.array([[0.0, 1.5, np.nan], [-2.0, 3.25, 1e-3]])
-    enc = S._encode(a)
+    enc = _encode(a)
     back = S.decode(enc)
     assert back.shape == a.shape and np.isnan(back[0, 2])
     ok = ~np.isnan(a)
     assert np.abs(back[ok] - a[ok]).max() <= _quantum(a[ok]) / 2 + 1e-12
-    assert S.decode(S._encode(np.full(4, 2.5))).tolist() == [2.5] * 4  # a constant array
-    assert S._encode("text") == "text" and S._encode([1, 2]) == [1, 2]
+    assert S.decode(_encode(np.full(4, 2.5))).tolist() == [2.5] * 4  # a constant array
+    assert _encode("text") == "text" and _encode([1, 2]) == [1, 2]
 
 
 def test_landscape_frames_are_ere_grid(one_thread):
