@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # CPU build of PyTorch, pinned: an unpinned `torch` pulls a multi-GB CUDA build.
 TORCH   ?= torch==2.13.0
 
-.PHONY: demo test book bench clean
+.PHONY: demo test book check-book bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(STAMP)
 
 book: $(STAMP)
 	$(BIN)/jupyter-book build . -W -n
+
+# The built book in headless Chromium (Debian: apt-get install chromium chromium-driver): maths
+# typeset, sliders move, no request leaves the machine; screenshots in _build/screenshots/.
+check-book: book
+	PURSAMERE_BOOK_HTML=_build/html $(BIN)/python -m pytest -q tests/test_book.py tests/test_browser.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_purify.py

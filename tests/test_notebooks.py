@@ -10,10 +10,13 @@ import pytest
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 TINY = {
-    "01_ere_on_toys": dict(grid=21, landscape_sigmas=[0.3], prop1_n=5, n_nodes=30),
-    "02_theorem1": dict(n_sigmas=6, purifier_sigmas=[0.2, 0.1], purifier_steps=20),
+    "01_ere_on_toys": dict(grid=21, landscape_sigmas=[0.3], prop1_n=5, n_nodes=30, slider_grid=9,
+                           slider_sigmas=[0.5, 0.2], slider_ms=[4, 8], prop1_slider_sigmas=[0.3, 0.1]),
+    "02_theorem1": dict(n_sigmas=6, purifier_sigmas=[0.2, 0.1], purifier_steps=20, slider_sigmas=[0.3, 0.15],
+                        slider_grid=9),
     "03_sam_and_sliders": dict(n_starts=8, seeds=[0], steps=50, rhos=[0.3], lrs=[0.1],
-                               view_grid=15, view_steps=10),
+                               view_grid=15, view_steps=10, slider_sigmas=[0.06, 0.12], slider_rhos=[0.0, 0.3],
+                               slider_eps=[0.5, 2.0]),
 }
 
 
@@ -43,6 +46,27 @@ def test_every_notebook_has_a_parameters_cell_and_the_python3_kernel():
         nb, tagged = _checked_notebook(name)
         assert len(tagged) == 1 and "results_json" in tagged[0].source
         assert not any("sys.path" in c.source for c in nb.cells)
+
+
+def test_toy_chapters_open_with_their_idea_and_hide_plumbing():
+    """The tag convention of the rendered book (book/reproducibility.md): a markdown introduction
+    first; the parameters cell collapsed (``hide-cell``, still tagged ``parameters`` for papermill);
+    imports, ``%matplotlib inline`` and thread settings in one collapsed setup cell; the cell that
+    writes ``results_json`` removed from the page (``remove-cell``)."""
+    for name in TINY:
+        nb, tagged = _checked_notebook(name)
+        assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), name
+        assert "hide-cell" in tagged[0].metadata.tags, name
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        for c in code:
+            tags = c.metadata.get("tags", [])
+            plumbing = "%matplotlib" in c.source or "set_num_threads" in c.source or "import " in c.source
+            if plumbing:
+                assert {"hide-cell"} & set(tags) or {"remove-cell"} & set(tags), (name, c.source[:60])
+            if "results_json" in c.source and "parameters" not in tags:
+                assert "remove-cell" in tags, (name, c.source[:60])
+        # the figures' teaching code stays on the page: at least one interactive slider figure, visible
+        assert any("sliders." in c.source and not c.metadata.get("tags") for c in code), name
 
 
 def test_01_prop1_slope(tmp_path):

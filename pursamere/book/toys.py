@@ -30,7 +30,7 @@ __all__ = [
     "toy_purifier", "FrozenSigma", "PlantedSpuriousScore",
     "ere_grid", "ere_exact_2d", "prop1_remainder", "fit_loglog_slope", "prop1_default_score",
     "theorem1_potential", "theorem1_broken_potential", "ere_exact_piecewise", "ere_minimiser_exact",
-    "theorem1_errors", "theorem1_purifier_errors", "fit_exponential", "mc_offset_affine",
+    "theorem1_errors", "theorem1_purifier_paths", "theorem1_purifier_errors", "fit_exponential", "mc_offset_affine",
     "planted_score", "planted_configs", "sam_vs_descent", "ring_starts", "square_starts", "SliderView", "slider_view", "draw_slider_view",
 ]
 
@@ -270,11 +270,25 @@ def theorem1_errors(pot: PiecewiseAffinePotential, sigmas: Sequence[float]) -> n
     return np.array([float(ere_minimiser_exact(pot, float(s)).norm()) for s in sigmas])
 
 
-def theorem1_purifier_errors(pot: PiecewiseAffinePotential, x_start, sigmas_final: Sequence[float], *,
-                             m: int = 64, antithetic: bool = True, sigma_max: float = 0.8,
-                             n_levels: int = 8, steps_per_level: int = 40, lr_max: float = 0.05,
-                             lr_min: float = 0.002, eps_pur: float = 2.0, seed: int = 0) -> np.ndarray:
-    """Run Algorithm 1 with SAM off (ρ = 0, no box) ending at each final σ; return ``‖x_K − x*‖``.
+def theorem1_purifier_paths(pot: PiecewiseAffinePotential, x_start, sigma_final: float, *,
+                            m: int = 64, antithetic: bool = True, sigma_max: float = 0.8,
+                            n_levels: int = 8, steps_per_level: int = 40, lr_max: float = 0.05,
+                            lr_min: float = 0.002, eps_pur: float = 2.0, seed: int = 0) -> np.ndarray:
+    """Algorithm 1 with SAM off (ρ = 0, no box), annealed from ``sigma_max`` down to ``sigma_final``.
+
+    Returns:
+        every iterate, array ``(K+1, B, 2)`` (``[-1]`` is the purified point).
+    """
+    cfg = PurifyConfig(eps_pur=eps_pur, norm=2, rho=0.0, box=None, m=m, sigma_max=max(sigma_max, sigma_final),
+                       sigma_min=sigma_final, n_levels=n_levels if sigma_max > sigma_final else 1,
+                       steps_per_level=steps_per_level, lr_max=lr_max, lr_min=lr_min, seed=seed)
+    _, tr = toy_purifier(pot, cfg, antithetic=antithetic).run(_as_points(x_start), trace=True, keep_path=True)
+    return tr.path.numpy()
+
+
+def theorem1_purifier_errors(pot: PiecewiseAffinePotential, x_start, sigmas_final: Sequence[float],
+                             **kw) -> np.ndarray:
+    """``‖x_K − x*‖`` of :func:`theorem1_purifier_paths` (same keywords) for each final σ.
 
     This is what the purifier actually does with M fixed draws, to compare with the exact
     minimiser of :func:`theorem1_errors`.
@@ -282,15 +296,9 @@ def theorem1_purifier_errors(pot: PiecewiseAffinePotential, x_start, sigmas_fina
     Returns:
         array ``(len(sigmas_final), B)``.
     """
-    x0 = _as_points(x_start)
-    out = []
-    for sf in sigmas_final:
-        cfg = PurifyConfig(eps_pur=eps_pur, norm=2, rho=0.0, box=None, m=m, sigma_max=max(sigma_max, sf),
-                           sigma_min=sf, n_levels=n_levels if sigma_max > sf else 1,
-                           steps_per_level=steps_per_level, lr_max=lr_max, lr_min=lr_min, seed=seed)
-        x = toy_purifier(pot, cfg, antithetic=antithetic)(x0)
-        out.append((x - pot.x_star).norm(dim=-1).numpy())
-    return np.array(out)
+    x_star = pot.x_star.numpy()
+    return np.array([np.linalg.norm(theorem1_purifier_paths(pot, x_start, float(sf), **kw)[-1] - x_star, axis=-1)
+                     for sf in sigmas_final])
 
 
 def mc_offset_affine(h, sigma: float, bank: NoiseBank) -> np.ndarray:
@@ -389,37 +397,50 @@ def planted_configs(rho: float = 0.3, eps_pur: float = 2.0, m: int = 16, sigma: 
 # ------------------------------------------------------------------------------------- sliders
 @dataclass
 class SliderView:
-    """Data of one slider view: the ``ê_σ`` landscape and the two trajectories."""
+    """Data of one slider view: the ``ê_σ`` landscape and the two trajectories (``None`` where not asked)."""
 
     xs: np.ndarray
     ys: np.ndarray
-    ere: np.ndarray  # (len(ys), len(xs))
-    path_plain: np.ndarray  # (K+1, 2)
-    path_sam: np.ndarray  # (K+1, 2)
+    ere: np.ndarray | None  # (len(ys), len(xs))
+    path_plain: np.ndarray | None  # (K+1, 2)
+    path_sam: np.ndarray | None  # (K+1, 2)
     start: np.ndarray  # (2,)
     params: dict
 
 
+VIEW_PARTS = ("ere", "plain", "sam")
+
+
 def slider_view(sigma: float = 0.06, rho: float = 0.3, eps_pur: float = 2.0, m: int = 16, lr: float = 0.1,
                 start_x: float = 0.85, start_y: float = 0.32, *, score: Score | None = None, steps: int = 80,
-                grid: int = 61, extent=(-0.7, 1.3, -0.6, 0.9), seed: int = 0) -> SliderView:
+                grid: int = 61, extent=(-0.7, 1.3, -0.6, 0.9), seed: int = 0, parts=VIEW_PARTS) -> SliderView:
     """One view for the sliders: ``ê_σ`` on a grid and Algorithm 1's path with and without SAM.
 
     σ is held fixed (one level, ``steps`` Adam steps, rate falling from ``lr`` to ``lr/5``) so
     that every slider changes exactly one thing. The purification ball is ℓ2 (radius
-    ``eps_pur``), no box. Defaults are the planted setting of :func:`planted_configs`.
+    ``eps_pur``), no box. Defaults are the planted setting of :func:`planted_configs`. The live
+    ipywidgets sliders and the book's precomputed frames (``pursamere.book.sliders``) both call it.
+
+    Args:
+        parts: which of ``"ere"`` (the landscape), ``"plain"`` and ``"sam"`` (the two paths) to
+            compute; the others are ``None``. The landscape does not depend on ρ, ε_pur or the
+            start, so a grid of views computes it once per (σ, M).
     """
+    unknown = set(parts) - set(VIEW_PARTS)
+    if unknown:
+        raise ValueError(f"slider_view: unknown parts {sorted(unknown)}; choose from {VIEW_PARTS}")
     score = planted_score() if score is None else score
     xs = np.linspace(extent[0], extent[1], grid)
     ys = np.linspace(extent[2], extent[3], grid)
-    z = ere_grid(score, xs, ys, sigma, m, seed)
+    z = ere_grid(score, xs, ys, sigma, m, seed) if "ere" in parts else None
     cfg = PurifyConfig(eps_pur=eps_pur, norm=2, rho=rho, box=None, m=m, sigma_max=sigma, sigma_min=sigma,
                        n_levels=1, steps_per_level=steps, lr_max=lr, lr_min=lr / 5, seed=seed)
     x0 = torch.tensor([[start_x, start_y]], dtype=_F64)
-    paths = {}
+    paths = {"sam": None, "plain": None}
     for name, c in (("sam", cfg), ("plain", cfg.replace(rho=0.0))):
-        _, tr = toy_purifier(score, c).run(x0, trace=True, keep_path=True)
-        paths[name] = tr.path[:, 0].numpy()
+        if name in parts:
+            _, tr = toy_purifier(score, c).run(x0, trace=True, keep_path=True)
+            paths[name] = tr.path[:, 0].numpy()
     params = dict(sigma=sigma, rho=rho, eps_pur=eps_pur, m=m, lr=lr, start_x=start_x, start_y=start_y)
     return SliderView(xs, ys, z, paths["plain"], paths["sam"], x0[0].numpy(), params)
 
