@@ -58,18 +58,19 @@ def plot_eps_curves(df, attack_col="attack"):
 
 
 def plot_sweep(df):
-    """Clean against robust accuracy (%) of each schedule candidate."""
+    """Clean against robust accuracy (%) of each schedule candidate (one colour per candidate, named in the legend)."""
     import matplotlib.pyplot as plt
+    import seaborn as sns
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    rob = [c for c in df.columns if c.startswith("robust")][0]
-    clean = [c for c in df.columns if c.startswith("clean, eq")][0]
-    ax.scatter(df[clean], df[rob], s=40)
-    for name, r in df.iterrows():
-        ax.annotate(name.split(":")[0], (r[clean], r[rob]), textcoords="offset points", xytext=(4, 3), fontsize=9)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    rob = next(c for c in df.columns if c.startswith("robust"))
+    clean = next(c for c in df.columns if c.startswith("clean, eq"))
+    data = df.reset_index()
+    sns.scatterplot(data=data, x=clean, y=rob, hue="schedule", s=60, ax=ax)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
     ax.set_xlabel("clean accuracy behind the purifier (%)")
     ax.set_ylabel(f"{rob}")
-    ax.set_title("purification schedules (letters: candidates in the table)")
+    ax.set_title("purification schedules")
     fig.tight_layout()
     return fig
 

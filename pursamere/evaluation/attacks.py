@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from ..method.geometry import _per_item, canonical_norm, lp_norm, project

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, save_figure
 from ..method.purify import Purifier, PurifyConfig
 from ..method.scores import GaussianMixture
 
@@ -66,26 +66,22 @@ def run_toy_demo(out_dir: str | Path, n_per_mode: int = 100, seed: int = 0, plot
     lines += ["", f"Wall time: {result['seconds']} s."]
     report = "\n".join(lines) + "\n"
     if plot:
-        atomic_write_bytes(out / "toy.png", _plot(gm, rows))
+        _plot(gm, rows, out / "toy.png")
     atomic_write_json(out / "results.json", result)
     atomic_write_text(out / "report.md", report)
     result["report"] = report
     return result
 
 
-def _plot(gm, rows) -> bytes:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _plot(gm, rows, path: Path) -> Path:
+    from matplotlib.figure import Figure
 
     g = torch.linspace(-1.5, 4.5, 200, dtype=torch.float64)
     w = torch.tensor(TOY_W, dtype=torch.float64)
     xx, yy = torch.meshgrid(g, g, indexing="xy")
     dens = gm.log_density(torch.stack([xx.flatten(), yy.flatten()], 1)).exp().view(200, 200)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4), sharex=True, sharey=True)
+    fig = Figure(figsize=(13, 4.4))
+    axes = fig.subplots(1, 3, sharex=True, sharey=True)
     for ax, name in zip(axes, ["attacked", "purified (no SAM)", "purified (SAM)"]):
         ax.contourf(xx, yy, dens, levels=20, cmap="Greys")
         for a, b in zip(rows["attacked"][::3], rows[name][::3]):
@@ -100,7 +96,4 @@ def _plot(gm, rows) -> bytes:
     axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle("Purifying attacked points of a 2-D Gaussian mixture (density in grey; arrows: purification)")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return save_figure(fig, path)
