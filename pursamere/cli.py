@@ -117,22 +117,68 @@ def cmd_train_classifier(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
-    """Chosen defences × named attacks × threats on the preset's trained models."""
+def _threats(args, preset) -> list:
     from .evaluation.attacks import Threat
-    from .experiments import protocols
 
-    preset = _preset(args)
-    try:
-        attacks = tuple(protocols.NAMED_ATTACKS[a] for a in _items(args.attacks))
-    except KeyError as e:
-        raise ValueError(f"unknown attack {e.args[0]!r}: choose from {sorted(protocols.NAMED_ATTACKS)}") from None
     threats = []
     for t in _items(args.threats):
         norm, _, eps = t.partition(":")
         canonical = Threat(norm, 1.0).norm
         threats.append(Threat(norm, float(eps) if eps else preset.threats[canonical]))
-    _engine(args, protocols.custom(preset, attacks, tuple(threats), n=args.n, only=_items(args.defences)), "eval")
+    return threats
+
+
+def cmd_evaluate_user(args) -> int:
+    """``pursamere evaluate --purifier FILE.py:FN``: evaluate_purifier on a user's purifier (and classifier)."""
+    from .evaluation.report import evaluate_purifier
+    from .evaluation.suite import Budget
+    from .experiments.artifacts import prepare
+    from .experiments.engine import results_dir, select_images
+    from .experiments.protocols import Images
+    from .experiments.user_models import ClassifierSpec, load_classifier, load_factory
+
+    preset = _preset(args)
+    make = load_factory(args.purifier)
+    try:
+        purifier = make()
+    except Exception as e:
+        raise ValueError(f"purifier factory {args.purifier!r} raised {type(e).__name__}: {e}") from e
+    if not callable(purifier):
+        raise ValueError(f"purifier factory {args.purifier!r} returned a {type(purifier).__name__}, not a callable x -> x")
+    arts = prepare(preset, args.workdir, device="cpu", data_root=args.data_root, progress=not args.quiet,
+                   log=(lambda *a: None) if args.quiet else print)
+    if args.classifier:
+        clf = load_classifier(ClassifierSpec(args.classifier, weights=args.classifier_weights,
+                                             normalization=args.normalization), image_shape=preset.image_shape)
+    else:
+        clf = arts.classifier("plain")
+    x, y, what = select_images(preset, arts.split, Images("table", args.n))
+    threats = _threats(args, preset)
+    out = results_dir(preset.name, "purifier", args.out)
+    for t in threats:
+        folder = out if len(threats) == 1 else out / f"l{t.norm}-{t.eps:g}"
+        rep = evaluate_purifier(clf, purifier, x, y, t, strong=args.strong, name=args.purifier, out=folder,
+                                progress=not args.quiet)
+        print(rep.table())
+        print(f"wrote {folder}/ ({what})")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    """Chosen defences × named attacks × threats on the preset's trained models."""
+    from .experiments import protocols
+
+    if args.purifier:
+        return cmd_evaluate_user(args)
+    if args.classifier:
+        raise ValueError("--classifier needs --purifier (a user's purifier to evaluate in front of it)")
+    preset = _preset(args)
+    try:
+        attacks = tuple(protocols.NAMED_ATTACKS[a] for a in _items(args.attacks))
+    except KeyError as e:
+        raise ValueError(f"unknown attack {e.args[0]!r}: choose from {sorted(protocols.NAMED_ATTACKS)}") from None
+    _engine(args, protocols.custom(preset, attacks, tuple(_threats(args, preset)), n=args.n, only=_items(args.defences)),
+            "eval")
     return 0
 
 
@@ -255,6 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--attacks", default="gpgd20,bpda20-det", help="comma-separated names from protocols.NAMED_ATTACKS")
     ev.add_argument("--threats", default="inf", help="comma-separated norm[:eps], e.g. inf,2:0.5,1")
     ev.add_argument("--n", "--n-images", dest="n", type=int, default=100, help="table images (first n of the fixed order)")
+    ev.add_argument("--purifier", default=None, metavar="FILE.py:FN",
+                    help="evaluate YOUR purifier: a function (in your file or module) returning a callable x -> x; "
+                         "runs evaluate_purifier (the standard ensemble, cascaded, with the obfuscation checks)")
+    ev.add_argument("--classifier", default=None, metavar="FILE.py:FN",
+                    help="with --purifier: your classifier's factory (default: the preset's plain classifier)")
+    ev.add_argument("--classifier-weights", default=None, help="its weights (.safetensors, or .pt read with weights_only)")
+    ev.add_argument("--normalization", default=None, help="the mean/std your classifier expects: none, imagenet, cifar10")
+    ev.add_argument("--strong", action="store_true", help="with --purifier: double every step count (a convergence check)")
     ev.set_defaults(func=cmd_evaluate)
 
     en = sub.add_parser("ensemble", help="attack every defence with the whole suite; worst case per image (AutoAttack's count)")

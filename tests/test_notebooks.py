@@ -49,7 +49,7 @@ def test_every_notebook_has_a_parameters_cell_and_the_python3_kernel():
 
 
 ALL_CHAPTERS = ("01_ere_on_toys", "02_theorem1", "03_sam_and_sliders", "04_digits", "05_attacks_and_baselines",
-                "06_cifar10_gpu", "07_worst_case")
+                "06_cifar10_gpu", "07_worst_case", "08_your_purifier")
 
 
 def test_chapters_open_with_their_idea_and_hide_plumbing():
@@ -211,3 +211,20 @@ def test_07_worst_case_live_tiny(tiny_run, tmp_path):
     v = res["sam_verdict"]
     assert v["n_sam_settings"] == sum(1 for s in res["sam_study"].values() if s["kind"] != "off")
     assert v["best_worst_case"] == max(r["worst_case"] for r in res["sam_study"].values())
+
+
+def test_08_your_purifier(tmp_path):
+    """The 'evaluate your own purifier' chapter: a median filter and a noisy one through evaluate_purifier."""
+    name = "08_your_purifier"
+    nb, tagged = _checked_notebook(name)
+    assert len(tagged) == 1
+    out_json = tmp_path / f"{name}.json"
+    papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"), kernel_name="python3",
+                               parameters=dict(results_json=str(out_json), n_images=30, epochs=2),
+                               cwd=str(NOTEBOOKS), progress_bar=False)
+    res = json.loads(out_json.read_text())
+    assert set(res["worst_case"]) == {"no purifier", "median filter", "noisy median filter",
+                                      "noisy median filter (fixed seed 0)"}
+    for d, acc in res["worst_case"].items():  # the worst case is at most every attack and the clean accuracy
+        assert acc <= min(res["per_attack"][d].values()) + 1e-12 and acc <= res["clean"][d] + 1e-12
+    assert res["paired_median_vs_none"]["n"] == 30

@@ -110,3 +110,21 @@ def test_bad_inputs_are_refused(digits):
         evaluate_purifier(clf, lambda v: v[:, :, :4], x, y, Threat("inf", 0.1), progress=False)
     with pytest.raises(TypeError, match="Threat"):
         evaluate_purifier(clf, median3, x, y, 0.1)
+
+
+def test_cli_evaluates_a_purifier_from_a_python_file(tmp_path, capsys):
+    from pursamere.cli import main
+
+    (tmp_path / "mine.py").write_text("import torch\n\n\ndef make():\n    return lambda x: x.clamp(0.05, 0.95)\n\n\n"
+                                      "def broken():\n    return 3\n")
+    out = tmp_path / "out"
+    argv = ["evaluate", "--preset", "tiny", "--workdir", str(tmp_path / "work"), "--n", "6", "--threats", "inf:0.15",
+            "--quiet", "--purifier"]
+    assert main(argv + [f"{tmp_path / 'mine.py'}:make", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert {r["family"] for r in res["rows"]} == {"custom"} and res["rows"][0]["n"] == 6
+    assert (out / "table.md").exists() and "worst case" in capsys.readouterr().out
+    assert main(argv + [f"{tmp_path / 'mine.py'}:broken", "--out", str(tmp_path / "x")]) == 2
+    assert "not a callable" in capsys.readouterr().err
+    assert main(argv + [f"{tmp_path / 'mine.py'}:nothing", "--out", str(tmp_path / "y")]) == 2
+    assert "has no function 'nothing'" in capsys.readouterr().err

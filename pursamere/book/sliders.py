@@ -129,7 +129,7 @@ def sam_figure(sigmas=(0.03, 0.045, 0.06, 0.09, 0.12, 0.18), rhos=(0.0, 0.1, 0.2
 
 
 def live_sam_view(grid: int = 41, steps: int = 80):
-    """Chapter 3's live sliders for a Jupyter kernel: :func:`toys.slider_view` on every change.
+    """Chapter 3's live sliders for a Jupyter kernel: :func:`~pursamere.book.toys.slider_view` on every change.
 
     Returns:
         an ``ipywidgets.interactive`` panel (display it).
@@ -158,7 +158,7 @@ def live_sam_view(grid: int = 41, steps: int = 80):
 # ------------------------------------------------------------------- chapter 1: the ERE landscape
 def landscape_figure(score, xs, ys, sigmas=(1.0, 0.5, 0.3, 0.2, 0.1, 0.05), ms=(2, 4, 8, 16, 32, 64), *,
                      marks=None, seed: int = 0) -> SliderFigure:
-    """``ê_σ`` (eq. 16) of a 2-D score on a grid (:func:`toys.ere_grid`), sliders σ and M.
+    """``ê_σ`` (eq. 16) of a 2-D score on a grid (:func:`~pursamere.book.toys.ere_grid`), sliders σ and M.
 
     Args:
         marks: optional ``(n, 2)`` points drawn as white crosses (component means).
@@ -186,8 +186,8 @@ def landscape_figure(score, xs, ys, sigmas=(1.0, 0.5, 0.3, 0.2, 0.1, 0.05), ms=(
 def prop1_figure(score, xs, ys, sigmas=(0.5, 0.35, 0.25, 0.15, 0.08, 0.03), *, n_nodes: int = 24) -> SliderFigure:
     """Proposition 1 as a picture: ``(e_σ − d)/σ²`` beside its σ → 0 limit ``‖s‖² + 2 tr ∇s``, slider σ.
 
-    ``e_σ`` is exact (Gauss–Hermite, :func:`toys.ere_exact_2d`); ``score`` must not depend on σ
-    (a :class:`toys.FrozenSigma`). Both panels share one colour scale, so the left one visibly
+    ``e_σ`` is exact (Gauss–Hermite, :func:`~pursamere.book.toys.ere_exact_2d`); ``score`` must not depend on σ
+    (a :class:`~pursamere.book.toys.FrozenSigma`). Both panels share one colour scale, so the left one visibly
     turns into the right one as σ shrinks. (24 nodes per axis reproduce 60 nodes' gaps to 1e-3
     relative at σ = 0.35 and to 1e-12 from σ = 0.15 down on the book's score.)
     """
@@ -223,10 +223,10 @@ def theorem1_figure(pot, starts, sigmas=(0.6, 0.45, 0.33, 0.25, 0.18, 0.12, 0.08
                     extent=(-2.0, 1.5, -1.3, 1.0), grid: int = 41, every: int = 4, **purifier) -> SliderFigure:
     """Theorem 1's recovery picture, slider σ: exact ``e_σ`` with antithetic runs, ``ê_σ`` with plain draws.
 
-    Left: the exact ERE (closed form, :func:`toys.ere_exact_piecewise`), its exact minimiser
-    ``x̂_σ`` and Algorithm 1 with ``m`` antithetic draws (:func:`toys.theorem1_purifier_paths`).
+    Left: the exact ERE (closed form, :func:`~pursamere.book.toys.ere_exact_piecewise`), its exact minimiser
+    ``x̂_σ`` and Algorithm 1 with ``m`` antithetic draws (:func:`~pursamere.book.toys.theorem1_purifier_paths`).
     Right: the fixed-draw ``ê_σ`` with ``m`` plain draws and Algorithm 1 on it. Keywords in
-    ``purifier`` go to :func:`toys.theorem1_purifier_paths`.
+    ``purifier`` go to :func:`~pursamere.book.toys.theorem1_purifier_paths`.
     """
     xs = np.linspace(extent[0], extent[1], grid)
     ys = np.linspace(extent[2], extent[3], grid)

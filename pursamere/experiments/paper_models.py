@@ -61,7 +61,7 @@ class PaperModelsPreset:
         return self.purify if eps_pur is None else self.purify.replace(eps_pur=float(eps_pur), rho=float(eps_pur) / 2)
 
     def load_score(self, device="cpu"):
-        """The official NCSNv2 from :attr:`score_checkpoint`: ``(net, info)``; a clear error when no path is set."""
+        """The official NCSNv2 from ``score_checkpoint``: ``(net, info)``; a clear error when no path is set."""
         if not self.score_checkpoint:
             raise MissingModelError(
                 f"preset {self.name} needs the official NCSNv2 {self.ncsnv2_config} checkpoint: download it from the "
@@ -70,7 +70,7 @@ class PaperModelsPreset:
         return net.to(device), info
 
     def load_classifier(self, device="cpu"):
-        """The user's classifier as a frozen :class:`ClassifierAdapter`; a clear error when none is set."""
+        """The user's classifier as a frozen :class:`~pursamere.method.adapter.ClassifierAdapter`; a clear error when none is set."""
         if self.classifier is None:
             raise MissingModelError(f"preset {self.name} needs your classifier: a factory ('file.py:function') and "
                                     f"usually a weights file, with its input normalisation")

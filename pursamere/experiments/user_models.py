@@ -166,7 +166,7 @@ def load_classifier(spec: ClassifierSpec, image_shape=(3, 32, 32), device="cpu")
         device: where to put it.
 
     Returns:
-        A frozen :class:`ClassifierAdapter` in eval mode: images in [0, 1] → logits.
+        A frozen :class:`~pursamere.method.adapter.ClassifierAdapter` in eval mode: images in [0, 1] → logits.
     """
     fn = load_factory(spec.factory)
     try:

@@ -30,7 +30,7 @@ def read_weights(path, map_location="cpu"):
         map_location: device for the tensors (CPU by default, so GPU-saved files load anywhere).
 
     Returns:
-        What the file holds: a ``{name: tensor}`` dict for safetensors; for PyTorch files the
+        The contents of the file, a ``{name: tensor}`` dict for safetensors; for PyTorch files the
         saved object (tensors, dicts, lists, numbers, strings).
     """
     path = Path(path)
