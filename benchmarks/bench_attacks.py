@@ -40,7 +40,8 @@ def build(args, steps_per_level):
     clf = SmallCNN().eval()
     for p in list(net.parameters()) + list(clf.parameters()):
         p.requires_grad_(False)
-    cfg = PurifyConfig(m=args.m, n_levels=args.levels, steps_per_level=steps_per_level)
+    cfg = PurifyConfig(m=args.m, n_levels=args.levels, steps_per_level=steps_per_level, antithetic=args.m % 2 == 0,
+                       rho=0.0 if args.no_sam else None)
     x = torch.rand(args.batch, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 10, (args.batch,), generator=torch.Generator().manual_seed(2))
     return clf, Purifier(net, cfg), x, y
@@ -109,6 +110,8 @@ def main():
     ap.add_argument("--m", type=int, default=4, help="Monte-Carlo draws M")
     ap.add_argument("--repeats", type=int, default=3, help="timings are the median of this many runs")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: steady on a shared box)")
+    ap.add_argument("--no-sam", action="store_true", help="ERE descent (ρ = 0) instead of the paper's SAM")
+    ap.add_argument("--skip-memory", action="store_true", help="timings only")
     ap.add_argument("--compare-plain", action="store_true", help="also measure memory without checkpointing (grows with K: GiB at the defaults)")
     ap.add_argument("--child-steps-per-level", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-plain", action="store_true", help=argparse.SUPPRESS)
@@ -121,15 +124,20 @@ def main():
 
     clf, pur, x, y = build(args, args.steps_per_level)
     k = pur.config.steps
-    print(f"batch {args.batch}, K = {k} purification steps, M = {args.m}, SAM on, threads {args.threads}")
-    bpda, exact = Defended(clf, pur, "bpda"), Defended(clf, pur, "exact")
+    print(f"batch {args.batch}, K = {k} purification steps, M = {args.m}, SAM {'off' if args.no_sam else 'on'}, "
+          f"threads {args.threads}")
+    bpda, exact = Defended(clf, pur, "bpda"), Defended(clf, pur, "exact", checkpoint=True)
+    plain = Defended(clf, pur, "exact", checkpoint=False)
+
     attack_step(exact, x, y)  # warm-up
     t_pur = timed(lambda: pur(x), args.repeats)
     t_bpda = timed(lambda: attack_step(bpda, x, y), args.repeats)
     t_exact = timed(lambda: attack_step(exact, x, y), args.repeats)
+    t_plain = timed(lambda: attack_step(plain, x, y), args.repeats)
     print(f"one purification        {t_pur * 1e3:9.1f} ms   1.00x")
     print(f"one BPDA PGD step       {t_bpda * 1e3:9.1f} ms   {t_bpda / t_pur:.2f}x purification")
-    print(f"one exact PGD step      {t_exact * 1e3:9.1f} ms   {t_exact / t_pur:.2f}x purification")
+    print(f"one exact PGD step      {t_exact * 1e3:9.1f} ms   {t_exact / t_pur:.2f}x purification (checkpointed)")
+    print(f"one exact PGD step      {t_plain * 1e3:9.1f} ms   {t_plain / t_pur:.2f}x purification (graph kept, no recompute)")
     # partial unrolling (exact through the last j steps, BPDA before): cost should grow about
     # linearly from BPDA's (j = 0) to the exact step's (j = K)
     for j in sorted({1, max(1, k // 4), max(1, k // 2)}):
@@ -137,7 +145,7 @@ def main():
         lin = (t_bpda + j / k * (t_exact - t_bpda)) / t_pur
         print(f"one partial-{j} PGD step  {t_j * 1e3:9.1f} ms   {t_j / t_pur:.2f}x purification (linear model {lin:.2f}x)")
 
-    modes = [False, True] if args.compare_plain else [False]
+    modes = [] if args.skip_memory else ([False, True] if args.compare_plain else [False])
     for plain in modes:
         r1 = measure_memory(args, args.steps_per_level, plain)
         r4 = measure_memory(args, 4 * args.steps_per_level, plain)

@@ -59,7 +59,7 @@ class Defended(nn.Module):
             the gradient is the classifier's input gradient at ``P(x)`` (the paper's BPDA-det);
             ``"none"`` — gray-box: the attacker sees only the classifier
             (:meth:`attack_surface`); the forward is not differentiable in ``x``.
-        checkpoint: step-wise gradient checkpointing for ``"exact"`` (memory flat in K).
+        checkpoint: step-wise gradient checkpointing for ``"exact"`` (memory flat in K, forward value exact).
         unroll_last: with ``"exact"``, differentiate only the purifier's last ``unroll_last``
             steps and cross the rest straight-through (partial unrolling; ``0`` is BPDA,
             ``None`` every step; a value above the purifier's K means all K). Needs
