@@ -1,0 +1,168 @@
+"""CIFAR-10 on a CPU: cached data, the shipped models and the ``cifar10-cpu`` preset's values.
+
+The data are the 60,000 JPEG images of ``../shared/data/cifar10-jpeg`` (or any folder with the
+same ``{train,test}.tar.gz`` layout). Decoding them takes about a minute, so the decoded uint8
+arrays are cached in one ``.npz`` per split, keyed by the archive's SHA-256 (a changed archive
+is decoded afresh). The cache is derived data and lives outside git (``runs/``).
+
+The trained models ship as safetensors under ``weights/cifar10/`` (see :mod:`.weights`);
+:func:`load_classifier` and :func:`load_score_net` rebuild them from the manifest's
+architecture and verify their checksums.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..io import atomic_write_bytes
+from ..method.baselines import ADPConfig, DiffPureConfig
+from ..method.fastcifar import FastCifarConfig, FastCifarNet
+from ..method.nets import ScoreNet, ScoreNetConfig
+from ..method.purify import PurifyConfig
+from ..method.train import ScoreTrainConfig
+from .data import DataError, load_cifar10_jpeg
+from .weights import load_weights
+
+__all__ = ["DEFAULT_ROOT", "DEFAULT_CACHE", "cifar10_uint8", "cifar10_float", "validation_indices", "CLASSIFIER",
+           "ADVERSARIAL", "EQ17", "SCORE_NET", "SCORE_SIGMAS", "SCORE_TRAIN", "PURIFY", "Cifar10Cpu", "CIFAR10_CPU",
+           "load_classifier", "load_score_net"]
+
+DEFAULT_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg"
+DEFAULT_CACHE = Path("runs") / "cache" / "cifar10-jpeg"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cifar10_uint8(split: str = "train", root=DEFAULT_ROOT, cache=DEFAULT_CACHE) -> tuple[np.ndarray, np.ndarray]:
+    """The decoded images of one split as uint8 ``(N, 3, 32, 32)`` and int64 labels, cached.
+
+    Args:
+        split: ``"train"`` (50,000 images) or ``"test"`` (10,000).
+        root: the folder holding ``{split}.tar.gz`` (and ``SHA256SUMS``).
+        cache: folder for the decoded arrays; ``None`` decodes every time.
+    Returns:
+        ``(images, labels)``: numpy arrays in the archive's fixed order (class, then file name).
+    """
+    root = Path(root).expanduser()
+    archive = root / f"{split}.tar.gz"
+    if not archive.is_file():
+        raise DataError(f"no {archive}: expected CIFAR-10 as {split}/<class>/NNNN.jpg packed in {split}.tar.gz")
+    key = _sha256(archive)
+    target = None if cache is None else Path(cache) / f"{split}-{key[:16]}.npz"
+    if target is not None and target.is_file():
+        with np.load(target, allow_pickle=False) as z:
+            if str(z["sha256"]) == key:
+                return z["images"], z["labels"]
+    x, y = load_cifar10_jpeg(root, split=split)
+    images = torch.round(x * 255.0).to(torch.uint8).numpy()  # exact: the loader divided uint8 by 255
+    labels = y.numpy()
+    if target is not None:
+        buf = io.BytesIO()
+        np.savez(buf, images=images, labels=labels, sha256=np.array(key))
+        atomic_write_bytes(target, buf.getvalue())
+    return images, labels
+
+
+def cifar10_float(split: str = "test", root=DEFAULT_ROOT, cache=DEFAULT_CACHE, limit: Optional[int] = None):
+    """Float32 images in [0, 1] (NCHW) and int64 labels of one split, from :func:`cifar10_uint8`."""
+    images, labels = cifar10_uint8(split, root, cache)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return torch.from_numpy(images).float().div_(255.0), torch.from_numpy(labels).long()
+
+
+# ------------------------------------------------------------------------------------ models
+# The clean classifier: airbench93's widths (0.57M parameters), trained longer than airbench93's
+# 11 epochs because the CPU makes a narrow net cheap per epoch. Chosen by measurement (2 cores,
+# benchmarks/bench_fastcifar.py): ≈413 images/s unshared against ≈126 for airbench94's widths,
+# so 14 epochs fit in ≈28 minutes unshared (airbench94's widths would get ≈4.5 epochs).
+CLASSIFIER = FastCifarConfig(widths=(64, 128, 128), epochs=14.0)
+#: The adversarially trained baseline: the same net, FGSM with a random start at ℓ∞ 8/255
+#: (Wong et al. 2020; step 1.25ε).
+ADVERSARIAL = FastCifarConfig(widths=(64, 128, 128), epochs=14.0, adv_eps=8 / 255, adv_step=1.25)
+#: The eq.-17 classifier: the same recipe on clean + ERE-descent-purified training images.
+EQ17 = CLASSIFIER
+
+# The score model: the package's U-Net s(x, σ) = f(x)/σ, sized by measurement (forward + input
+# gradient passes per second on 2 cores, benchmarks/bench_purify.py) for purification's budget.
+SCORE_NET = ScoreNetConfig((3, 32, 32), (32, 64, 64), 1, 8)
+# σ ladder (σ_1, σ_L, L) focused on purification's range: Algorithm 1 and the baselines use σ
+# from about 0.3 (ADP's start noise 0.25, DiffPure's σ* ≈ 0.17) down to 0.01. NCSNv2's σ_1 = 50
+# serves sampling from noise, which purification never does, so the ladder stops at 0.5.
+SCORE_SIGMAS = (0.5, 0.01, 20)
+SCORE_TRAIN = ScoreTrainConfig(steps=9000, batch_size=128, lr=1e-3, ema_rate=0.999, checkpoint_every=100, seed=0)
+
+# Algorithm 1's schedule for CIFAR-10 on a CPU: from the sweep of scripts/train_cifar10.py sweep
+# (validation images, plain classifier, BPDA ℓ∞ 8/255); see weights/README.md for its table.
+PURIFY = PurifyConfig(eps_pur=12 / 255, norm="inf", rho=0.0, m=4, antithetic=True, sigma_max=0.25, sigma_min=0.01,
+                      n_levels=12, steps_per_level=1, lr_max=0.01, lr_min=0.002, seed=0)
+
+
+@dataclass(frozen=True)
+class Cifar10Cpu:
+    """The values of the ``cifar10-cpu`` preset (shipped weights; the lead wires them into presets.py)."""
+
+    name: str = "cifar10-cpu"
+    data: str = "cifar10-jpeg"  # ../shared/data/cifar10-jpeg, or the user's folder of the same layout
+    data_seed: int = 0
+    validation_size: int = 128  # test images for tuning sweeps (validation_indices), never in the tables
+    score_net: ScoreNetConfig = SCORE_NET
+    sigma_first: float = SCORE_SIGMAS[0]
+    sigma_last: float = SCORE_SIGMAS[1]
+    n_sigmas: int = SCORE_SIGMAS[2]
+    score_train: ScoreTrainConfig = SCORE_TRAIN
+    classifier: FastCifarConfig = CLASSIFIER
+    adversarial: FastCifarConfig = ADVERSARIAL
+    weights: tuple = (("classifier", "cifar10/classifier"), ("adversarial", "cifar10/adversarial"),
+                      ("eq17", "cifar10/eq17"), ("score", "cifar10/score"))
+    purify: PurifyConfig = PURIFY  # ERE descent (SAM off) at the middle ε_pur; the paper's SAM rows set ρ = ε_pur/2
+    eps_pur: tuple = (8 / 255, 12 / 255, 16 / 255)  # the paper's Table 1/2 radii
+    threats: tuple = (("inf", 8 / 255), (2, 0.5), (1, 12.0))  # the paper's budgets
+    adp: ADPConfig = ADPConfig(sigma_noise=0.25, steps=10, sigma_fix=0.01, n_runs=4)
+    diffpure: DiffPureConfig = DiffPureConfig(sigma_min=0.01, n_levels=20)
+    train_fraction_purified: float = 0.0  # share of the 50,000 training images purified for eq. 17 (set when trained)
+
+    def weights_name(self, role: str) -> str:
+        return dict(self.weights)[role]
+
+
+CIFAR10_CPU = Cifar10Cpu()
+
+
+def validation_indices(n_test: int = 10_000, data_seed: int = CIFAR10_CPU.data_seed,
+                       size: int = CIFAR10_CPU.validation_size) -> torch.Tensor:
+    """Test images set aside for tuning (the rule of pipeline.validation_indices: seed data_seed + 1)."""
+    return torch.randperm(n_test, generator=torch.Generator().manual_seed(data_seed + 1))[:size]
+
+
+def load_classifier(role: str = "classifier", root=None) -> FastCifarNet:
+    """A shipped classifier (``"classifier"``, ``"adversarial"`` or ``"eq17"``), verified, in eval mode."""
+    state, meta = load_weights(CIFAR10_CPU.weights_name(role), root)
+    net = FastCifarNet(FastCifarConfig.from_dict(meta["architecture"]))
+    net.load_state_dict(state)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.to(memory_format=torch.channels_last).eval()
+
+
+def load_score_net(root=None) -> ScoreNet:
+    """The shipped score model (EMA weights), verified, in eval mode, ``channels_last`` (1.3–1.5× faster on CPU)."""
+    state, meta = load_weights(CIFAR10_CPU.weights_name("score"), root)
+    a = meta["architecture"]
+    net = ScoreNet(ScoreNetConfig(tuple(a["image_shape"]), tuple(a["channels"]), a["blocks"], a["groups"]))
+    net.load_state_dict(state)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.to(memory_format=torch.channels_last).eval()

@@ -1,0 +1,160 @@
+"""Shipped model weights: safetensors files under ``weights/`` with a SHA-256 manifest, verified on load.
+
+Each model has a name like ``"cifar10/classifier"`` or ``"digits/score"``; its tensors live in
+``weights/<name>.safetensors`` (no pickle: the format holds tensors only) and its entry in
+``weights/MANIFEST.json`` records the file's SHA-256 and size, a fingerprint of the tensors
+themselves (names, dtypes, shapes and bytes), and the caller's metadata (architecture config,
+the command that re-trains it, measured accuracy and time). :func:`load_weights` checks all
+three before returning anything, so a truncated, altered or swapped file fails with an error
+naming it.
+
+Example::
+
+    save_weights("cifar10/classifier", net, {"architecture": {...}, "command": "python scripts/..."})
+    state, meta = load_weights("cifar10/classifier")
+    net.load_state_dict(state)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Mapping, Optional
+
+import torch
+
+from ..io import atomic_write_bytes, atomic_write_json
+
+__all__ = ["WeightsError", "weights_root", "save_weights", "load_weights", "verify", "tensor_fingerprint", "manifest"]
+
+MANIFEST = "MANIFEST.json"
+_FORMAT = 1
+
+
+class WeightsError(ValueError):
+    """A shipped weights file is missing from the manifest, altered, or does not match its entry."""
+
+
+def weights_root(root=None) -> Path:
+    """The weights folder: ``root``, else ``$PURSAMERE_WEIGHTS``, else ``weights/`` beside the package."""
+    if root is not None:
+        return Path(root)
+    env = os.environ.get("PURSAMERE_WEIGHTS")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "weights"
+
+
+def _check_name(name: str) -> str:
+    parts = name.split("/")
+    if not name or any(p in ("", ".", "..") or not all(ch.isalnum() or ch in "-_." for ch in p) for p in parts):
+        raise ValueError(f"weights name must be like 'cifar10/classifier' (letters, digits, - _ . and /), got {name!r}")
+    return name
+
+
+def tensor_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors in name order: name, dtype, shape and raw bytes of each."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest(root=None) -> dict:
+    """The manifest's ``{name: entry}`` (empty when there is none yet)."""
+    path = weights_root(root) / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(doc, dict) or doc.get("format") != _FORMAT or not isinstance(doc.get("models"), dict):
+        raise WeightsError(f"{path} is not a pursamere weights manifest (format {_FORMAT})")
+    return doc["models"]
+
+
+def save_weights(name: str, module_or_state_dict, meta: Optional[dict] = None, root=None) -> dict:
+    """Write ``<root>/<name>.safetensors`` and its manifest entry (both atomically); returns the entry.
+
+    Args:
+        name: ``"<data set>/<role>"``, e.g. ``"cifar10/score"``.
+        module_or_state_dict: an ``nn.Module`` (its ``state_dict()``) or a ``{name: tensor}`` mapping.
+        meta: JSON-able facts kept in the manifest (architecture, command, metrics, ...).
+    """
+    from safetensors.torch import save as st_save
+
+    _check_name(name)
+    state = module_or_state_dict.state_dict() if isinstance(module_or_state_dict, torch.nn.Module) else module_or_state_dict
+    # safetensors wants dense, unshared, standard-layout tensors; channels_last weights become contiguous
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    blob = st_save(state, metadata={"name": name})
+    root = weights_root(root)
+    rel = f"{name}.safetensors"
+    atomic_write_bytes(root / rel, blob)
+    entry = {"file": rel, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
+             "fingerprint": tensor_fingerprint(state), "meta": json.loads(json.dumps(meta or {}))}
+    models = manifest(root)
+    models[name] = entry
+    atomic_write_json(root / MANIFEST, {"format": _FORMAT, "models": dict(sorted(models.items()))})
+    return entry
+
+
+def _entry(name: str, root: Path) -> dict:
+    models = manifest(root)
+    if name not in models:
+        known = ", ".join(sorted(models)) or "none"
+        raise WeightsError(f"no model {name!r} in {root / MANIFEST} (shipped: {known})")
+    return models[name]
+
+
+def load_weights(name: str, root=None) -> tuple[dict, dict]:
+    """Read a shipped model after checking its size, SHA-256 and tensor fingerprint.
+
+    Returns:
+        ``(state_dict, meta)``: CPU tensors and the manifest's metadata for ``name``.
+    Raises:
+        WeightsError: the name is not in the manifest, or the file does not match its entry.
+        FileNotFoundError: the manifest lists the file but it is absent.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    root = weights_root(root)
+    entry = _entry(_check_name(name), root)
+    path = root / entry["file"]
+    if not path.is_file():
+        cmd = entry.get("meta", {}).get("command")
+        raise FileNotFoundError(f"weights file {path} is missing" + (f"; re-train it with: {cmd}" if cmd else ""))
+    blob = path.read_bytes()
+    if len(blob) != entry["bytes"] or hashlib.sha256(blob).hexdigest() != entry["sha256"]:
+        raise WeightsError(f"{path} fails its check against {root / MANIFEST} ({len(blob)} bytes, expected "
+                           f"{entry['bytes']}; SHA-256 differs): the file is corrupt or altered")
+    try:
+        state = st_load(blob)
+    except (SafetensorError, ValueError) as e:
+        raise WeightsError(f"{path} is not a readable safetensors file ({e})") from e
+    if tensor_fingerprint(state) != entry["fingerprint"]:
+        raise WeightsError(f"{path}: its tensors do not match the manifest's fingerprint")
+    return state, entry.get("meta", {})
+
+
+def verify(root=None, names=None) -> list[str]:
+    """Check every shipped file (or ``names``) against the manifest; returns the names checked.
+
+    Raises the first :class:`WeightsError` / ``FileNotFoundError`` met, naming the file.
+    """
+    root = weights_root(root)
+    names = sorted(manifest(root)) if names is None else list(names)
+    for name in names:
+        load_weights(name, root)
+    return names
