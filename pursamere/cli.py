@@ -18,6 +18,7 @@ def _options(args, resume: bool = False):
 
     shards = init_distributed(args.device) if "WORLD_SIZE" in os.environ else None
     return Options(workdir=args.workdir, device=args.device, fresh=getattr(args, "fresh", False),
+                   weights=getattr(args, "weights", "train"),
                    resume=resume or getattr(args, "resume", False), data_root=args.data_root, shards=shards,
                    progress=not getattr(args, "quiet", False))
 
@@ -80,7 +81,8 @@ def cmd_reproduce(args) -> int:
 def cmd_train_score(args) -> int:
     from .experiments.artifacts import prepare
 
-    prepare(_preset(args), args.workdir, fresh=args.fresh, device=args.device, data_root=args.data_root)
+    prepare(_preset(args), args.workdir, fresh=args.fresh, device=args.device, data_root=args.data_root,
+            weights=args.weights)
     return 0
 
 
@@ -146,7 +148,7 @@ def cmd_evaluate_user(args) -> int:
     if not callable(purifier):
         raise ValueError(f"purifier factory {args.purifier!r} returned a {type(purifier).__name__}, not a callable x -> x")
     arts = prepare(preset, args.workdir, device="cpu", data_root=args.data_root, progress=not args.quiet,
-                   log=(lambda *a: None) if args.quiet else print)
+                   log=(lambda *a: None) if args.quiet else print, weights=args.weights)
     if args.classifier:
         clf = load_classifier(ClassifierSpec(args.classifier, weights=args.classifier_weights,
                                              normalization=args.normalization), image_shape=preset.image_shape)
@@ -261,6 +263,8 @@ def _common(p, out_help: str = "output folder (default results/<preset>/<kind>-<
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--data-root", default=None, help="folder of the data set (CIFAR-10 presets)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--weights", choices=("train", "shipped"), default="train",
+                   help="train the models (cached in --workdir) or use the shipped, verified ones of weights/")
     if resume:
         p.add_argument("--resume", action="store_true", help="continue a finished run in --out (matching rows are reused)")
 

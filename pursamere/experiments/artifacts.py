@@ -25,7 +25,8 @@ from ..method.purify import Purifier, PurifyConfig
 from ..method.train import TRADES, PGDAdversary, accuracy, load_score_net, train_classifier, train_score
 from .data import Split, load_split
 
-__all__ = ["Artifacts", "prepare", "build_classifier", "purify_batched", "load_trained_score", "CLASSIFIERS"]
+__all__ = ["Artifacts", "prepare", "build_classifier", "purify_batched", "load_trained_score", "CLASSIFIERS",
+           "model_settings", "ship", "load_shipped"]
 
 #: The classifiers a preset trains, by id: what each is, and its cache file.
 CLASSIFIERS = {"plain": "classifier_plain.pt", "eq17": "classifier_eq17.pt", "pgd-at": "classifier_adv.pt",
@@ -40,6 +41,7 @@ class Artifacts:
     score: nn.Module
     classifiers: dict  # id ("plain", "eq17", "pgd-at", "trades") → nn.Module in eval mode
     times: dict = field(default_factory=dict)  # seconds spent per model (0 when reused)
+    source: dict = field(default_factory=lambda: {"weights": "trained"})  # shipped: each file's SHA-256
 
     def classifier(self, cid: str) -> nn.Module:
         if cid not in self.classifiers:
@@ -138,9 +140,72 @@ def _score_net(preset, split, work: Path, fresh: bool, progress: bool, device: s
     return score.to(device).eval()
 
 
+def model_settings(preset) -> dict:
+    """Everything a preset's trained models depend on (a shipped model is used only when these match)."""
+    return {"score_net": dataclasses.asdict(preset.score_net), "score_train": dataclasses.asdict(preset.score_train),
+            "sigmas": [preset.sigma_first, preset.sigma_last, preset.n_sigmas], "classifier": preset.classifier,
+            "classifier_train": dataclasses.asdict(preset.classifier_train),
+            "eq17": {"purify": dataclasses.asdict(preset.purify.sam_off()), "fraction": preset.train_fraction_purified},
+            "adversarial": {"steps": preset.adv_train_steps, "eps": preset.threats["inf"], "trades_beta": preset.trades_beta},
+            "data": preset.data, "data_seed": preset.data_seed}
+
+
+def ship(preset, arts: Artifacts, command: str, root=None) -> list:
+    """Write ``arts``' models as ``weights/<preset>/<model>.safetensors`` with their manifest entries."""
+    from .weights import save_weights
+
+    split = arts.split
+    common = {"preset": preset.name, "settings_hash": config_hash(model_settings(preset)), "command": command,
+              "data": fingerprint(split.x_train, split.y_train), "train_seconds": {k: round(v, 1) for k, v in arts.times.items()}}
+    entries = [save_weights(f"{preset.name}/score", arts.score, dict(common, kind="ScoreNet", n_params=sum(
+        p.numel() for p in arts.score.parameters())), root=root)]
+    for cid, clf in arts.classifiers.items():
+        entries.append(save_weights(f"{preset.name}/{cid}", clf, dict(common, kind=preset.classifier,
+                                                                      test_accuracy=accuracy(clf, split.x_test, split.y_test)),
+                                    root=root))
+    return entries
+
+
+def load_shipped(preset, data_root: Optional[str] = None, log=print, root=None) -> Artifacts:
+    """The preset's shipped models (``weights/``), checked: SHA-256 and tensor fingerprints (by the manifest),
+    the preset's current settings and the data they were trained on."""
+    from .weights import load_weights, manifest
+
+    split = load_split(preset, data_root)
+    want, data = config_hash(model_settings(preset)), fingerprint(split.x_train, split.y_train)
+
+    def get(name, module):
+        state, meta = load_weights(f"{preset.name}/{name}", root)
+        if meta.get("settings_hash") != want:
+            raise ValueError(f"shipped weights {preset.name}/{name} were trained with other settings than the "
+                             f"{preset.name} preset has now; retrain with `{meta.get('command', 'pursamere train-score')}` "
+                             "or run with --weights train")
+        if meta.get("data") != data:
+            raise ValueError(f"shipped weights {preset.name}/{name} were trained on other data than {preset.data}")
+        module.load_state_dict(state, strict=True)
+        return module.eval()
+
+    score = get("score", ScoreNet(preset.score_net))
+    shape = tuple(split.x_train.shape[1:])
+    ids = ["plain", "eq17"] + (["pgd-at", "trades"] if preset.adv_train_steps >= 1 else [])
+    classifiers = {cid: get(cid, build_classifier(preset, shape)) for cid in ids}
+    log(f"{preset.name}: shipped models loaded and verified (score net + {', '.join(ids)})")
+    entries = manifest(root)
+    files = {n: entries[f"{preset.name}/{n}"]["sha256"] for n in ["score", *ids]}
+    return Artifacts(split, score, classifiers, {}, {"weights": "shipped", "sha256": files})
+
+
 def prepare(preset, workdir: str | Path, fresh: bool = False, progress: bool = True, device: str = "cpu",
-            log=print, data_root: Optional[str] = None) -> Artifacts:
-    """Train (or reuse) the preset's score net and classifiers; see the module docstring."""
+            log=print, data_root: Optional[str] = None, weights: str = "train") -> Artifacts:
+    """Train (or reuse) the preset's score net and classifiers; see the module docstring.
+
+    ``weights="shipped"`` loads the verified models of ``weights/`` instead of training
+    (:func:`load_shipped`): any row of the book can be re-run exactly with them.
+    """
+    if weights == "shipped":
+        return load_shipped(preset, data_root, log)
+    if weights != "train":
+        raise ValueError(f"weights must be 'train' or 'shipped', got {weights!r}")
     work = Path(workdir) / preset.name
     work.mkdir(parents=True, exist_ok=True)
     split = load_split(preset, data_root)

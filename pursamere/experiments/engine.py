@@ -50,6 +50,7 @@ class Options:
     resume: bool = False  # allow a folder that holds a finished run (its matching rows are reused)
     progress: bool = True  # progress bars
     data_root: Optional[str] = None  # folder of the data set (CIFAR-10 presets)
+    weights: str = "train"  # "train" (or reuse the cache in workdir) or "shipped" (the verified models of weights/)
     shards: Optional[DistContext] = None  # split the attacks over the ranks of a torchrun process group
     log: Callable = print
 
@@ -94,7 +95,8 @@ def select_images(preset, split, images) -> tuple[torch.Tensor, torch.Tensor, st
 def _artifacts(preset, o: Options, rank0: bool) -> Artifacts:
     """Train or load the models; under torchrun rank 0 trains first and the other ranks load its caches."""
     def go(log=o.log, progress=o.progress):
-        return prepare(preset, o.workdir, fresh=o.fresh, progress=progress, device=o.device, log=log, data_root=o.data_root)
+        return prepare(preset, o.workdir, fresh=o.fresh, progress=progress, device=o.device, log=log, data_root=o.data_root,
+                       weights=o.weights)
 
     if o.shards is None or not o.shards.active:
         return go()
@@ -128,7 +130,8 @@ def run(preset, protocol: Protocol, out: str | Path, options: Options = Options(
     spec_of = {d.name: s for d, s in zip(defences, protocol.defences)}
     meta = {"preset": preset.name, "protocol": protocol.kind, "title": protocol.title, "subset": what,
             "plan": _json_safe(protocol.plan), "threats": {str(t.norm): t.eps for t in protocol.threats},
-            "train_times_s": {k: round(v, 1) for k, v in arts.times.items()}, "models": arts.fingerprints()}
+            "train_times_s": {k: round(v, 1) for k, v in arts.times.items()}, "models": arts.fingerprints(),
+            "weights": arts.source}
 
     diag = None
     if protocol.diagnostics and rank0:
