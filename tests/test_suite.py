@@ -252,3 +252,23 @@ def test_choose_setting_needs_a_significant_paired_gain():
     assert d["best"] == "small" and d["chosen"] == "SAM off" and (d["saves"], d["loses"]) == (4, 2)
     with pytest.raises(ValueError, match="no 'SAM off'"):
         choose_setting(*make({"x": base}))
+
+
+def test_a_spent_time_budget_stops_cleanly_and_keeps_finished_rows(tmp_path):
+    import time
+
+    torch.manual_seed(0)
+    clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    x = torch.rand(12, 1, 4, 4)
+    y = clf(x).argmax(1)
+    specs = [AttackSpec("a", steps=2), AttackSpec("b", steps=2, cascade=True)]
+    full = evaluate([Defence("net", clf)], specs, [Threat("inf", 0.1)], x, y, tmp_path / "full", progress=False)
+    assert "stopped" not in full["meta"] and len(full["rows"]) == 2
+    cut = evaluate([Defence("net", clf)], specs, [Threat("inf", 0.1)], x, y, tmp_path / "cut", progress=False,
+                   deadline=time.monotonic() - 1)
+    assert cut["rows"] == [] and "time budget" in cut["meta"]["stopped"]
+    saved = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert saved["rows"] == [] and saved["meta"]["stopped"]
+    # resuming with time left finishes the run and gives the uninterrupted rows
+    again = evaluate([Defence("net", clf)], specs, [Threat("inf", 0.1)], x, y, tmp_path / "cut", progress=False)
+    assert [r["survived"] for r in again["rows"]] == [r["survived"] for r in full["rows"]]

@@ -24,7 +24,11 @@ from .results import SCHEMA, cumulative, load_done, make_row, pending, worst_cas
 from .sharding import DistContext, broadcast_from_rank0, map_batches
 from .suite import AttackSpec
 
-__all__ = ["predict", "attack_images", "attack_flags", "evaluate"]
+__all__ = ["predict", "attack_images", "attack_flags", "evaluate", "OutOfTime"]
+
+
+class OutOfTime(Exception):
+    """The evaluation's time budget ran out (``evaluate(deadline=...)``); finished rows are kept."""
 
 
 @torch.no_grad()
@@ -54,17 +58,21 @@ def _torchattacks(spec: AttackSpec, model: nn.Module, threat: Threat, x, y, seed
 
 
 def attack_images(defence: Defence, spec: AttackSpec, threat: Threat, x, y, seed: int = 0, batch_size: int = 64,
-                  x_init: Optional[torch.Tensor] = None, progress: Optional[Callable] = None):
+                  x_init: Optional[torch.Tensor] = None, progress: Optional[Callable] = None,
+                  deadline: Optional[float] = None):
     """Attack every image of ``x`` (in batches); return ``(survived, end points)``.
 
     ``x_init``: start points for PGD, one per image (a warm start). ``progress(alive, seen)`` is
-    called after every batch.
+    called after every batch. ``deadline`` (a ``time.monotonic()`` value): raise :class:`OutOfTime`
+    before a batch that would start after it.
     """
     eot = spec.eot if defence.stochastic else 1
     model = defence.model(spec.gradient, spec.unroll_last)
     flags = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     points = x.clone()
     for i in range(0, x.shape[0], batch_size):
+        if deadline is not None and time.monotonic() > deadline:
+            raise OutOfTime(f"time budget spent during {defence.name} · {spec.name} · {threat}")
         b = slice(i, i + batch_size)
         if spec.kind == "pgd":
             best, kept = None, None
@@ -118,7 +126,8 @@ def attack_flags(defence: Defence, spec: AttackSpec, threat: Threat, x, y, seed:
 def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats: Sequence[Threat],
              x: torch.Tensor, y: torch.Tensor, out_dir: Optional[str | Path] = None, *, seed: int = 0,
              meta: Optional[dict] = None, progress: bool = True, batch_size: int = 64,
-             applies: Optional[Callable] = None, shards: Optional[DistContext] = None, log=None) -> dict:
+             applies: Optional[Callable] = None, shards: Optional[DistContext] = None, log=None,
+             deadline: Optional[float] = None) -> dict:
     """Run every (defence × attack × threat) that ``applies`` and write ``results.json`` after each row.
 
     Args:
@@ -127,6 +136,9 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
             (same images, settings, weights and seed) are reused: an interrupted run resumes.
         shards: a :class:`~pursamere.evaluation.sharding.DistContext` to split the work over the
             ranks of a process group; rank 0 writes. ``None``: this process does everything.
+        deadline: a ``time.monotonic()`` value; the loop stops cleanly when it passes (the row being
+            run is dropped, every finished row is kept and ``meta["stopped"]`` says why). Under
+            ``torchrun`` every rank must be given the same deadline.
         batch_size: attack batch size. Part of the result (it fixes which images share a random
             start's generator).
 
@@ -166,8 +178,10 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
         idx = todo.nonzero().flatten()
 
         def fn(own):
+            # inside a row the deadline is checked per batch only in one process: ranks would disagree
             return attack_images(d, spec, threat, x[own], y[own], seed=seed, batch_size=batch_size,
-                                 x_init=None if x_init is None else x_init[own], progress=tick)
+                                 x_init=None if x_init is None else x_init[own], progress=tick,
+                                 deadline=deadline if shards is None or not shards.active else None)
 
         f, p = map_batches(shards, f"{d.name} · {spec.name} · {threat}", idx, batch_size, fn)
         flags, pts = torch.zeros_like(todo), x.clone()
@@ -196,7 +210,7 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
             cleans[d.name] = pred.to(y.device) == y
         return cleans[d.name]
 
-    for d, threat, spec, context in pending(defences, attacks, threats, applies, done, seed, results["rows"]):
+    def run_row(d, threat, spec, context):
         clean = clean_flags(d)
         todo = cumulative(results["rows"], d.name, threat, clean) if spec.cascade else clean
         x_init = start_points(d, threat, spec, todo) if spec.warm_from is not None else None
@@ -218,5 +232,15 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
             r = results["rows"][-1]
             log(f"{d.name} · {spec.name} · {threat}: {100 * r['robust_acc']:.1f}% of {n} ({r['seconds']:.0f} s)")
         save()
+
+    try:
+        for d, threat, spec, context in pending(defences, attacks, threats, applies, done, seed, results["rows"]):
+            if deadline is not None and broadcast_from_rank0(shards, time.monotonic() > deadline):
+                raise OutOfTime(f"time budget spent before {d.name} · {spec.name} · {threat}")
+            run_row(d, threat, spec, context)
+    except OutOfTime as e:
+        results["meta"]["stopped"] = str(e)
+        if log is not None and rank0:
+            log(f"stopped: {e}; {len(results['rows'])} finished rows kept")
     save()
     return results

@@ -52,6 +52,7 @@ class Options:
     data_root: Optional[str] = None  # folder of the data set (CIFAR-10 presets)
     weights: str = "train"  # "train" (or reuse the cache in workdir) or "shipped" (the verified models of weights/)
     shards: Optional[DistContext] = None  # split the attacks over the ranks of a torchrun process group
+    deadline: Optional[float] = None  # time.monotonic() after which the run stops cleanly (finished rows kept)
     log: Callable = print
 
 
@@ -142,15 +143,16 @@ def run(preset, protocol: Protocol, out: str | Path, options: Options = Options(
     t0 = time.perf_counter()
     results = evaluate(defences, protocol.attacks, protocol.threats, x, y, out, seed=protocol.seed, meta=meta,
                        progress=o.progress, batch_size=protocol.batch_size, applies=protocol.applies(spec_of),
-                       shards=o.shards)
+                       shards=o.shards, deadline=o.deadline, log=o.log)
     eval_s = time.perf_counter() - t0
     run_ = Run(out, results, "", protocol, arts, defences, x, y, [], {})
     if not rank0:
         return run_
 
-    plan = protocol.check_plan
+    stopped = "stopped" in results["meta"]
+    plan = None if stopped else protocol.check_plan  # out of time: no checks, no example figure
     for d, s in zip(defences, protocol.defences):
-        if s.examples:
+        if s.examples and not stopped:
             example_figure(preset, d, x[:8], y[:8], out / "examples.png", steps=plan.bpda_steps if plan else 10)
     check_md = ""
     if plan is not None:
@@ -165,6 +167,8 @@ def run(preset, protocol: Protocol, out: str | Path, options: Options = Options(
         atomic_write_json(out / "checks.json", run_.checks)  # an empty list when the plan runs no checks
 
     header = f"# {protocol.title} — what ran\n\n{what} (n = {len(x)}). {protocol.describe}\n"
+    if "stopped" in results["meta"]:
+        header += f"\n**Stopped early** ({results['meta']['stopped']}): the rows below are the finished ones.\n"
     table = header + "\n" + render_table(results, "Robust accuracy per attack and worst case (headline)")
     if check_md:
         table += "\n## Obfuscation checks\n\n" + check_md
