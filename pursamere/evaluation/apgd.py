@@ -16,6 +16,11 @@ targeted DLR. The algorithm (Croce & Hein 2020, §3, Algorithm 1):
 - losses (§4): cross-entropy; DLR ``−(z_y − max_{i≠y} z_i) / (z_π1 − z_π3)``; targeted DLR
   ``−(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2)``, with π ordering the logits from the largest down.
 
+Where the reference code (fra31/auto-attack) departs from the paper — checkpoint lengths in integer
+steps, ``≤`` in condition 1, condition 2 never at the first checkpoint — this follows the paper; for
+N = 100 the checkpoints coincide, and robust accuracies agree with torchattacks' copy of the reference
+within its seed-to-seed spread (tests/test_apgd.py).
+
 As in :func:`~pursamere.evaluation.attacks.pgd`, each image returns its iterate of largest margin
 ``max_{j≠y} z_j − z_y`` (a fooling one whenever any iterate fooled the tracked logits).
 """
@@ -75,7 +80,8 @@ def top_targets(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
     ``for j in range(k): apgd(..., loss="dlr-t", target=T[:, j])``.
     """
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-        raise InvalidInputError(f"top_targets: logits must be a (B, classes) tensor, got {getattr(logits, 'shape', type(logits))}")
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise InvalidInputError(f"top_targets: logits must be a (B, classes) tensor, got {got}")
     y = _check_labels(logits, y)
     _check_logits(logits, logits, y)
     _check_int("k", k)
@@ -169,7 +175,8 @@ def apgd(
             raise ValueError("loss 'dlr-t' needs target: one target class per image (see top_targets)")
         target = _check_labels(x, target)
         if bool((target == y).any()):
-            raise InvalidInputError(f"target equals the label for {int((target == y).sum())} images; a target must be a wrong class")
+            raise InvalidInputError(f"target equals the label for {int((target == y).sum())} images; "
+                                    f"a target must be a wrong class")
     elif target is not None:
         raise ValueError(f"target is only used by loss 'dlr-t', not {loss!r}")
     if not 0 < finite_positive("rho", rho) <= 1 or not 0 < finite_positive("momentum", momentum) <= 1:
@@ -229,9 +236,9 @@ def apgd(
         if stop_early:  # fooled images leave the batch with the iterate that fooled them
             alive = best_margin[idx] <= 0
             if not bool(alive.all()):
-                state = (idx, xw, yw, cur, prev, grad, x_max, f_max, g_max, eta, f_last, n_rises, halved_last, f_max_last)
-                (idx, xw, yw, cur, prev, grad, x_max, f_max, g_max, eta, f_last, n_rises, halved_last,
-                 f_max_last) = (t[alive] for t in state)
+                (idx, xw, yw, cur, prev, grad, x_max, f_max, g_max, eta, f_last, n_rises, halved_last, f_max_last) = (
+                    t[alive] for t in (idx, xw, yw, cur, prev, grad, x_max, f_max, g_max, eta, f_last, n_rises,
+                                       halved_last, f_max_last))
                 tw = None if tw is None else tw[alive]
                 if idx.numel() == 0:
                     break

@@ -1,7 +1,7 @@
-"""Attacks on (purified) classifiers: PGD in ℓ∞ / ℓ2 / ℓ1 with EoT, and the ``Defended`` wrapper.
+"""Attacks on (purified) classifiers: the threat model and PGD in ℓ∞ / ℓ2 / ℓ1 with EoT.
 
 The paper's evaluation (method.md, "Attacks used in the paper's evaluation") uses three
-threat models, all built here from one PGD and one wrapper:
+threat models, all built from this PGD and the ``Defended`` wrapper (:mod:`.defended`):
 
 - gPGD (gray-box): PGD on the classifier alone, purifier applied afterwards —
   ``Defended(clf, pur, gradient="none")``.
@@ -19,7 +19,10 @@ Evaluation code never branches on the threat model::
     acc = robust_accuracy(defense, x_adv, y)                        # always the full defence
 
 Attacks share the signature ``(model, x, y, ...) -> x_adv``; models are any callable
-``x -> logits`` (``nn.Module`` for torchattacks). Images are batches in ``[0, 1]``.
+``x -> logits`` (``nn.Module`` for torchattacks). Images are batches in ``[0, 1]``. Our APGD and
+Square (:mod:`.apgd`, :mod:`.square`) follow the same conventions: ``seeds=image_seeds(x, seed)``
+gives every image its own random start, so its run does not depend on its batch (:mod:`.starts`),
+and ``stop_early=True`` drops an image once it is fooled (deterministic defences attacked whole).
 """
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ from ..method.geometry import _per_item, canonical_norm, lp_norm, project
 from ..method.purify import InvalidInputError, check_images
 from .starts import finite_positive, image_seeds, start_points  # noqa: F401  (image_seeds: re-exported)
 
-__all__ = ["Threat", "pgd", "one_step", "default_step_size", "margin_loss", "robust_accuracy", "slide_direction", "image_seeds"]
+__all__ = ["Threat", "pgd", "one_step", "default_step_size", "margin_loss", "robust_accuracy", "slide_direction",
+           "image_seeds", "check_stop_early"]
 
 _LOSSES = ("ce", "margin")
 _BOX = (0.0, 1.0)
@@ -185,7 +189,8 @@ def check_stop_early(name: str, model, surface, eot: int) -> None:
         raise ValueError(f"{name}: stop_early needs the attacked surface to be the whole defence; this model's "
                          f"attack_surface() is another module (the gray-box classifier?), whose logits do not decide")
     if eot != 1:
-        raise ValueError(f"{name}: stop_early is for deterministic defences, but eot={eot} (EoT is for stochastic ones)")
+        raise ValueError(f"{name}: stop_early is for deterministic defences, but eot={eot} "
+                         f"(EoT is for stochastic ones)")
 
 
 # ----------------------------------------------------------------------------------------- PGD
@@ -298,7 +303,7 @@ def pgd(
     checked = False
 
     def track(point, logits):
-        nonlocal best_margin, checked
+        nonlocal checked
         if not checked:
             _check_logits(logits, x0, y)
             checked = True

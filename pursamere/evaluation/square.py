@@ -69,12 +69,14 @@ def _place(patterns, rows, cols, h, w):
     ii = torch.arange(h, device=rows.device)[None, :] - rows[:, None]  # (B, h): row inside the window
     jj = torch.arange(w, device=rows.device)[None, :] - cols[:, None]
     inside = ((ii >= 0) & (ii < s))[:, :, None] & ((jj >= 0) & (jj < s))[:, None, :]
-    vals = patterns[torch.arange(b, device=rows.device)[:, None, None], ii.clamp(0, s - 1)[:, :, None], jj.clamp(0, s - 1)[:, None, :]]
+    vals = patterns[torch.arange(b, device=rows.device)[:, None, None], ii.clamp(0, s - 1)[:, :, None],
+                    jj.clamp(0, s - 1)[:, None, :]]
     return torch.where(inside, vals, torch.zeros((), dtype=patterns.dtype))
 
 
 def _window(rows, cols, s, h, w, dtype):
-    return _place(torch.ones(rows.shape[0], s, s, dtype=dtype, device=rows.device), rows, cols, h, w)[:, None]  # (B, 1, h, w)
+    ones = torch.ones(rows.shape[0], s, s, dtype=dtype, device=rows.device)
+    return _place(ones, rows, cols, h, w)[:, None]  # (B, 1, h, w)
 
 
 def _position(u, s, n):
@@ -202,7 +204,8 @@ def square(
             eta_full = _place(pat, _position(u[:, 0], s, h), _position(u[:, 1], s, w), h, w)[:, None]
             room = (eps ** 2 - lp_norm(delta, 2).pow(2)).clamp_min(0)  # budget left in the ball
             union = _channel_norm(delta * torch.maximum(w1, w2))  # mass of both windows, per channel
-            step = eta_full * _sign(u[:, 5:]).to(dt)[:, :, None, None] + delta * w1 / (_channel_norm(delta * w1) + 1e-12)
+            old = delta * w1 / (_channel_norm(delta * w1) + 1e-12)  # window 1's perturbation, unit norm
+            step = eta_full * _sign(u[:, 5:]).to(dt)[:, :, None, None] + old
             step = step / (_channel_norm(step) + 1e-12) * (_per_item(room, step) / c + union.pow(2)).sqrt()
             delta = delta * (1 - w1) * (1 - w2) + step * w1
             new = (xw + eps * delta / _per_item(lp_norm(delta, 2) + 1e-12, delta)).clamp(*_BOX)

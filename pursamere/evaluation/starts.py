@@ -115,7 +115,8 @@ def start_points(x0: torch.Tensor, threat, x_init: Optional[torch.Tensor], rando
         raise InvalidInputError(f"x_init has shape {tuple(x_init.shape)}, x has {tuple(x0.shape)}")
     dist = lp_norm((x_init.detach() - x0).to(x0.dtype), threat.norm)
     if bool((dist > threat.eps * (1 + 1e-5) + 1e-6).any()):
-        raise InvalidInputError(f"x_init lies outside the threat's ball ({threat}): largest distance {float(dist.max()):.4g}")
+        raise InvalidInputError(f"x_init lies outside the threat's ball ({threat}): "
+                                f"largest distance {float(dist.max()):.4g}")
     return x_init.detach().to(x0.dtype).clone()
 
 
