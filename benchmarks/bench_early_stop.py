@@ -9,7 +9,7 @@ still-robust images' end points are the same.
 The models are the real float32 ``nn.Linear`` ones, so equality is expected but not guaranteed
 bit for bit (tests/attack_models.py says why; the tests check it on a batch-invariant model).
 
-    python benchmarks/bench_early_stop.py [--n 64] [--eps 0.15] [--threads 1]
+    python benchmarks/bench_early_stop.py [--n 64] [--eps 0.15] [--threads 1] [--only APGD]
 """
 from __future__ import annotations
 
@@ -64,6 +64,7 @@ def main():
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--eps", type=float, default=0.15)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", default="", help="run only the attacks whose name contains this")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -89,6 +90,8 @@ def main():
     }
     rows = []
     for name, run in runs.items():
+        if args.only not in name:
+            continue
         clf.rows = 0
         t0 = time.perf_counter()
         full, ok = run(stop_early=False)
