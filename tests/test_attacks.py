@@ -345,3 +345,82 @@ def test_pgd_warm_start_and_partial_unrolling_in_defended(net, digits):
         Defended(net, pur, gradient="bpda", unroll_last=1)
     with pytest.raises(TypeError, match="takes last=k"):
         Defended(net, lambda z: z, gradient="exact", unroll_last=1)
+
+
+# ------------------------------------------------- per-image seeds, batch invariance, early stopping
+from attack_models import RowCounter, row_wise  # noqa: E402  (tests/attack_models.py)
+
+from pursamere.evaluation.attacks import image_seeds  # noqa: E402
+from pursamere.evaluation.starts import random_starts  # noqa: E402
+
+_NORMS = [Threat("inf", 0.1), Threat(2, 0.75), Threat(1, 3.0)]
+
+
+def test_image_seeds_follow_the_image_not_the_batch():
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    s = image_seeds(x, seed=3)
+    assert s.dtype == torch.long and s.shape == (6,) and bool((s >= 0).all())
+    assert torch.equal(image_seeds(x[[5, 1, 2]], seed=3), s[[5, 1, 2]])  # any subset, any order
+    assert len(set(s.tolist())) == 6  # different images, different seeds
+    assert not bool((image_seeds(x, seed=4) == s).any())  # the run's seed enters
+    assert not bool((image_seeds(x, seed=3, salt=1) == s).any())  # and the salt (restart index)
+    y = x.clone()
+    y[2, 0, 4, 4] = torch.nextafter(y[2, 0, 4, 4], torch.tensor(2.0))  # one ulp of one pixel
+    assert torch.equal(image_seeds(y, seed=3) == s, torch.tensor([True, True, False, True, True, True]))
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        image_seeds(x, seed=1.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("threat", _NORMS, ids=str)
+def test_pgd_with_image_seeds_gives_an_image_the_same_point_in_any_batch(net, digits, threat, dtype):
+    # a batch-invariant model (every row computed alone): then the whole run is bit-identical;
+    # with nn.Linear under MKL the points can differ in the last bits (tests/attack_models.py)
+    model = row_wise(net, dtype)
+    _, _, x, y = digits
+    x = x.to(dtype)
+    runs = []
+    for batch in ([7], [3, 7, 11, 20], [150, 60, 2, 99, 41, 7]):  # alone, 2nd of 4, last of 6
+        b = torch.tensor(batch)
+        xa = pgd(model, x[b], y[b], threat, steps=8, seeds=image_seeds(x[b], seed=1))
+        runs.append(xa[batch.index(7)])
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+    assert not torch.equal(runs[0], x[7])
+    # without per-image seeds the random start depends on the position in the batch
+    assert not torch.equal(random_starts(x[[7]], threat, seed=1)[0], random_starts(x[[3, 7]], threat, seed=1)[1])
+    assert torch.equal(random_starts(x[[7]], threat, seeds=image_seeds(x[[7]]))[0],
+                       random_starts(x[[3, 7]], threat, seeds=image_seeds(x[[3, 7]]))[1])
+
+
+@pytest.mark.parametrize("threat", _NORMS, ids=str)
+def test_pgd_stop_early_keeps_every_outcome_and_every_robust_end_point(net, digits, threat):
+    model = row_wise(net, torch.float64)
+    _, _, x, y = digits
+    x, y = x[:80].double(), y[:80]
+    seeds = image_seeds(x, seed=0)
+    full, ok = pgd(model, x, y, threat, steps=10, seeds=seeds, return_success=True)
+    counter = RowCounter(model)
+    early, ok_early = pgd(counter, x, y, threat, steps=10, seeds=seeds, return_success=True, stop_early=True)
+    assert 5 <= int(ok.sum()) <= 75  # some broken, some robust: the comparison means something
+    assert torch.equal(ok_early, ok)
+    assert torch.equal(early[~ok], full[~ok])  # the still-robust images ran exactly as before
+    with torch.no_grad():
+        assert bool((margin_loss(model(early[ok]), y[ok]) > 0).all())  # a fooling iterate is returned
+    assert float(lp_norm(early - x, threat.norm).max()) <= threat.eps * (1 + 1e-6) + 1e-9
+    assert counter.rows < 80 * 11  # fooled images stopped costing forward passes
+
+
+def test_stop_early_refuses_surfaces_whose_logits_do_not_decide(net, digits):
+    x, y = digits[2][:4], digits[3][:4]
+    th = Threat("inf", 0.1)
+    gray = Defended(net, lambda z: z, gradient="none")
+    with pytest.raises(ValueError, match="whole defence"):
+        pgd(gray, x, y, th, steps=1, stop_early=True)
+    with pytest.raises(ValueError, match="deterministic defences"):
+        pgd(net, x, y, th, steps=1, stop_early=True, eot=2)
+    with pytest.raises(ValueError, match="keep='best'"):
+        pgd(net, x, y, th, steps=1, stop_early=True, keep="last")
+    with pytest.raises(InvalidInputError, match=r"seeds must have shape \(4,\)"):
+        pgd(net, x, y, th, steps=1, seeds=torch.arange(3))
+    with pytest.raises(InvalidInputError, match="integer tensor"):
+        pgd(net, x, y, th, steps=1, seeds=torch.zeros(4))

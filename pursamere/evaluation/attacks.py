@@ -1,7 +1,7 @@
-"""Attacks on (purified) classifiers: PGD in ℓ∞ / ℓ2 / ℓ1 with EoT, and the ``Defended`` wrapper.
+"""Attacks on (purified) classifiers: the threat model and PGD in ℓ∞ / ℓ2 / ℓ1 with EoT.
 
 The paper's evaluation (method.md, "Attacks used in the paper's evaluation") uses three
-threat models, all built here from one PGD and one wrapper:
+threat models, all built from this PGD and the ``Defended`` wrapper (:mod:`.defended`):
 
 - gPGD (gray-box): PGD on the classifier alone, purifier applied afterwards —
   ``Defended(clf, pur, gradient="none")``.
@@ -19,7 +19,10 @@ Evaluation code never branches on the threat model::
     acc = robust_accuracy(defense, x_adv, y)                        # always the full defence
 
 Attacks share the signature ``(model, x, y, ...) -> x_adv``; models are any callable
-``x -> logits`` (``nn.Module`` for torchattacks). Images are batches in ``[0, 1]``.
+``x -> logits`` (``nn.Module`` for torchattacks). Images are batches in ``[0, 1]``. Our APGD and
+Square (:mod:`.apgd`, :mod:`.square`) follow the same conventions: ``seeds=image_seeds(x, seed)``
+gives every image its own random start, so its run does not depend on its batch (:mod:`.starts`),
+and ``stop_early=True`` drops an image once it is fooled (deterministic defences attacked whole).
 """
 from __future__ import annotations
 
@@ -32,8 +35,10 @@ import torch.nn.functional as F
 
 from ..method.geometry import _per_item, canonical_norm, lp_norm, project
 from ..method.purify import InvalidInputError, check_images
+from .starts import finite_positive, image_seeds, start_points  # noqa: F401  (image_seeds: re-exported)
 
-__all__ = ["Threat", "pgd", "one_step", "default_step_size", "margin_loss", "robust_accuracy", "slide_direction"]
+__all__ = ["Threat", "pgd", "one_step", "default_step_size", "margin_loss", "robust_accuracy", "slide_direction",
+           "image_seeds", "check_stop_early"]
 
 _LOSSES = ("ce", "margin")
 _BOX = (0.0, 1.0)
@@ -139,24 +144,6 @@ def _ascent(g, x, norm, alpha, q):
     return alpha * slide_direction(g, x, q)
 
 
-def _random_start(x, threat, gen):
-    """A point drawn uniformly from the ℓp ball around ``x``, clipped to the box (stays in the ball)."""
-    b, d = x.shape[0], x[0].numel()
-    eps = threat.eps
-    if threat.norm == "inf":
-        delta = (2 * torch.rand(x.shape, generator=gen, dtype=x.dtype) - 1) * eps
-    elif threat.norm == 2:  # uniform direction, radius ε U^{1/d}
-        u = torch.randn(b, d, generator=gen, dtype=x.dtype)
-        r = torch.rand(b, 1, generator=gen, dtype=x.dtype) ** (1.0 / d)
-        delta = (eps * r * u / u.norm(dim=1, keepdim=True)).view_as(x)
-    else:  # uniform in the ℓ1 ball: first d of a flat Dirichlet(1,…,1) over d+1, random signs
-        w = -torch.rand(b, d + 1, generator=gen, dtype=x.dtype).clamp_min(1e-12).log()
-        s = torch.randint(0, 2, (b, d), generator=gen).to(x.dtype) * 2 - 1
-        delta = (eps * s * w[:, :d] / w.sum(1, keepdim=True)).view_as(x)
-    # clipping to the box only shrinks |δ_i| (x is in the box), so the point stays in the ball
-    return (x + delta.to(x.device)).clamp(*_BOX)
-
-
 # ------------------------------------------------------------------------------------- checks
 def _check_int(name, val, lo=1):
     if isinstance(val, bool) or not isinstance(val, int) or val < lo:
@@ -191,6 +178,21 @@ def _surface(model):
     return fn() if callable(fn) else model
 
 
+def check_stop_early(name: str, model, surface, eot: int) -> None:
+    """Refuse early stopping where the tracked logits are not the defence's decision.
+
+    The gray-box surface (the bare classifier) can be fooled while the defence is not, and a
+    stochastic defence (attacked with ``eot > 1``) can be fooled by one lucky draw. A stochastic
+    defence attacked with ``eot=1`` cannot be told apart here: the caller must not pass it.
+    """
+    if surface is not model:
+        raise ValueError(f"{name}: stop_early needs the attacked surface to be the whole defence; this model's "
+                         f"attack_surface() is another module (the gray-box classifier?), whose logits do not decide")
+    if eot != 1:
+        raise ValueError(f"{name}: stop_early is for deterministic defences, but eot={eot} "
+                         f"(EoT is for stochastic ones)")
+
+
 # ----------------------------------------------------------------------------------------- PGD
 def pgd(
     model: Callable[[torch.Tensor], torch.Tensor],
@@ -207,6 +209,8 @@ def pgd(
     keep: str = "best",
     return_success: bool = False,
     x_init: Optional[torch.Tensor] = None,
+    seeds: Optional[torch.Tensor] = None,
+    stop_early: bool = False,
 ):
     """Projected gradient ascent (Madry et al. 2018) in ℓ∞, ℓ2 or ℓ1, with EoT.
 
@@ -239,7 +243,7 @@ def pgd(
         eot: Expectation over Transformation: average the gradient over this many
             forward/backward passes (each pass of a stochastic model draws fresh noise);
             tracking uses the mean logits of those passes.
-        seed: seed of the random start's ``torch.Generator``.
+        seed: seed of the random start's ``torch.Generator`` (when ``seeds`` is None).
         l1_sparsity: SLIDE's quantile q (ℓ1 only); Tramèr & Boneh use q ≈ 0.8–0.99.
         keep: ``"best"`` (any-iterate success, above) or ``"last"``.
         return_success: also return a ``(B,)`` bool tensor, True where the kept iterate fooled
@@ -247,6 +251,17 @@ def pgd(
         x_init: start from these points instead (for example another attack's end point: a warm
             start); they must lie in the box and in the threat's ball around ``x``. Overrides
             ``random_start``.
+        seeds: one integer seed per image (``(B,)``, see
+            :func:`~pursamere.evaluation.starts.image_seeds`): image i's random start comes from its
+            own generator, so its start — and, for a batch-invariant model, its whole run — does not
+            depend on the other images of the batch. ``None``: one generator for the batch (``seed``).
+        stop_early: drop an image from the working batch as soon as an iterate fools the tracked
+            logits, and return that iterate for it. Only valid when the tracked logits ARE the
+            defence's decision: a deterministic model attacked as a whole (not the gray-box
+            surface, whose classifier-only logits do not decide; not a stochastic defence, whose
+            one noisy draw does not either). Needs ``keep="best"`` and ``eot=1``. The still-robust
+            images run exactly as without it, so the success flags are the same (for a model whose
+            per-image arithmetic does not depend on the batch, see :mod:`~pursamere.evaluation.starts`).
 
     Returns:
         ``x_adv`` (same shape and dtype as ``x``, inside the ball and the box), or
@@ -272,35 +287,30 @@ def pgd(
         raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
     if not 0 < l1_sparsity < 1:
         raise ValueError(f"l1_sparsity (SLIDE's quantile q) must be in (0, 1), got {l1_sparsity}")
-    alpha = default_step_size(threat, steps) if step_size is None else step_size
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
-        raise ValueError(f"step_size must be a finite number > 0, got {step_size!r}")
-
+    alpha = default_step_size(threat, steps) if step_size is None else finite_positive("step_size", step_size)
     surface = _surface(model)
+    if stop_early:
+        check_stop_early("pgd", model, surface, eot)
+        if keep != "best":
+            raise ValueError("pgd: stop_early returns the first fooling iterate, so it needs keep='best'")
+
     x0 = x.detach()
-    gen = torch.Generator().manual_seed(int(seed))
-    if x_init is not None:
-        check_images(x_init, box=_BOX, name="x_init")
-        if x_init.shape != x0.shape:
-            raise InvalidInputError(f"x_init has shape {tuple(x_init.shape)}, x has {tuple(x0.shape)}")
-        dist = lp_norm((x_init.detach() - x0).to(x0.dtype), threat.norm)
-        if bool((dist > threat.eps * (1 + 1e-5) + 1e-6).any()):
-            raise InvalidInputError(f"x_init lies outside the threat's ball ({threat}): largest distance {float(dist.max()):.4g}")
-        cur = x_init.detach().to(x0.dtype).clone()
-    else:
-        cur = _random_start(x0, threat, gen) if random_start else x0.clone()
-    best, best_margin = cur.clone(), torch.full((x0.shape[0],), -math.inf, dtype=x0.dtype, device=x0.device)
+    cur = start_points(x0, threat, x_init, random_start, seed, seeds)
+    n = x0.shape[0]
+    best, best_margin = cur.clone(), torch.full((n,), -math.inf, dtype=x0.dtype, device=x0.device)
+    # the working batch: images still attacked (all of them unless stop_early drops fooled ones)
+    idx, xw, yw = torch.arange(n, device=x0.device), x0, y
     checked = False
 
     def track(point, logits):
-        nonlocal best, best_margin, checked
+        nonlocal checked
         if not checked:
             _check_logits(logits, x0, y)
             checked = True
-        m = margin_loss(logits.detach(), y).to(best_margin.dtype)
-        better = m > best_margin
-        best = torch.where(_per_item(better, point), point, best)
-        best_margin = torch.where(better, m, best_margin)
+        m = margin_loss(logits.detach(), yw).to(best_margin.dtype)
+        better = m > best_margin[idx]
+        best[idx] = torch.where(_per_item(better, point), point, best[idx])
+        best_margin[idx] = torch.where(better, m, best_margin[idx])
 
     for _ in range(steps):
         grad = torch.zeros_like(cur)
@@ -311,23 +321,28 @@ def pgd(
                 logits = surface(xv)
                 if not checked:  # check labels before the loss indexes with them
                     _check_logits(logits, x0, y)
-                (g,) = torch.autograd.grad(_loss(logits, y, loss), xv)
+                (g,) = torch.autograd.grad(_loss(logits, yw, loss), xv)
             grad += g
             logits_sum = logits_sum + logits.detach()
         track(cur, logits_sum / eot)
+        if stop_early:  # fooled images leave the batch with the iterate that fooled them
+            alive = best_margin[idx] <= 0
+            if not bool(alive.all()):
+                idx, xw, yw, cur, grad = idx[alive], xw[alive], yw[alive], cur[alive], grad[alive]
+                if idx.numel() == 0:
+                    break
         step = _ascent(grad / eot, cur, threat.norm, alpha, l1_sparsity)
-        cur = project(cur + step, x0, threat.eps, threat.norm, box=_BOX).detach()
+        cur = project(cur + step, xw, threat.eps, threat.norm, box=_BOX).detach()
 
-    with torch.no_grad():  # the final iterate has not been looked at yet
-        track(cur, sum(surface(cur) for _ in range(eot)) / eot)
-    out = best if keep == "best" else cur
+    if idx.numel() > 0:
+        with torch.no_grad():  # the final iterate has not been looked at yet
+            track(cur, sum(surface(cur) for _ in range(eot)) / eot)
+    if keep == "best":
+        return (best, best_margin > 0) if return_success else best
     if not return_success:
-        return out
-    success = best_margin > 0 if keep == "best" else None
-    if success is None:
-        with torch.no_grad():
-            success = margin_loss(sum(surface(out) for _ in range(eot)) / eot, y) > 0
-    return out, success
+        return cur
+    with torch.no_grad():
+        return cur, margin_loss(sum(surface(cur) for _ in range(eot)) / eot, y) > 0
 
 
 def one_step(model, x, y, threat: Threat, loss: str = "ce", **kwargs):
