@@ -208,6 +208,8 @@ def cmd_study(args) -> int:
     from .experiments import protocols
 
     preset = _preset(args)
+    if args.which == "convergence":
+        return _convergence(args, preset)
     if args.which == "sam":
         protocol = protocols.sam_study(preset, n=args.n, only=_items(args.only, ";"))
     else:
@@ -220,6 +222,31 @@ def cmd_study(args) -> int:
             print(f"{r['setting']:<28} clean {100 * r['clean_acc']:5.1f}  worst case {100 * r['worst_case']:5.1f} (n = {r['n']})")
         else:
             print(f"{r['attack']:<22} robust {100 * r['robust_acc']:5.1f}  ({r['seconds']:.0f} s)")
+    return 0
+
+
+def _convergence(args, preset) -> int:
+    """Every budget of the convergence ladder (one results folder each, resumable), then convergence.json."""
+    from .experiments import protocols
+    from .experiments.studies import convergence_curve, flat_budget
+    from .io import atomic_write_json
+
+    out = Path(args.out or f"results/{preset.name}/convergence")
+    ladder = protocols.CONVERGENCE_LADDER if not args.only else tuple(
+        tuple(int(v) for v in b.split("x")) for b in _items(args.only))
+    folders = []
+    for steps, restarts in ladder:
+        folder = out / f"{steps}x{restarts}"
+        args_b = argparse.Namespace(**{**vars(args), "out": str(folder), "resume": True})
+        _engine(args_b, protocols.convergence(preset, steps, restarts, n=args.n), "convergence")
+        folders.append(folder)
+    curve = convergence_curve(folders)
+    flat = {d: flat_budget(curve, d) for d in dict.fromkeys(c["defence"] for c in curve)}
+    atomic_write_json(out / "convergence.json", {"curve": curve, "flat": flat})
+    for c in curve:
+        print(f"{c['defence']:<36} {c['steps']:>4} steps × {c['restarts']}: worst case {100 * c['worst_case']:5.1f}% "
+              f"({c['robust']}/{c['n']}, {c['seconds']:.0f} s)")
+    print(f"flat part: {flat}")
     return 0
 
 
@@ -327,10 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     en.set_defaults(func=cmd_ensemble)
 
     st = sub.add_parser("study", help="the SAM study or the attack study on the validation images")
-    st.add_argument("which", choices=("sam", "attacks"))
+    st.add_argument("which", choices=("sam", "attacks", "convergence"))
     _common(st)
     st.add_argument("--n", "--n-images", dest="n", type=int, default=None, help="validation images (default: all of them)")
-    st.add_argument("--only", default="", help="SAM study: semicolon-separated setting names (default: all)")
+    st.add_argument("--only", default="", help="SAM study: semicolon-separated setting names; convergence: "
+                                               "comma-separated budgets STEPSxRESTARTS (default: the whole ladder)")
     st.add_argument("--defence", default="ERE descent", help="attack study: 'ERE descent' or 'PurSAMERE'")
     st.set_defaults(func=cmd_study)
 

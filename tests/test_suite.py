@@ -51,7 +51,8 @@ def test_ensemble_worst_case_is_per_image_and_never_above_any_attack(tiny_run):
     fields = {r["defence"]: (r["family"], r["classifier"], r["deterministic"]) for r in res["rows"]}
     assert ("undefended", "exact1") not in got and ("undefended", "APGD-DLR2") in got
     assert ("ADP", "BPDA2") in got and ("ADP", "exact1") not in got
-    assert ("ADP (fixed seed)", "BPDA2→exact1") in got and ("ADP (fixed seed)", "partial1-margin2") not in got
+    assert ("ADP (fixed seed)", "APGD-CE2→exact1") in got and ("ADP (fixed seed)", "partial1-margin2") not in got
+    assert ("undefended", "APGD-T2") in got and ("ADP", "APGD-T2") in got
     assert fields["ADP"] == ("ADP", "plain", False) and fields["ADP (fixed seed)"] == ("ADP", "plain", True)
     ere = [d for d, f in fields.items() if f[:2] == ("ERE descent", "eq17")]
     assert len(ere) == 1 and (ere[0], "partial1-margin2") in got
@@ -59,7 +60,7 @@ def test_ensemble_worst_case_is_per_image_and_never_above_any_attack(tiny_run):
     assert len(stacked) == 1 and ("TRADES", "Square5") in got and fields["TRADES"][0] == "TRADES"
     assert {r["role"] for r in res["rows"]} == {"gray-box", "bpda", "exact", "bpda→exact", "partial unrolling", "apgd", "square"}
     table = (work / "out" / "table.md").read_text()
-    assert "†" in table and table.index("| gPGD2") < table.index("exact1 †") < table.index("APGD-CE2 †")
+    assert "†" in table and table.index("| gPGD2") < table.index("APGD-CE2 †") < table.index("| exact1 †") < table.index("Square5 †")
 
 
 def test_ensemble_resumes_without_recomputing(tiny_run):
@@ -170,13 +171,15 @@ def test_applies_follows_the_suite_table():
     def names(d):
         return [a.name for a in atk if applies(d, a)]
 
-    assert names(Defence("u", clf)) == ["BPDA20", "APGD-CE20", "APGD-DLR20", "Square100"]
+    assert names(Defence("u", clf)) == ["BPDA20", "APGD-CE20", "APGD-DLR20", "APGD-T20", "Square100"]
     assert names(Defence("t", clf, family=Family.TRADES)) == names(Defence("u", clf))
-    assert names(Defence("c", clf, lambda x: x.clamp(0.1, 0.9))) == ["gPGD20", "BPDA20", "APGD-CE20", "APGD-DLR20", "Square100"]
+    assert names(Defence("c", clf, lambda x: x.clamp(0.1, 0.9))) == ["gPGD20", "BPDA20", "APGD-CE20", "APGD-DLR20",
+                                                                   "APGD-T20", "Square100"]
     assert names(Defence("p", clf, Purifier(score, PurifyConfig()))) == [a.name for a in atk]
-    assert names(Defence("a", clf, ADP(score, ADPConfig(fixed_noise=False)))) == ["BPDA20", "APGD-CE20", "APGD-DLR20", "Square100"]
+    assert names(Defence("a", clf, ADP(score, ADPConfig(fixed_noise=False)))) == ["BPDA20", "APGD-CE20", "APGD-DLR20",
+                                                                                  "APGD-T20", "Square100"]
     fixed = names(Defence("f", clf, ADP(score, ADPConfig(fixed_noise=True))))
-    assert "partial3-margin20" not in fixed and "BPDA20→exact10" in fixed and "exact10" in fixed
+    assert "partial3-margin20" not in fixed and "APGD-CE20→exact10" in fixed and "exact10" in fixed
 
 
 def test_tiny_adversarial_training_beats_the_plain_model_under_pgd(tiny_run):
@@ -272,3 +275,40 @@ def test_a_spent_time_budget_stops_cleanly_and_keeps_finished_rows(tmp_path):
     # resuming with time left finishes the run and gives the uninterrupted rows
     again = evaluate([Defence("net", clf)], specs, [Threat("inf", 0.1)], x, y, tmp_path / "cut", progress=False)
     assert [r["survived"] for r in again["rows"]] == [r["survived"] for r in full["rows"]]
+
+
+def test_early_stopping_changes_the_work_not_the_outcomes(tiny_run, tmp_path):
+    """The whole tiny ensemble with images leaving broken attacks and without: the same rows, bit for bit."""
+    from pursamere.experiments.artifacts import prepare
+
+    _, work = tiny_run
+    arts = prepare(TINY, work / "runs", progress=False, log=lambda *a: None)
+    proto = protocols.ensemble(TINY, PLAN)
+    defs = [arts.defence(s) for s in proto.defences]
+    from pursamere.experiments.engine import select_images
+
+    x, y, _ = select_images(TINY, arts.split, proto.images)
+    spec_of = {d.name: s for d, s in zip(defs, proto.defences)}
+    kw = dict(seed=0, progress=False, batch_size=PLAN.batch_size, applies=proto.applies(spec_of))
+    on = evaluate(defs, proto.attacks, proto.threats, x, y, tmp_path / "on", **kw)
+    fresh = [arts.defence(s) for s in proto.defences]  # stochastic purifiers restart their noise streams
+    off = evaluate(fresh, proto.attacks, proto.threats, x, y, tmp_path / "off", stop_early=False, **kw)
+    assert [(r["key"], r["survived"]) for r in on["rows"]] == [(r["key"], r["survived"]) for r in off["rows"]]
+    broke = [r for r in on["rows"] if 0 < sum(r["survived"]) < r["n"] * r["clean_acc"]]
+    assert broke  # the attacks broke images (the comparison has teeth)
+
+
+def test_an_images_outcome_does_not_depend_on_its_batch(tmp_path):
+    """Per-image seeds: the same images evaluated in batches of 3 and of 16 get the same outcomes."""
+    torch.manual_seed(0)
+    # convolutions only: batch-invariant bit for bit in float64 (MKL's nn.Linear rounds partial blocks differently)
+    clf = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.Tanh(), torch.nn.Conv2d(8, 5, 4), torch.nn.Flatten()).double().eval()
+    x = torch.rand(16, 1, 6, 6, dtype=torch.float64)
+    y = clf(x).argmax(1)
+    specs = [AttackSpec("pgd", steps=3), AttackSpec("apgd", kind="apgd-ce", steps=4, cascade=True),
+             AttackSpec("apgd-t", kind="apgd-t", steps=3, targets=2, cascade=True),
+             AttackSpec("sq", kind="square", gradient="none", queries=10, cascade=True)]
+    a = evaluate([Defence("n", clf)], specs, [Threat("inf", 0.05)], x, y, tmp_path / "a", progress=False, batch_size=3)
+    b = evaluate([Defence("n", clf)], specs, [Threat("inf", 0.05)], x, y, tmp_path / "b", progress=False, batch_size=16)
+    assert [r["survived"] for r in a["rows"]] == [r["survived"] for r in b["rows"]]
+    assert 0 < sum(a["rows"][0]["survived"]) < 16

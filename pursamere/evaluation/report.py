@@ -193,7 +193,7 @@ def evaluate_purifier(classifier: nn.Module, purifier: Optional[Callable], x: to
         notes.append("the purifier has no unrolled(x, checkpoint=...): attacked through BPDA and gradient-free "
                      "attacks only; an exact-gradient attack could be stronger")
     if strong:
-        budget = Budget(**{k: (2 * v if k not in ("partial_last",) else v) for k, v in dataclasses.asdict(budget).items()})
+        budget = budget.doubled()
     results = evaluate(defences, standard_suite(budget), [threat], x, y, out, seed=seed, batch_size=batch_size,
                        applies=applies, progress=progress, meta={"protocol": "evaluate_purifier", "strong": strong,
                                                                  "budget": dataclasses.asdict(budget)})

@@ -18,7 +18,10 @@ import torch.nn as nn
 
 from ..io import atomic_write_json, fingerprint
 from ..method.geometry import _per_item
+from .apgd import apgd, top_targets
 from .attacks import Threat, pgd
+from .square import square
+from .starts import image_seeds
 from .defences import Defence
 from .results import SCHEMA, cumulative, load_done, make_row, pending, worst_case
 from .sharding import DistContext, broadcast_from_rank0, map_batches
@@ -43,57 +46,79 @@ def predict(defence: Defence, x: torch.Tensor, batch_size: int = 256) -> torch.T
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
 
 
-def _torchattacks(spec: AttackSpec, model: nn.Module, threat: Threat, x, y, seed: int):
-    import torchattacks
+def _pgd_like(defence: Defence, spec: AttackSpec, model, threat: Threat, x, y, start, seeds, eot: int, stop: bool):
+    """One restart of a gradient attack (PGD or untargeted APGD) on one batch: its end points."""
+    if spec.kind == "pgd":
+        # against a stochastic defence the "best" iterate is judged on noisy logits and could be
+        # a lucky draw; the final iterate is the standard (and not weaker in expectation)
+        return pgd(model, x, y, threat, steps=spec.steps, step_size=spec.step_size, loss=spec.loss, eot=eot,
+                   random_start=spec.steps > 1, x_init=start, keep="last" if defence.stochastic else "best",
+                   seeds=seeds, stop_early=stop)
+    return apgd(model, x, y, threat, steps=spec.steps, loss=spec.kind.split("-")[1], eot=eot, x_init=start,
+                seeds=seeds, stop_early=stop)
 
-    norm = {"inf": "Linf", 2: "L2"}.get(threat.norm)
-    if norm is None:
-        raise ValueError(f"{spec.kind} supports ℓ∞ and ℓ2 only, not ℓ{threat.norm}")
-    if spec.kind == "square":
-        atk = torchattacks.Square(model, norm=norm, eps=threat.eps, n_queries=spec.queries, n_restarts=1, seed=seed)
-    else:
-        atk = torchattacks.APGD(model, norm=norm, eps=threat.eps, steps=spec.steps, n_restarts=spec.restarts,
-                                loss=spec.kind.split("-")[1], eot_iter=spec.eot, seed=seed)
-    return atk(x, y).detach()
+
+def _targeted(defence: Defence, spec: AttackSpec, model, threat: Threat, x, y, seed: int, eot: int, stop: bool):
+    """APGD-T: targeted DLR against each of the ``spec.targets`` most likely wrong classes (of the clean
+    image) in turn, each on the images the earlier targets left correct; returns the end points."""
+    with torch.no_grad():
+        logits = defence.model("none")(x)
+    targets = top_targets(logits, y, min(spec.targets, logits.shape[1] - 1))
+    out, alive = x.clone(), torch.ones(len(x), dtype=torch.bool, device=x.device)
+    for j in range(targets.shape[1]):
+        idx = alive.nonzero().flatten()
+        if not len(idx):
+            break
+        xa = apgd(model, x[idx], y[idx], threat, steps=spec.steps, loss="dlr-t", target=targets[idx, j], eot=eot,
+                  seeds=image_seeds(x[idx], seed, salt=j), stop_early=stop)
+        out[idx] = xa.detach().to(out.dtype)
+        alive[idx] = predict(defence, xa) == y[idx]
+    return out
 
 
 def attack_images(defence: Defence, spec: AttackSpec, threat: Threat, x, y, seed: int = 0, batch_size: int = 64,
                   x_init: Optional[torch.Tensor] = None, progress: Optional[Callable] = None,
-                  deadline: Optional[float] = None):
+                  deadline: Optional[float] = None, stop_early: bool = True):
     """Attack every image of ``x`` (in batches); return ``(survived, end points)``.
 
-    ``x_init``: start points for PGD, one per image (a warm start). ``progress(alive, seen)`` is
-    called after every batch. ``deadline`` (a ``time.monotonic()`` value): raise :class:`OutOfTime`
-    before a batch that would start after it.
+    Every random choice of an attack is drawn from the image's own seed (:func:`image_seeds`: a
+    hash of its bytes, the run's ``seed`` and the restart or target index), so an image's result does
+    not depend on which images share its batch or survived a cascade. Against a deterministic
+    defence an image leaves the attack as soon as it is broken (``stop_early``: the outcomes are the
+    same, the work is not). Outcomes are always judged on the full defence (:func:`predict`).
+
+    ``x_init``: start points, one per image (a warm start). ``progress(alive, seen)`` is called after
+    every batch. ``deadline`` (a ``time.monotonic()`` value): raise :class:`OutOfTime` before a batch
+    that would start after it.
     """
     eot = spec.eot if defence.stochastic else 1
     model = defence.model(spec.gradient, spec.unroll_last)
+    # early stopping judges success on the attacked surface: only valid when that IS the deterministic defence
+    stop = stop_early and defence.deterministic and spec.gradient != "none"
     flags = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     points = x.clone()
     for i in range(0, x.shape[0], batch_size):
         if deadline is not None and time.monotonic() > deadline:
             raise OutOfTime(f"time budget spent during {defence.name} · {spec.name} · {threat}")
         b = slice(i, i + batch_size)
-        if spec.kind == "pgd":
-            best, kept = None, None
+        xb, yb = x[b], y[b]
+        if spec.kind == "square":  # gradient-free: queries the full defence
+            xa = square(defence.model("none"), xb, yb, threat, queries=spec.queries, seeds=image_seeds(xb, seed),
+                        stop_early=defence.deterministic)
+            ok = predict(defence, xa) == yb
+        elif spec.kind == "apgd-t":
+            xa = _targeted(defence, spec, model, threat, xb, yb, seed, eot, stop)
+            ok = predict(defence, xa) == yb
+        else:
+            ok, xa = None, None
             for r in range(spec.restarts):
                 start = x_init[b] if (x_init is not None and r == 0) else None
-                # against a stochastic defence the "best" iterate is judged on noisy logits and could be
-                # a lucky draw; the final iterate is the standard (and not weaker in expectation)
-                xa = pgd(model, x[b], y[b], threat, steps=spec.steps, step_size=spec.step_size, loss=spec.loss,
-                         eot=eot, seed=seed + 1000 * r, random_start=spec.steps > 1, x_init=start,
-                         keep="last" if defence.stochastic else "best")
-                ok = predict(defence, xa) == y[b]
+                xr = _pgd_like(defence, spec, model, threat, xb, yb, start, image_seeds(xb, seed, salt=r), eot, stop)
+                ok_r = predict(defence, xr) == yb
                 # keep, per image, a point that breaks it if any restart found one (else the last restart's)
-                kept = xa if kept is None else torch.where(_per_item(~ok, xa), xa, kept)
-                best = ok if best is None else best & ok
-            flags[b], xa = best, kept
-        else:
-            # Square queries the full defence; APGD differentiates the attack surface (the bare
-            # classifier for gray-box, the defence otherwise)
-            target = defence.model("none") if spec.kind == "square" else model.attack_surface()
-            xa = _torchattacks(dataclasses.replace(spec, eot=eot), target, threat, x[b], y[b], seed)
-            flags[b] = predict(defence, xa) == y[b]
+                xa = xr if xa is None else torch.where(_per_item(~ok_r, xr), xr, xa)
+                ok = ok_r if ok is None else ok & ok_r
+        flags[b] = ok
         points[b] = xa.detach().to(points.dtype)
         if progress is not None:
             progress(int(flags[: i + batch_size].sum()), min(i + batch_size, x.shape[0]))
@@ -102,7 +127,7 @@ def attack_images(defence: Defence, spec: AttackSpec, threat: Threat, x, y, seed
 
 def attack_flags(defence: Defence, spec: AttackSpec, threat: Threat, x, y, seed: int = 0, batch_size: int = 64,
                  progress=None, alive: Optional[torch.Tensor] = None, x_init: Optional[torch.Tensor] = None,
-                 return_points: bool = False):
+                 return_points: bool = False, stop_early: bool = True):
     """Per-image survival of ``defence`` against one attack: True where still correct.
 
     Only images the defence classifies correctly are attacked (the others count as broken).
@@ -114,7 +139,7 @@ def attack_flags(defence: Defence, spec: AttackSpec, threat: Threat, x, y, seed:
     alive = (predict(defence, x) == y) if alive is None else alive.clone()
     idx = alive.nonzero().flatten()
     f, p = attack_images(defence, spec, threat, x[idx], y[idx], seed=seed, batch_size=batch_size,
-                         x_init=None if x_init is None else x_init[idx], progress=progress)
+                         x_init=None if x_init is None else x_init[idx], progress=progress, stop_early=stop_early)
     alive[idx] = f
     if not return_points:
         return alive
@@ -127,7 +152,7 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
              x: torch.Tensor, y: torch.Tensor, out_dir: Optional[str | Path] = None, *, seed: int = 0,
              meta: Optional[dict] = None, progress: bool = True, batch_size: int = 64,
              applies: Optional[Callable] = None, shards: Optional[DistContext] = None, log=None,
-             deadline: Optional[float] = None) -> dict:
+             deadline: Optional[float] = None, stop_early: bool = True) -> dict:
     """Run every (defence × attack × threat) that ``applies`` and write ``results.json`` after each row.
 
     Args:
@@ -139,8 +164,11 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
         deadline: a ``time.monotonic()`` value; the loop stops cleanly when it passes (the row being
             run is dropped, every finished row is kept and ``meta["stopped"]`` says why). Under
             ``torchrun`` every rank must be given the same deadline.
-        batch_size: attack batch size. Part of the result (it fixes which images share a random
-            start's generator).
+        batch_size: attack batch size. Not part of the result: each image's random choices come from
+            its own seed (up to float rounding in the models; stochastic defences draw their noise per
+            batch, so for them it is).
+        stop_early: images leave an attack against a deterministic defence once broken (same
+            outcomes, less work; ``False`` only to check exactly that).
 
     Attacks run in the given order within each (defence, threat); ``cascade`` attacks see only the
     survivors of the rows before them, ``warm_from`` attacks start from an earlier attack's end
@@ -181,7 +209,8 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
             # inside a row the deadline is checked per batch only in one process: ranks would disagree
             return attack_images(d, spec, threat, x[own], y[own], seed=seed, batch_size=batch_size,
                                  x_init=None if x_init is None else x_init[own], progress=tick,
-                                 deadline=deadline if shards is None or not shards.active else None)
+                                 deadline=deadline if shards is None or not shards.active else None,
+                                 stop_early=stop_early)
 
         f, p = map_batches(shards, f"{d.name} · {spec.name} · {threat}", idx, batch_size, fn)
         flags, pts = torch.zeros_like(todo), x.clone()

@@ -7,15 +7,15 @@ the defence's structured fields (purifier or not, deterministic or not, what its
 ================================  ==============================================================
 defence                           the standard ensemble (in order; † = cascaded, survivors only)
 ================================  ==============================================================
-no purifier (undefended, PGD-AT,  PGD (white-box), APGD-CE †, APGD-DLR †, Square †
+no purifier (undefended, PGD-AT,  PGD (white-box), APGD-CE †, APGD-DLR †, APGD-T †, Square †
 TRADES)
-deterministic purifier with       gPGD (gray-box), BPDA-det, exact †, BPDA→exact † (the exact
-exact gradients (PurSAMERE, ERE   gradient started where BPDA stopped), partial unrolling †
-descent, fixed-seed baselines)    (exact through the last k steps, BPDA before; margin loss) where
-                                  the purifier supports it, APGD-CE † and APGD-DLR † (BPDA
-                                  gradient), Square †
-deterministic, no ``unrolled``    gPGD, BPDA-det, APGD-CE †, APGD-DLR †, Square †
-stochastic purifier               BPDA+EoT, APGD-CE+EoT †, APGD-DLR+EoT †, Square †
+deterministic purifier with       gPGD (gray-box), BPDA-det, APGD-CE †, APGD-DLR †, APGD-T †
+exact gradients (PurSAMERE, ERE   (all three through BPDA), exact †, APGD-CE→exact † (the exact
+descent, fixed-seed baselines)    gradient started where APGD-CE stopped), partial unrolling †
+                                  (exact through the last k steps, BPDA before; margin loss) where
+                                  the purifier supports it, Square †
+deterministic, no ``unrolled``    gPGD, BPDA-det, APGD-CE †, APGD-DLR †, APGD-T †, Square †
+stochastic purifier               BPDA+EoT, APGD-CE+EoT †, APGD-DLR+EoT †, APGD-T+EoT †, Square †
 ================================  ==============================================================
 
 BPDA-det and gPGD run on every clean-correct image, so their columns are ordinary per-attack
@@ -35,8 +35,9 @@ from .defended import GRADIENTS, supports_exact_gradient, supports_partial_unrol
 
 __all__ = ["Role", "AttackSpec", "KINDS", "Budget", "standard_suite", "applies"]
 
-#: Attack kinds: our PGD, torchattacks' Square (gradient-free) and APGD with CE or DLR loss.
-KINDS = ("pgd", "square", "apgd-ce", "apgd-dlr")
+#: Attack kinds: PGD, APGD with CE, DLR or targeted DLR loss (over the top classes), and the gradient-free
+#: Square attack — all ours, with per-image seeded randomness (:mod:`pursamere.evaluation.apgd`, ``square``).
+KINDS = ("pgd", "square", "apgd-ce", "apgd-dlr", "apgd-t")
 
 
 class Role(str, Enum):
@@ -73,7 +74,8 @@ class AttackSpec:
     """One attack of a suite.
 
     ``gradient``: how gradients cross the purifier (``"none"`` gray-box, ``"bpda"``, ``"exact"``);
-    ``kind``: ``"pgd"``, ``"square"`` (gradient-free), ``"apgd-ce"``/``"apgd-dlr"`` (torchattacks).
+    ``kind``: ``"pgd"``, ``"square"`` (gradient-free), ``"apgd-ce"``/``"apgd-dlr"``, or ``"apgd-t"``
+    (targeted DLR against each of the ``targets`` most likely wrong classes in turn).
     ``eot`` is used only against stochastic defences (it is 1 otherwise). ``role``: what the
     attack is for in its suite (read from the settings when not given; see :class:`Role`).
 
@@ -97,6 +99,7 @@ class AttackSpec:
     step_size: Optional[float] = None
     restarts: int = 1
     queries: int = 1000  # Square only
+    targets: int = 3  # APGD-T only: the most likely wrong classes attacked in turn (AutoAttack: 9 on CIFAR-10)
     unroll_last: Optional[int] = None
     warm_from: Optional[str] = None
     cascade: bool = False
@@ -107,14 +110,14 @@ class AttackSpec:
             raise ValueError(f"AttackSpec {self.name!r}: unknown gradient {self.gradient!r}, use one of {GRADIENTS}")
         if self.kind not in KINDS:
             raise ValueError(f"AttackSpec {self.name!r}: unknown kind {self.kind!r}, use one of {KINDS}")
-        for k in ("steps", "eot", "restarts", "queries"):
+        for k in ("steps", "eot", "restarts", "queries", "targets"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"AttackSpec {self.name!r}: {k} must be an integer >= 1, got {v!r}")
         if self.unroll_last is not None and (self.gradient != "exact" or self.kind != "pgd"):
             raise ValueError(f"AttackSpec {self.name!r}: unroll_last needs kind='pgd' and gradient='exact'")
-        if self.warm_from is not None and self.kind != "pgd":
-            raise ValueError(f"AttackSpec {self.name!r}: warm_from needs kind='pgd'")
+        if self.warm_from is not None and self.kind not in ("pgd", "apgd-ce", "apgd-dlr"):
+            raise ValueError(f"AttackSpec {self.name!r}: warm_from needs kind='pgd' or an untargeted APGD")
         if self.warm_from == self.name:
             raise ValueError(f"AttackSpec {self.name!r}: cannot start from its own end points")
         object.__setattr__(self, "role", Role.of(self) if self.role is None else Role(self.role))
@@ -130,31 +133,49 @@ class AttackSpec:
 
 @dataclass(frozen=True)
 class Budget:
-    """Step counts of the standard ensemble (defaults: the digits ensemble's budget)."""
+    """Step counts of the standard ensemble (defaults: the digits ensemble's first budget; the converged
+    budget of each preset is chosen from chapter 7's convergence curve)."""
 
     gpgd_steps: int = 20
-    bpda_steps: int = 20
-    exact_steps: int = 10
+    bpda_steps: int = 20  # PGD through BPDA, and each APGD run
+    exact_steps: int = 10  # exact-gradient PGD, from a random start and from APGD-CE's end points
     partial_last: int = 3  # purifier steps differentiated exactly in the partial-unrolling attack
     partial_steps: int = 20
     apgd_steps: int = 20
+    apgd_restarts: int = 1  # random restarts of APGD-CE and APGD-DLR
+    apgd_targets: int = 3  # APGD-T: the most likely wrong classes, attacked in turn
     square_queries: int = 100
     eot: int = 4  # EoT samples per step against stochastic purifiers
 
+    def doubled(self) -> "Budget":
+        """Twice every step count, query budget and restart count (the ``--strong`` convergence check)."""
+        keep = {"partial_last", "apgd_targets", "eot"}
+        return Budget(**{k: v if k in keep else 2 * v for k, v in dataclasses.asdict(self).items()})
+
 
 def standard_suite(budget: Budget = Budget()) -> list[AttackSpec]:
-    """The standard ensemble, in the order it runs (see the module docstring)."""
+    """The standard ensemble, in the order it runs (see the module docstring).
+
+    Its strongest path on a deterministic purifier: APGD through BPDA, then the exact gradient
+    started from APGD-CE's end points on the images that survived everything before it.
+    """
     b = budget
-    bpda = f"BPDA{b.bpda_steps}"
+    apgd_ce = f"APGD-CE{b.apgd_steps}" + (f"×{b.apgd_restarts}" if b.apgd_restarts > 1 else "")
+    apgd_dlr = f"APGD-DLR{b.apgd_steps}" + (f"×{b.apgd_restarts}" if b.apgd_restarts > 1 else "")
     return [
         AttackSpec(f"gPGD{b.gpgd_steps}", gradient="none", steps=b.gpgd_steps),
-        AttackSpec(bpda, gradient="bpda", steps=b.bpda_steps, eot=b.eot),
+        AttackSpec(f"BPDA{b.bpda_steps}", gradient="bpda", steps=b.bpda_steps, eot=b.eot),
+        AttackSpec(apgd_ce, gradient="bpda", kind="apgd-ce", steps=b.apgd_steps, restarts=b.apgd_restarts, eot=b.eot,
+                   cascade=True),
+        AttackSpec(apgd_dlr, gradient="bpda", kind="apgd-dlr", steps=b.apgd_steps, restarts=b.apgd_restarts, eot=b.eot,
+                   cascade=True),
+        AttackSpec(f"APGD-T{b.apgd_steps}", gradient="bpda", kind="apgd-t", steps=b.apgd_steps, targets=b.apgd_targets,
+                   eot=b.eot, cascade=True),
         AttackSpec(f"exact{b.exact_steps}", gradient="exact", steps=b.exact_steps, cascade=True),
-        AttackSpec(f"{bpda}→exact{b.exact_steps}", gradient="exact", steps=b.exact_steps, warm_from=bpda, cascade=True),
+        AttackSpec(f"{apgd_ce}→exact{b.exact_steps}", gradient="exact", steps=b.exact_steps, warm_from=apgd_ce,
+                   cascade=True),
         AttackSpec(f"partial{b.partial_last}-margin{b.partial_steps}", gradient="exact", steps=b.partial_steps,
                    unroll_last=b.partial_last, loss="margin", cascade=True),
-        AttackSpec(f"APGD-CE{b.apgd_steps}", gradient="bpda", kind="apgd-ce", steps=b.apgd_steps, eot=b.eot, cascade=True),
-        AttackSpec(f"APGD-DLR{b.apgd_steps}", gradient="bpda", kind="apgd-dlr", steps=b.apgd_steps, eot=b.eot, cascade=True),
         AttackSpec(f"Square{b.square_queries}", gradient="none", kind="square", queries=b.square_queries, cascade=True),
     ]
 

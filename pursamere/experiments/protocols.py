@@ -26,7 +26,8 @@ from ..evaluation.defences import Family, config_family
 from ..evaluation.suite import AttackSpec, Budget, Role, applies as standard_applies, standard_suite
 
 __all__ = ["Plan", "EnsemblePlan", "DefenceSpec", "Images", "Protocol", "tables", "ensemble", "sam_study",
-           "sam_settings", "attack_study", "schedule_sweep", "custom", "NAMED_ATTACKS", "select_defences"]
+           "sam_settings", "attack_study", "schedule_sweep", "custom", "NAMED_ATTACKS", "select_defences", "budget_at",
+           "CONVERGENCE_LADDER", "convergence"]
 
 ALL_NORMS = ("inf", "2", "1")
 
@@ -319,6 +320,32 @@ def schedule_sweep(preset, candidates: dict, n: Optional[int] = None, steps: int
     return Protocol("schedule-sweep", f"{preset.name}: purification schedules", defs, attacks,
                     (Threat("inf", preset.threats["inf"]),), Images("validation", n),
                     plan={"candidates": candidates, "eps_pur": base.eps_pur}, summary=summarise_sweep)
+
+
+def budget_at(steps: int, restarts: int = 1) -> Budget:
+    """The standard ensemble scaled to ``steps`` (PGD, APGD and partial unrolling), ``steps/2`` exact-gradient
+    steps, ``restarts`` APGD restarts and ``5·steps`` Square queries: one point of the convergence curve."""
+    return Budget(gpgd_steps=steps, bpda_steps=steps, exact_steps=max(1, steps // 2), partial_steps=steps,
+                  apgd_steps=steps, apgd_restarts=restarts, square_queries=5 * steps)
+
+
+#: The convergence curve's budgets (steps, restarts): each doubles the one before it in one direction.
+CONVERGENCE_LADDER = ((10, 1), (20, 1), (40, 1), (80, 1), (160, 1), (80, 2), (160, 2))
+
+
+def convergence(preset, steps: int, restarts: int = 1, n: Optional[int] = None, eps: Optional[float] = None) -> Protocol:
+    """One point of the convergence curve: the whole standard ensemble at :func:`budget_at` against ERE descent
+    (the preset's best purifier) and PGD-AT, on the validation images at the preset's ℓ∞ budget."""
+    cfg = preset.purify
+    defs = [DefenceSpec(f"ERE descent (no SAM) ε_pur={cfg.eps_pur:.4g}", "eq17", cfg.sam_off())]
+    if preset.adv_train_steps >= 1:
+        defs.append(DefenceSpec("PGD-AT", "pgd-at", family=Family.ADVERSARIAL_TRAINING))
+    budget = budget_at(steps, restarts)
+    return Protocol("convergence", f"{preset.name}: the ensemble at {steps} steps × {restarts} restart(s)", tuple(defs),
+                    tuple(standard_suite(budget)), (Threat("inf", eps or preset.threats["inf"]),), Images("validation", n),
+                    plan={"steps": steps, "restarts": restarts, "budget": dataclasses.asdict(budget)},
+                    describe=f"The standard ensemble at {steps} steps and {restarts} APGD restart(s) (exact gradient "
+                             f"{max(1, steps // 2)} steps, Square {5 * steps} queries).")
 
 
 #: Named single attacks for ``pursamere evaluate`` ("-det": the purifier's seed is fixed and known).

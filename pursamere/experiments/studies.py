@@ -10,7 +10,8 @@ import dataclasses
 
 from ..evaluation.results import paired, robust_flags
 
-__all__ = ["summarise", "summarise_sam", "summarise_attacks", "summarise_sweep", "choose_setting"]
+__all__ = ["summarise", "summarise_sam", "summarise_attacks", "summarise_sweep", "choose_setting", "convergence_curve",
+           "flat_budget"]
 
 
 def summarise(results: dict) -> list[dict]:
@@ -75,3 +76,35 @@ def choose_setting(summary: dict, results: dict, baseline: str = "SAM off", alph
     return {"chosen": chosen, "overrides": summary["settings"][chosen], "best": best["setting"],
             "best_worst_case": best["worst_case"], "baseline_worst_case": rows[baseline]["worst_case"],
             "saves": b, "loses": c, "p_value": p, "alpha": alpha, "n": best["n"]}
+
+
+def convergence_curve(folders) -> list[dict]:
+    """Per budget folder of the convergence study and per defence: steps, restarts, worst case, images robust
+    and the per-image outcomes (so two budgets can be compared image by image)."""
+    from ..evaluation.results import read_results
+
+    out = []
+    for folder in folders:
+        res = read_results(folder)
+        plan = res["meta"]["plan"]
+        for w in res["worst_case"]:
+            out.append({"defence": w["defence"], "family": w["family"], "classifier": w["classifier"],
+                        "steps": plan["steps"], "restarts": plan["restarts"], "n": w["n"], "robust": sum(w["survived"]),
+                        "worst_case": w["robust_acc"], "ci95": w["ci95"], "survived": w["survived"],
+                        "seconds": round(sum(r["seconds"] for r in res["rows"] if r["defence"] == w["defence"]), 1)})
+    return out
+
+
+def flat_budget(curve: list[dict], defence: str, tolerance: float = 0.01) -> dict:
+    """The smallest budget whose doubling (in steps, and in restarts where measured) moves ``defence``'s worst
+    case by less than ``tolerance`` of the images — the budget the suite should run (issue: < 1 image in 100)."""
+    pts = {(c["steps"], c["restarts"]): c for c in curve if c["defence"] == defence}
+    for (steps, restarts), c in sorted(pts.items(), key=lambda kv: (kv[0][0] * kv[0][1], kv[0][0])):
+        doubled = [pts[k] for k in ((2 * steps, restarts), (steps, 2 * restarts)) if k in pts]
+        if not doubled:
+            continue
+        drop = max(c["robust"] - d["robust"] for d in doubled)  # images the doubled budget breaks in addition
+        if drop < tolerance * c["n"]:
+            return {"steps": steps, "restarts": restarts, "worst_case": c["worst_case"], "checked_against":
+                    [(d["steps"], d["restarts"]) for d in doubled], "drop_images": drop, "n": c["n"]}
+    return {}
