@@ -194,6 +194,7 @@ def cmd_ensemble(args) -> int:
     plan = preset.ensemble
     eps = tuple(float(e) for e in _items(args.eps)) if args.eps else plan.eps
     budget = plan.budget if args.square_queries is None else dataclasses.replace(plan.budget, square_queries=args.square_queries)
+    budget = budget.doubled() if args.strong else budget
     plan = dataclasses.replace(plan, n_test=args.n or plan.n_test, eps=eps, budget=budget,
                                batch_size=args.batch_size or plan.batch_size)
     best = json.loads(args.best) if args.best else None
@@ -349,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="table images (default: the preset's ensemble plan); under torchrun write --n-images")
     en.add_argument("--square-queries", type=int, default=None)
     en.add_argument("--batch-size", type=int, default=None, help="attack batch size (part of the result: it fixes the random starts)")
+    en.add_argument("--strong", action="store_true", help="double every step count, query budget and restart count: "
+                                                       "a converged suite must not lose more than 1 image in 100 to it")
     en.add_argument("--best", default="", help='purifier overrides chosen by the SAM study, as JSON, e.g. \'{"rho": 0.0}\'')
     en.add_argument("--only", default="", help="comma-separated families, classifiers or exact labels (default: all)")
     en.set_defaults(func=cmd_ensemble)

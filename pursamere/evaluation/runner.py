@@ -81,7 +81,7 @@ def attack_images(defence: Defence, spec: AttackSpec, threat: Threat, x, y, seed
                   deadline: Optional[float] = None, stop_early: bool = True):
     """Attack every image of ``x`` (in batches); return ``(survived, end points)``.
 
-    Every random choice of an attack is drawn from the image's own seed (:func:`image_seeds`: a
+    Every random choice of an attack is drawn from the image's own seed (:func:`~pursamere.evaluation.starts.image_seeds`: a
     hash of its bytes, the run's ``seed`` and the restart or target index), so an image's result does
     not depend on which images share its batch or survived a cascade. Against a deterministic
     defence an image leaves the attack as soon as it is broken (``stop_early``: the outcomes are the

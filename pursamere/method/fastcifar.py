@@ -17,6 +17,8 @@ checkpoint therefore ends with the same weights, bit for bit on CPU, as an unint
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -204,7 +206,7 @@ class _Lookahead:
 def _fgsm_rs(net: nn.Module, x: torch.Tensor, y: torch.Tensor, c: FastCifarConfig, gen: torch.Generator) -> torch.Tensor:
     """FGSM with a uniform random start (Wong et al. 2020): one signed step of adv_step·ε, clipped."""
     eps = c.adv_eps
-    delta = (torch.rand(x.shape, generator=gen) * 2 - 1) * eps
+    delta = ((torch.rand(x.shape, generator=gen) * 2 - 1) * eps).to(x.device)
     delta = ((x + delta).clamp(0, 1) - x).requires_grad_(True)
     loss = F.cross_entropy(net(x + delta), y, label_smoothing=c.label_smoothing, reduction="sum")
     (g,) = torch.autograd.grad(loss, delta)
@@ -218,10 +220,11 @@ def evaluate_accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
     was = net.training
     net.eval()
     correct = 0
+    dev = next(net.parameters()).device
     for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
+        xb = x[i:i + batch_size].to(dev)
         xb = xb.float().div(255.0) if xb.dtype == torch.uint8 else xb
-        correct += int((net(xb).argmax(1) == y[i:i + batch_size]).sum())
+        correct += int((net(xb).argmax(1).cpu() == y[i:i + batch_size].cpu()).sum())
     net.train(was)
     return correct / len(x)
 
@@ -244,6 +247,7 @@ def train_fastcifar(
     stop_at: Optional[int] = None,
     on_epoch: Optional[Callable[[nn.Module, dict], None]] = None,
     log: Callable[[str], None] = print,
+    device: str = "cpu",
 ) -> tuple[FastCifarNet, dict]:
     """Train a :class:`FastCifarNet` on uint8 images ``(N, 3, 32, 32)``; resumable, deterministic.
 
@@ -255,6 +259,7 @@ def train_fastcifar(
         resume: continue from ``checkpoint`` when it exists (its settings and data must match).
         stop_at: stop after this global step (an interruption, for tests).
         on_epoch: ``callback(net, record)`` after each epoch (e.g. a test-set accuracy in eval mode).
+        device: ``"cpu"`` (fp32, the shipped models) or ``"cuda"`` (bf16 autocast: the one-shot GPU run).
     Returns:
         ``(net, record)``: the net in eval mode and ``{"steps", "train_seconds", "images_per_second",
         "epochs": [...]}`` (train_seconds sums the time of every session of the run).
@@ -274,12 +279,13 @@ def train_fastcifar(
     lr_bias = lr * c.bias_scaler
 
     torch.manual_seed(c.seed)
-    net = FastCifarNet(c).to(memory_format=torch.channels_last)
+    net = FastCifarNet(c).to(device, memory_format=torch.channels_last)
+    amp = str(device).startswith("cuda")
     gen = torch.Generator().manual_seed(c.seed)
     flip0 = torch.rand(n, generator=torch.Generator().manual_seed(c.seed + 1)) < 0.5  # alternating flips
     pad = c.translate
     padded = torch.from_numpy(np.pad(images.numpy(), ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="reflect"))
-    net.init_whitening(images[torch.randperm(n, generator=gen)[: c.whiten_images]].float() / 255.0)
+    net.init_whitening(images[torch.randperm(n, generator=gen)[: c.whiten_images]].float().to(device) / 255.0)
 
     bn_bias = [p for name, p in net.named_parameters() if p.requires_grad and name.endswith("bias") and ".groups." in f".{name}"]
     others = [p for p in net.parameters() if p.requires_grad and all(p is not q for q in bn_bias)]
@@ -330,12 +336,13 @@ def train_fastcifar(
         for i in range(first, steps_per_epoch):
             idx = order[i * c.batch_size:(i + 1) * c.batch_size]
             xb = _crop(padded[idx], shifts[idx], pad).float().div_(255.0)
-            xb = torch.where(flip[idx].view(-1, 1, 1, 1), xb.flip(-1), xb).contiguous(memory_format=torch.channels_last)
-            yb = labels[idx]
-            if c.adv_eps > 0:
-                xb = _fgsm_rs(net, xb, yb, c, torch.Generator().manual_seed(c.seed * 1_000_003 + step))
-            out = net(xb)
-            loss = F.cross_entropy(out, yb, label_smoothing=c.label_smoothing, reduction="sum")
+            xb = torch.where(flip[idx].view(-1, 1, 1, 1), xb.flip(-1), xb).to(device).contiguous(memory_format=torch.channels_last)
+            yb = labels[idx].to(device)
+            with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
+                if c.adv_eps > 0:
+                    xb = _fgsm_rs(net, xb, yb, c, torch.Generator().manual_seed(c.seed * 1_000_003 + step))
+                out = net(xb)
+                loss = F.cross_entropy(out.float(), yb, label_smoothing=c.label_smoothing, reduction="sum")
             for group in opt.param_groups:
                 group["lr"] = group["initial_lr"] * _triangle(step, total, c)
             opt.zero_grad(set_to_none=True)
