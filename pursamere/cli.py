@@ -18,7 +18,8 @@ def _options(args, resume: bool = False):
 
     shards = init_distributed(args.device) if "WORLD_SIZE" in os.environ else None
     return Options(workdir=args.workdir, device=args.device, fresh=getattr(args, "fresh", False),
-                   weights=getattr(args, "weights", "train"),
+                   weights=getattr(args, "weights", "train"), score_checkpoint=getattr(args, "score_checkpoint", None),
+                   classifier=_classifier_spec(args),
                    resume=resume or getattr(args, "resume", False), data_root=args.data_root, shards=shards,
                    progress=not getattr(args, "quiet", False))
 
@@ -39,6 +40,15 @@ def _engine(args, protocol, kind: str, resume: bool = False, default_out=None):
         print(res.table)
         print(f"wrote {res.out}/ in {res.summary['seconds_total']:.0f} s")
     return res
+
+
+def _classifier_spec(args):
+    """The user's classifier from --classifier/--classifier-weights/--normalization (None when not given)."""
+    from .experiments.user_models import ClassifierSpec
+
+    if not getattr(args, "classifier", None):
+        return None
+    return ClassifierSpec(args.classifier, weights=args.classifier_weights, normalization=args.normalization)
 
 
 def _preset(args):
@@ -137,7 +147,7 @@ def cmd_evaluate_user(args) -> int:
     from .experiments.artifacts import prepare
     from .experiments.engine import results_dir, select_images
     from .experiments.protocols import Images
-    from .experiments.user_models import ClassifierSpec, load_classifier, load_factory
+    from .experiments.user_models import load_classifier, load_factory
 
     preset = _preset(args)
     make = load_factory(args.purifier)
@@ -149,11 +159,8 @@ def cmd_evaluate_user(args) -> int:
         raise ValueError(f"purifier factory {args.purifier!r} returned a {type(purifier).__name__}, not a callable x -> x")
     arts = prepare(preset, args.workdir, device="cpu", data_root=args.data_root, progress=not args.quiet,
                    log=(lambda *a: None) if args.quiet else print, weights=args.weights)
-    if args.classifier:
-        clf = load_classifier(ClassifierSpec(args.classifier, weights=args.classifier_weights,
-                                             normalization=args.normalization), image_shape=preset.image_shape)
-    else:
-        clf = arts.classifier("plain")
+    clf = load_classifier(_classifier_spec(args), image_shape=preset.image_shape) if args.classifier \
+        else arts.classifier("plain")
     x, y, what = select_images(preset, arts.split, Images("table", args.n))
     threats = _threats(args, preset)
     out = results_dir(preset.name, "purifier", args.out)
@@ -172,8 +179,6 @@ def cmd_evaluate(args) -> int:
 
     if args.purifier:
         return cmd_evaluate_user(args)
-    if args.classifier:
-        raise ValueError("--classifier needs --purifier (a user's purifier to evaluate in front of it)")
     preset = _preset(args)
     try:
         attacks = tuple(protocols.NAMED_ATTACKS[a] for a in _items(args.attacks))
@@ -293,6 +298,11 @@ def _common(p, out_help: str = "output folder (default results/<preset>/<kind>-<
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--weights", choices=("train", "shipped"), default="train",
                    help="train the models (cached in --workdir) or use the shipped, verified ones of weights/")
+    p.add_argument("--score-checkpoint", default=None, help="--preset cifar10-ncsnv2: the official NCSNv2 checkpoint")
+    p.add_argument("--classifier", default=None, metavar="FILE.py:FN",
+                   help="your classifier's factory (cifar10-ncsnv2, or evaluate --purifier; default: the preset's own)")
+    p.add_argument("--classifier-weights", default=None, help="its weights (.safetensors, or .pt read with weights_only)")
+    p.add_argument("--normalization", default=None, help="the mean/std your classifier expects: none, imagenet, cifar10")
     if resume:
         p.add_argument("--resume", action="store_true", help="continue a finished run in --out (matching rows are reused)")
 
@@ -336,10 +346,6 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--purifier", default=None, metavar="FILE.py:FN",
                     help="evaluate YOUR purifier: a function (in your file or module) returning a callable x -> x; "
                          "runs evaluate_purifier (the standard ensemble, cascaded, with the obfuscation checks)")
-    ev.add_argument("--classifier", default=None, metavar="FILE.py:FN",
-                    help="with --purifier: your classifier's factory (default: the preset's plain classifier)")
-    ev.add_argument("--classifier-weights", default=None, help="its weights (.safetensors, or .pt read with weights_only)")
-    ev.add_argument("--normalization", default=None, help="the mean/std your classifier expects: none, imagenet, cifar10")
     ev.add_argument("--strong", action="store_true", help="with --purifier: double every step count (a convergence check)")
     ev.set_defaults(func=cmd_evaluate)
 

@@ -182,20 +182,23 @@ def test_smoke_purifies_two_cifar_images_with_a_random_ncsnv2():
 
 
 def test_the_paper_preset_holds_the_paper_settings_and_loads_the_users_files(full_checkpoint, tmp_path):
-    from pursamere.experiments.paper_models import CIFAR10_NCSNV2, MissingModelError
+    from pursamere.experiments.artifacts import user_models
+    from pursamere.experiments.presets import CIFAR10_NCSNV2
     from pursamere.experiments.user_models import ClassifierSpec
 
     p = CIFAR10_NCSNV2
     assert p.eps_pur == (8 / 255, 12 / 255, 16 / 255) and p.threats == {"inf": 8 / 255, 2: 0.5, 1: 12.0}
     for eps in p.eps_pur:
-        cfg = p.purify_config(eps)
+        cfg = p.purify.replace(eps_pur=eps).paper_sam()  # the tables' PurSAMERE rows
         assert (cfg.eps_pur, cfg.rho, cfg.m, cfg.norm) == (eps, eps / 2, 4, "inf")
-    assert p.purify.rho == p.purify.eps_pur / 2 and p.score_checkpoint is None
-    with pytest.raises(MissingModelError, match="needs the official NCSNv2 cifar10 checkpoint"):
-        p.load_score()
+    assert p.purify.rho == p.purify.eps_pur / 2 and p.models == "user" and not p.purify.antithetic
     factory = tmp_path / "clf.py"
     factory.write_text("import torch.nn as nn\ndef make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))\n")
-    user = p.with_paths(full_checkpoint, ClassifierSpec(f"{factory}:make", normalization="cifar10"))
-    net, info = user.load_score()
+    spec = ClassifierSpec(f"{factory}:make", normalization="cifar10")
+    with pytest.raises(ValueError, match="official NCSNv2 cifar10 checkpoint"):
+        user_models(p, None, spec)
+    with pytest.raises(ValueError, match="needs your classifier"):
+        user_models(p, full_checkpoint, None)
+    net, info, clf = user_models(p, full_checkpoint, spec)
     assert info["weights"] == "ema" and info["config"] == "cifar10"
-    assert user.load_classifier()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert clf(torch.rand(2, 3, 32, 32)).shape == (2, 10)

@@ -26,7 +26,7 @@ from ..method.train import TRADES, PGDAdversary, accuracy, load_score_net, train
 from .data import Split, load_split
 
 __all__ = ["Artifacts", "prepare", "build_classifier", "purify_batched", "load_trained_score", "CLASSIFIERS",
-           "model_settings", "ship", "load_shipped"]
+           "model_settings", "ship", "load_shipped", "user_models", "load_user_models"]
 
 #: The classifiers a preset trains, by id: what each is, and its cache file.
 CLASSIFIERS = {"plain": "classifier_plain.pt", "eq17": "classifier_eq17.pt", "pgd-at": "classifier_adv.pt",
@@ -195,13 +195,43 @@ def load_shipped(preset, data_root: Optional[str] = None, log=print, root=None) 
     return Artifacts(split, score, classifiers, {}, {"weights": "shipped", "sha256": files})
 
 
+def user_models(preset, score_checkpoint: Optional[str], classifier, image_shape=(3, 32, 32)):
+    """``(score, info, classifier)`` of a ``models="user"`` preset: the official NCSNv2 checkpoint and the
+    user's classifier (a :class:`~pursamere.experiments.user_models.ClassifierSpec`), read as data."""
+    from ..method.ncsnv2 import load_ncsnv2
+    from .user_models import load_classifier
+
+    if not score_checkpoint:
+        raise ValueError(f"preset {preset.name} purifies with the official NCSNv2 {preset.ncsnv2_config} checkpoint: "
+                         "download it from the NCSNv2 release and pass --score-checkpoint PATH (nothing is downloaded)")
+    if classifier is None:
+        raise ValueError(f"preset {preset.name} needs your classifier: --classifier FILE.py:FN "
+                         "[--classifier-weights W --normalization cifar10]")
+    score, info = load_ncsnv2(score_checkpoint, preset.ncsnv2_config)
+    return score, info, load_classifier(classifier, image_shape=image_shape)
+
+
+def load_user_models(preset, score_checkpoint: Optional[str], classifier, data_root: Optional[str] = None,
+                     log=print) -> Artifacts:
+    """A ``models="user"`` preset's :class:`Artifacts`: :func:`user_models` on the preset's data; nothing is trained."""
+    score, info, clf = user_models(preset, score_checkpoint, classifier, preset.image_shape)
+    split = load_split(preset, data_root)
+    log(f"{preset.name}: NCSNv2 from {score_checkpoint} ({info.get('weights', 'weights')}), classifier {classifier.factory}")
+    return Artifacts(split, score, {"plain": clf, "eq17": clf}, {},
+                     {"weights": "user", "score_checkpoint": str(score_checkpoint), "classifier": classifier.factory})
+
+
 def prepare(preset, workdir: str | Path, fresh: bool = False, progress: bool = True, device: str = "cpu",
-            log=print, data_root: Optional[str] = None, weights: str = "train") -> Artifacts:
+            log=print, data_root: Optional[str] = None, weights: str = "train", score_checkpoint: Optional[str] = None,
+            classifier=None) -> Artifacts:
     """Train (or reuse) the preset's score net and classifiers; see the module docstring.
 
     ``weights="shipped"`` loads the verified models of ``weights/`` instead of training
-    (:func:`load_shipped`): any row of the book can be re-run exactly with them.
+    (:func:`load_shipped`): any row of the book can be re-run exactly with them. A ``models="user"``
+    preset loads ``score_checkpoint`` and ``classifier`` instead (:func:`load_user_models`).
     """
+    if preset.models == "user":
+        return load_user_models(preset, score_checkpoint, classifier, data_root, log)
     if weights == "shipped":
         return load_shipped(preset, data_root, log)
     if weights != "train":

@@ -51,6 +51,8 @@ class Options:
     progress: bool = True  # progress bars
     data_root: Optional[str] = None  # folder of the data set (CIFAR-10 presets)
     weights: str = "train"  # "train" (or reuse the cache in workdir) or "shipped" (the verified models of weights/)
+    score_checkpoint: Optional[str] = None  # presets with models="user": the official NCSNv2 checkpoint
+    classifier: Optional[object] = None  # presets with models="user": a user_models.ClassifierSpec
     shards: Optional[DistContext] = None  # split the attacks over the ranks of a torchrun process group
     deadline: Optional[float] = None  # time.monotonic() after which the run stops cleanly (finished rows kept)
     log: Callable = print
@@ -97,7 +99,7 @@ def _artifacts(preset, o: Options, rank0: bool) -> Artifacts:
     """Train or load the models; under torchrun rank 0 trains first and the other ranks load its caches."""
     def go(log=o.log, progress=o.progress):
         return prepare(preset, o.workdir, fresh=o.fresh, progress=progress, device=o.device, log=log, data_root=o.data_root,
-                       weights=o.weights)
+                       weights=o.weights, score_checkpoint=o.score_checkpoint, classifier=o.classifier)
 
     if o.shards is None or not o.shards.active:
         return go()
