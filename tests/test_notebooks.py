@@ -208,6 +208,11 @@ def test_07_worst_case_live_tiny(tiny_run, tmp_path):
             assert single is None or acc <= single + 1e-12
             assert acc <= res["clean"][d] + 1e-12
     assert res["attack_study_worst"] <= min(res["attack_study"].values()) + 1e-12
+    conv = res["convergence"]  # the live three-point ladder ran for every defence and was read back
+    assert {(c["steps"], c["restarts"]) for c in conv} == {(1, 1), (2, 1), (1, 2)}
+    for d in {c["defence"] for c in conv}:
+        base = next(c for c in conv if c["defence"] == d and (c["steps"], c["restarts"]) == (1, 1))
+        assert all(0 <= c["worst_case"] <= 1 for c in conv if c["defence"] == d) and base["n"] == 12
     v = res["sam_verdict"]
     assert v["n_sam_settings"] == sum(1 for s in res["sam_study"].values() if s["kind"] != "off")
     assert v["best_worst_case"] == max(r["worst_case"] for r in res["sam_study"].values())

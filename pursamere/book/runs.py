@@ -69,7 +69,7 @@ def find_run(*candidates) -> Optional[RunFolder]:
 
 def live_protocol(preset, kind: str, **kw):
     """The protocol a chapter's live branch runs: ``"tables"`` (its ``plan``: "demo"/"full"), ``"ensemble"``,
-    ``"sam-study"`` or ``"attack-study"`` (``n``: validation images)."""
+    ``"sam-study"``, ``"attack-study"`` (``n``: validation images) or ``"convergence"`` (``steps``, ``restarts``)."""
     from ..experiments import protocols
 
     if kind == "tables":
@@ -80,11 +80,13 @@ def live_protocol(preset, kind: str, **kw):
         return protocols.sam_study(preset, n=kw.get("n"))
     if kind == "attack-study":
         return protocols.attack_study(preset, n=kw.get("n"))
+    if kind == "convergence":
+        return protocols.convergence(preset, kw.get("steps", 2), kw.get("restarts", 1), n=kw.get("n"))
     raise ValueError(f"unknown live protocol {kind!r}")
 
 
 def live_run(preset: str, out_dir=None, workdir=None, plan: str = "demo", device: str = "cpu", kind: str = "tables",
-             n: Optional[int] = None) -> RunFolder:
+             n: Optional[int] = None, **kw) -> RunFolder:
     """Train and evaluate ``preset`` now with the one engine, and read the run back.
 
     A finished run of the same preset and protocol already in ``out_dir`` is reused (the test suite
@@ -101,7 +103,7 @@ def live_run(preset: str, out_dir=None, workdir=None, plan: str = "demo", device
     p = get_preset(preset)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device={device!r} but no CUDA device is visible: pass device='cpu' for a CPU run")
-    protocol = live_protocol(p, kind, plan=plan, n=n)
+    protocol = live_protocol(p, kind, plan=plan, n=n, **kw)
     out = Path(out_dir) if out_dir else None
     old = load_run(out) if out is not None and (out / "table.md").exists() else None
     if old is not None:
