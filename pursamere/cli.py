@@ -98,34 +98,15 @@ def cmd_train_score(args) -> int:
 
 def cmd_train_classifier(args) -> int:
     """Train the preset's classifier, plainly or with PGD adversarial training (Madry et al.) or TRADES."""
-    import torch
-
-    from .evaluation.attacks import Threat, pgd, robust_accuracy
-    from .experiments.artifacts import build_classifier
-    from .experiments.data import load_split
-    from .io import save_checkpoint
-    from .method.train import TRADES, PGDAdversary, accuracy, train_classifier
+    from .experiments.artifacts import train_single_classifier
 
     if args.adversarial and args.trades:
         raise ValueError("choose one of --adversarial (PGD-AT) and --trades")
-    preset = _preset(args)
-    split = load_split(preset, args.data_root)
-    threat = Threat("inf", preset.threats["inf"])
-    adversary = PGDAdversary(threat, steps=args.pgd_steps) if args.adversarial else None
-    trades = TRADES(threat, steps=args.pgd_steps, beta=args.beta) if args.trades else None
-    torch.manual_seed(preset.classifier_train.seed)
-    clf = train_classifier(build_classifier(preset, tuple(split.x_train.shape[1:])), split.x_train, split.y_train,
-                           preset.classifier_train, adversary=adversary, trades=trades, device=args.device, progress=True).cpu()
-    tag = "adv" if args.adversarial else ("trades" if args.trades else "plain")
-    kind = {"adv": f"adversarial (PGD-{args.pgd_steps}, ℓ∞ {threat.eps:g})",
-            "trades": f"TRADES (β = {args.beta:g}, {args.pgd_steps} steps, ℓ∞ {threat.eps:g})", "plain": "plain"}[tag]
-    path = Path(args.workdir) / preset.name / f"classifier_{tag}_cli.pt"
-    save_checkpoint(path, {"state": clf.state_dict(), "meta": {"kind": kind, "preset": preset.name}})
-    n = min(args.n, len(split.x_test))
-    x, y = split.x_test[:n], split.y_test[:n]
-    rob = robust_accuracy(clf, pgd(clf, x, y, threat, steps=20), y)
-    print(f"{kind} classifier → {path}: clean {accuracy(clf, split.x_test, split.y_test):.3f}, "
-          f"PGD-20 ℓ∞ {threat.eps:g} robust {rob:.3f} (n = {n})")
+    kind = "adv" if args.adversarial else ("trades" if args.trades else "plain")
+    r = train_single_classifier(_preset(args), kind, args.workdir, pgd_steps=args.pgd_steps, beta=args.beta,
+                                device=args.device, data_root=args.data_root, n_check=args.n)
+    print(f"{r['label']} classifier → {r['path']}: clean {r['clean']:.3f}, PGD-20 ℓ∞ {r['eps']:g} robust {r['robust']:.3f} "
+          f"(n = {r['n']})")
     return 0
 
 
@@ -143,7 +124,6 @@ def _threats(args, preset) -> list:
 def cmd_evaluate_user(args) -> int:
     """``pursamere evaluate --purifier FILE.py:FN``: evaluate_purifier on a user's purifier (and classifier)."""
     from .evaluation.report import evaluate_purifier
-    from .evaluation.suite import Budget
     from .experiments.artifacts import prepare
     from .experiments.engine import results_dir, select_images
     from .experiments.protocols import Images
@@ -233,26 +213,14 @@ def cmd_study(args) -> int:
 
 def _convergence(args, preset) -> int:
     """Every budget of the convergence ladder (one results folder each, resumable), then convergence.json."""
-    from .experiments import protocols
-    from .experiments.studies import convergence_curve, flat_budget
-    from .io import atomic_write_json
+    from .experiments.studies import run_convergence
 
-    out = Path(args.out or f"results/{preset.name}/convergence")
-    ladder = protocols.CONVERGENCE_LADDER if not args.only else tuple(
-        tuple(int(v) for v in b.split("x")) for b in _items(args.only))
-    folders = []
-    for steps, restarts in ladder:
-        folder = out / f"{steps}x{restarts}"
-        args_b = argparse.Namespace(**{**vars(args), "out": str(folder), "resume": True})
-        _engine(args_b, protocols.convergence(preset, steps, restarts, n=args.n), "convergence")
-        folders.append(folder)
-    curve = convergence_curve(folders)
-    flat = {d: flat_budget(curve, d) for d in dict.fromkeys(c["defence"] for c in curve)}
-    atomic_write_json(out / "convergence.json", {"curve": curve, "flat": flat})
-    for c in curve:
+    ladder = tuple(tuple(int(v) for v in b.split("x")) for b in _items(args.only)) or None
+    summary = run_convergence(preset, args.out or f"results/{preset.name}/convergence", _options(args), ladder, n=args.n)
+    for c in summary["curve"]:
         print(f"{c['defence']:<36} {c['steps']:>4} steps × {c['restarts']}: worst case {100 * c['worst_case']:5.1f}% "
               f"({c['robust']}/{c['n']}, {c['seconds']:.0f} s)")
-    print(f"flat part: {flat}")
+    print(f"flat part: {summary['flat']}")
     return 0
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import pursamere as ps
-from pursamere.book import offline, sliders as S, toys
+from pursamere.book import offline, sliders as S, theorem1, toys
 from pursamere.book.slider_figure import _encode
 
 
@@ -80,12 +80,12 @@ def test_sam_frames_equal_direct_runs_and_respect_the_ball(one_thread):
 
 
 def test_theorem1_and_prop1_figures(one_thread):
-    pot = toys.theorem1_potential()
+    pot = theorem1.theorem1_potential()
     spec = _spec(S.theorem1_figure(pot, [[0.8, 0.3], [-0.2, -0.6]], sigmas=(0.3, 0.15), grid=9,
                                    steps_per_level=10, n_levels=3))
     small = _frame(spec, 0, "1")
     err = float(re.search(r"= ([0-9.e+-]+);", small[7]["text"][0]).group(1))
-    assert err == pytest.approx(float(toys.ere_minimiser_exact(pot, 0.15).norm()), rel=0.05)
+    assert err == pytest.approx(float(theorem1.ere_minimiser_exact(pot, 0.15).norm()), rel=0.05)
     assert err < 1e-5  # the exact minimiser of e_σ sits (all but) on x*
     spec = _spec(S.prop1_figure(toys.prop1_default_score(), np.linspace(-1, 1, 7), np.linspace(-1, 1, 7),
                                 sigmas=(0.3, 0.1)))

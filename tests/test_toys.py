@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from pursamere.book import theorem1
 from pursamere.book import toys as T
 from pursamere.method.ere import NoiseBank, ere
 from pursamere.method.scores import AffineScore, GaussianMixture
@@ -43,9 +44,9 @@ def test_antithetic_bank_has_zero_mean_and_removes_affine_bias():
     bank = NoiseBank((2,), 8, seed=0, antithetic=True)
     assert bank.z.shape == (8, 2) and torch.allclose(bank.z.mean(0), torch.zeros(2, dtype=F64), atol=1e-15)
     h = [[-4.0, 0.0], [0.0, -2.0]]
-    assert np.abs(T.mc_offset_affine(h, 0.05, bank)).max() < 1e-14
+    assert np.abs(theorem1.mc_offset_affine(h, 0.05, bank)).max() < 1e-14
     plain = NoiseBank((2,), 4, seed=0)
-    off = T.mc_offset_affine(h, 0.05, plain)
+    off = theorem1.mc_offset_affine(h, 0.05, plain)
     # the offset predicted for plain draws is what ê's gradient says: ∇ê(x* + offset) = 0
     s = AffineScore(h, [0.0, 0.0])
     x = torch.tensor(off, dtype=F64).reshape(1, 2).requires_grad_(True)
@@ -56,7 +57,7 @@ def test_antithetic_bank_has_zero_mean_and_removes_affine_bias():
 
 
 def test_piecewise_closed_form_matches_fine_quadrature():
-    pot = T.theorem1_potential()
+    pot = theorem1.theorem1_potential()
     sigma = 0.3
     n = 1201
     t = torch.linspace(-9, 9, n, dtype=F64)
@@ -64,7 +65,7 @@ def test_piecewise_closed_form_matches_fine_quadrature():
     z = torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)
     ww = (w[:, None] * w[None, :]).reshape(-1)
     deltas = torch.tensor([[0.1, -0.2], [0.5, 0.3], [1.2, 1.5]], dtype=F64)
-    got = T.ere_exact_piecewise(pot, deltas, sigma)
+    got = theorem1.ere_exact_piecewise(pot, deltas, sigma)
     for d, g in zip(deltas, got):
         r = z + sigma * pot(pot.x_star + d + sigma * z)
         ref = ((r**2).sum(-1) * ww).sum() - (1 - sigma**2) ** 2 * 2
@@ -73,26 +74,26 @@ def test_piecewise_closed_form_matches_fine_quadrature():
 
 def test_theorem1_errors_fall_exponentially():
     sigmas = np.geomspace(0.3, 0.12, 6)
-    err = T.theorem1_errors(T.theorem1_potential(), sigmas)
+    err = theorem1.theorem1_errors(theorem1.theorem1_potential(), sigmas)
     assert np.all(np.diff(err) < 0) and err[-1] < 1e-10
-    slope, _, r2 = T.fit_exponential(sigmas, err)
+    slope, _, r2 = theorem1.fit_exponential(sigmas, err)
     assert r2 >= 0.95 and slope < 0
 
 
 def test_theorem1_broken_case_is_not_exponential():
     sigmas = np.geomspace(0.2, 0.02, 5)
-    err = T.theorem1_errors(T.theorem1_broken_potential(), sigmas)
+    err = theorem1.theorem1_errors(theorem1.theorem1_broken_potential(), sigmas)
     assert err.min() > 1e-2  # a maximiser on a kink: x̂_σ stays a few σ away
-    _, _, r2 = T.fit_exponential(sigmas, err)
+    _, _, r2 = theorem1.fit_exponential(sigmas, err)
     assert r2 < 0.95
 
 
 def test_purifier_reaches_x_star_only_with_antithetic_draws():
-    pot = T.theorem1_potential()
+    pot = theorem1.theorem1_potential()
     start = [[0.6, 0.0]]
     kw = dict(m=4, n_levels=3, steps_per_level=30, sigma_max=0.3)
-    anti = T.theorem1_purifier_errors(pot, start, [0.1], antithetic=True, **kw)
-    plain = T.theorem1_purifier_errors(pot, start, [0.1], antithetic=False, **kw)
+    anti = theorem1.theorem1_purifier_errors(pot, start, [0.1], antithetic=True, **kw)
+    plain = theorem1.theorem1_purifier_errors(pot, start, [0.1], antithetic=False, **kw)
     assert anti.max() < 0.02 and plain.min() > 0.3
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import toys
+from . import theorem1, toys
 from .slider_figure import Part, Slider, SliderFigure, decode
 
 __all__ = ["sam_figure", "landscape_figure", "prop1_figure", "theorem1_figure", "live_sam_view",
@@ -223,10 +223,10 @@ def theorem1_figure(pot, starts, sigmas=(0.6, 0.45, 0.33, 0.25, 0.18, 0.12, 0.08
                     extent=(-2.0, 1.5, -1.3, 1.0), grid: int = 41, every: int = 4, **purifier) -> SliderFigure:
     """Theorem 1's recovery picture, slider σ: exact ``e_σ`` with antithetic runs, ``ê_σ`` with plain draws.
 
-    Left: the exact ERE (closed form, :func:`~pursamere.book.toys.ere_exact_piecewise`), its exact minimiser
-    ``x̂_σ`` and Algorithm 1 with ``m`` antithetic draws (:func:`~pursamere.book.toys.theorem1_purifier_paths`).
+    Left: the exact ERE (closed form, :func:`~pursamere.book.theorem1.ere_exact_piecewise`), its exact minimiser
+    ``x̂_σ`` and Algorithm 1 with ``m`` antithetic draws (:func:`~pursamere.book.theorem1.theorem1_purifier_paths`).
     Right: the fixed-draw ``ê_σ`` with ``m`` plain draws and Algorithm 1 on it. Keywords in
-    ``purifier`` go to :func:`~pursamere.book.toys.theorem1_purifier_paths`.
+    ``purifier`` go to :func:`~pursamere.book.theorem1.theorem1_purifier_paths`.
     """
     xs = np.linspace(extent[0], extent[1], grid)
     ys = np.linspace(extent[2], extent[3], grid)
@@ -236,13 +236,13 @@ def theorem1_figure(pot, starts, sigmas=(0.6, 0.45, 0.33, 0.25, 0.18, 0.12, 0.08
     starts = np.asarray(starts, float)
 
     def compute(sigma):
-        exact = toys.ere_exact_piecewise(pot, delta, sigma).numpy().reshape(gx.shape)
-        d_hat = toys.ere_minimiser_exact(pot, sigma)  # x̂_σ − x*, exact to float64 even when tiny
+        exact = theorem1.ere_exact_piecewise(pot, delta, sigma).numpy().reshape(gx.shape)
+        d_hat = theorem1.ere_minimiser_exact(pot, sigma)  # x̂_σ − x*, exact to float64 even when tiny
         x_hat = x_star + d_hat.numpy()
         plain = toys.ere_grid(pot, xs, ys, sigma, m, antithetic=False)
         runs = {}
         for anti in (True, False):
-            p = toys.theorem1_purifier_paths(pot, starts, sigma, m=m, antithetic=anti, **purifier)
+            p = theorem1.theorem1_purifier_paths(pot, starts, sigma, m=m, antithetic=anti, **purifier)
             runs[anti] = (p, np.linalg.norm(p[-1] - x_star, axis=-1).max())
         out = [dict(z=exact), dict(z=plain)]
         for anti in (True, False):

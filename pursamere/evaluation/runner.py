@@ -8,13 +8,11 @@ attack's end points. Under ``torchrun`` the same loop shards its work over the r
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
-import torch.nn as nn
 
 from ..io import atomic_write_json, fingerprint
 from ..method.geometry import _per_item

@@ -26,7 +26,7 @@ from ..method.train import TRADES, PGDAdversary, accuracy, load_score_net, train
 from .data import Split, load_split
 
 __all__ = ["Artifacts", "prepare", "build_classifier", "purify_batched", "load_trained_score", "CLASSIFIERS",
-           "model_settings", "ship", "load_shipped", "user_models", "load_user_models"]
+           "model_settings", "ship", "load_shipped", "user_models", "load_user_models", "train_single_classifier"]
 
 #: The classifiers a preset trains, by id: what each is, and its cache file.
 CLASSIFIERS = {"plain": "classifier_plain.pt", "eq17": "classifier_eq17.pt", "pgd-at": "classifier_adv.pt",
@@ -299,3 +299,26 @@ def prepare(preset, workdir: str | Path, fresh: bool = False, progress: bool = T
         train("trades", dict(meta, trades={"steps": steps, "eps": threat.eps, "beta": preset.trades_beta}),
               "TRADES classifier", trades=TRADES(threat, steps=steps, beta=preset.trades_beta))
     return Artifacts(split, score.to("cpu"), classifiers, times)
+
+
+def train_single_classifier(preset, kind: str, workdir, pgd_steps: int = 7, beta: float = 6.0, device: str = "cpu",
+                            data_root: Optional[str] = None, n_check: int = 200) -> dict:
+    """Train one classifier of the preset outside the cache (``kind``: "plain", "adv" for PGD-AT, "trades"),
+    save it under ``workdir`` and check it with PGD-20 on ``n_check`` test images (``pursamere train-classifier``)."""
+    from ..evaluation.attacks import pgd, robust_accuracy
+
+    split = load_split(preset, data_root)
+    threat = Threat("inf", preset.threats["inf"])
+    kw = {"adv": {"adversary": PGDAdversary(threat, steps=pgd_steps)},
+          "trades": {"trades": TRADES(threat, steps=pgd_steps, beta=beta)}, "plain": {}}[kind]
+    label = {"adv": f"adversarial (PGD-{pgd_steps}, ℓ∞ {threat.eps:g})",
+             "trades": f"TRADES (β = {beta:g}, {pgd_steps} steps, ℓ∞ {threat.eps:g})", "plain": "plain"}[kind]
+    torch.manual_seed(preset.classifier_train.seed)
+    clf = train_classifier(build_classifier(preset, tuple(split.x_train.shape[1:])), split.x_train, split.y_train,
+                           preset.classifier_train, device=device, progress=True, **kw).cpu()
+    path = Path(workdir) / preset.name / f"classifier_{kind}_cli.pt"
+    save_checkpoint(path, {"state": clf.state_dict(), "meta": {"kind": label, "preset": preset.name}})
+    n = min(n_check, len(split.x_test))
+    x, y = split.x_test[:n], split.y_test[:n]
+    return {"label": label, "path": path, "clean": accuracy(clf, split.x_test, split.y_test), "eps": threat.eps,
+            "robust": robust_accuracy(clf, pgd(clf, x, y, threat, steps=20), y), "n": n}

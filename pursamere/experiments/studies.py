@@ -7,11 +7,12 @@ run by the one engine; the functions here read their results.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from ..evaluation.results import paired, robust_flags
 
 __all__ = ["summarise", "summarise_sam", "summarise_attacks", "summarise_sweep", "choose_setting", "convergence_curve",
-           "flat_budget"]
+           "flat_budget", "run_convergence"]
 
 
 def summarise(results: dict) -> list[dict]:
@@ -108,3 +109,22 @@ def flat_budget(curve: list[dict], defence: str, tolerance: float = 0.01) -> dic
             return {"steps": steps, "restarts": restarts, "worst_case": c["worst_case"], "checked_against":
                     [(d["steps"], d["restarts"]) for d in doubled], "drop_images": drop, "n": c["n"]}
     return {}
+
+
+def run_convergence(preset, out, options, ladder=None, n=None) -> dict:
+    """Run the convergence ladder (one engine run per budget, each resumable) and write ``convergence.json``."""
+    from ..io import atomic_write_json
+    from . import protocols
+    from .engine import run
+
+    out = Path(out)
+    folders = []
+    for steps, restarts in ladder or protocols.CONVERGENCE_LADDER:
+        folder = out / f"{steps}x{restarts}"
+        run(preset, protocols.convergence(preset, steps, restarts, n=n), folder, dataclasses.replace(options, resume=True))
+        folders.append(folder)
+    curve = convergence_curve(folders)
+    flat = {d: flat_budget(curve, d) for d in dict.fromkeys(c["defence"] for c in curve)}
+    summary = {"curve": curve, "flat": flat}
+    atomic_write_json(out / "convergence.json", summary)
+    return summary
