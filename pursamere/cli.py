@@ -117,7 +117,13 @@ def _threats(args, preset) -> list:
     for t in _items(args.threats):
         norm, _, eps = t.partition(":")
         canonical = Threat(norm, 1.0).norm
-        threats.append(Threat(norm, float(eps) if eps else preset.threats[canonical]))
+        try:
+            value = float(eps) if eps else preset.threats[canonical]
+        except ValueError:
+            raise ValueError(f"--threats {t!r}: the budget after ':' must be a number, e.g. inf:0.1") from None
+        except KeyError:
+            raise ValueError(f"--threats {t!r}: preset {preset.name} has no ℓ{canonical} budget; give one, e.g. {norm}:0.5") from None
+        threats.append(Threat(norm, value))
     return threats
 
 
@@ -215,7 +221,10 @@ def _convergence(args, preset) -> int:
     """Every budget of the convergence ladder (one results folder each, resumable), then convergence.json."""
     from .experiments.studies import run_convergence
 
-    ladder = tuple(tuple(int(v) for v in b.split("x")) for b in _items(args.only)) or None
+    try:
+        ladder = tuple((int(s), int(r)) for s, r in (b.split("x") for b in _items(args.only))) or None
+    except ValueError:
+        raise ValueError(f"--only {args.only!r}: give budgets as STEPSxRESTARTS, e.g. 20x1,40x1,20x2") from None
     summary = run_convergence(preset, args.out or f"results/{preset.name}/convergence", _options(args), ladder, n=args.n)
     for c in summary["curve"]:
         print(f"{c['defence']:<36} {c['steps']:>4} steps × {c['restarts']}: worst case {100 * c['worst_case']:5.1f}% "
@@ -323,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--n", "--n-images", dest="n", type=int, default=None,
                     help="table images (default: the preset's ensemble plan); under torchrun write --n-images")
     en.add_argument("--square-queries", type=int, default=None)
-    en.add_argument("--batch-size", type=int, default=None, help="attack batch size (part of the result: it fixes the random starts)")
+    en.add_argument("--batch-size", type=int, default=None, help="attack batch size (speed only: each image's random choices come from its own seed)")
     en.add_argument("--strong", action="store_true", help="double every step count, query budget and restart count: "
                                                        "a converged suite must not lose more than 1 image in 100 to it")
     en.add_argument("--best", default="", help='purifier overrides chosen by the SAM study, as JSON, e.g. \'{"rho": 0.0}\'')

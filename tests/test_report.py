@@ -128,3 +128,19 @@ def test_cli_evaluates_a_purifier_from_a_python_file(tmp_path, capsys):
     assert "not a callable" in capsys.readouterr().err
     assert main(argv + [f"{tmp_path / 'mine.py'}:nothing", "--out", str(tmp_path / "y")]) == 2
     assert "has no function 'nothing'" in capsys.readouterr().err
+
+
+def test_fixed_seed_is_batch_invariant_and_reports_never_reuse_another_purifiers_rows(digits, tmp_path):
+    clf, x, y = digits
+    fixed = FixedSeed(noisy_median, 0)
+    assert torch.equal(fixed(x[3:4]), fixed(x)[3:4])  # the image's noise does not depend on its batch
+    a = evaluate_purifier(clf, lambda v: v.clamp(0.1, 0.9), x, y, Threat("inf", 0.2), budget=BUDGET, checks=False,
+                          progress=False, out=tmp_path / "r")
+    with pytest.raises(FileExistsError, match="finished report"):
+        evaluate_purifier(clf, median3, x, y, Threat("inf", 0.2), budget=BUDGET, checks=False, progress=False,
+                          out=tmp_path / "r")
+    b = evaluate_purifier(clf, median3, x, y, Threat("inf", 0.2), budget=BUDGET, checks=False, progress=False,
+                          out=tmp_path / "r", resume=True)
+    fresh = evaluate_purifier(clf, median3, x, y, Threat("inf", 0.2), budget=BUDGET, checks=False, progress=False)
+    assert b.per_image == fresh.per_image and b.clean_acc == fresh.clean_acc
+    assert a.results["rows"][0]["defence_fingerprint"] != b.results["rows"][0]["defence_fingerprint"]

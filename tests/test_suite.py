@@ -312,3 +312,69 @@ def test_an_images_outcome_does_not_depend_on_its_batch(tmp_path):
     b = evaluate([Defence("n", clf)], specs, [Threat("inf", 0.05)], x, y, tmp_path / "b", progress=False, batch_size=16)
     assert [r["survived"] for r in a["rows"]] == [r["survived"] for r in b["rows"]]
     assert 0 < sum(a["rows"][0]["survived"]) < 16
+
+
+def test_a_stopped_resume_never_loses_a_finished_row(tmp_path):
+    """Two defences finished; the first is retrained and the rerun stops at once: both old rows stay on disk;
+    a rerun with time recomputes the first only and marks nothing incomplete."""
+    import time
+
+    torch.manual_seed(0)
+    x = torch.rand(10, 1, 4, 4)
+    nets = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval() for _ in range(2)]
+    y = nets[0](x).argmax(1)
+    specs = [AttackSpec("a", steps=2), AttackSpec("b", steps=2, cascade=True)]
+    threat = [Threat("inf", 0.1)]
+    first = evaluate([Defence("d1", nets[0]), Defence("d2", nets[1])], specs, threat, x, y, tmp_path, progress=False)
+    retrained = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    cut = evaluate([Defence("d1", retrained), Defence("d2", nets[1])], specs, threat, x, y, tmp_path, progress=False,
+                   deadline=time.monotonic() - 1)
+    assert cut["meta"]["stopped"]
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(r["key"] for r in on_disk["rows"]) == sorted(r["key"] for r in first["rows"])
+    again = evaluate([Defence("d1", retrained), Defence("d2", nets[1])], specs, threat, x, y, tmp_path, progress=False)
+    d2 = [r for r in again["rows"] if r["defence"] == "d2"]
+    assert [r["seconds"] for r in d2] == [r["seconds"] for r in first["rows"] if r["defence"] == "d2"]  # reused
+    assert all(w["complete"] for w in again["worst_case"])
+
+
+def test_a_time_budget_marks_partial_suites_incomplete(tmp_path):
+    import time
+
+    from pursamere.evaluation.results import render_table
+
+    torch.manual_seed(0)
+    clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    x = torch.rand(8, 1, 4, 4)
+    y = clf(x).argmax(1)
+    specs = [AttackSpec("a", steps=1), AttackSpec("slow", steps=3, cascade=True)]
+    class Clock:  # the deadline passes once the first row is on disk
+        def __call__(self):
+            return 10.0 if (tmp_path / "results.json").exists() else 0.0
+
+    import pursamere.evaluation.runner as ev
+
+    real = ev.time.monotonic
+    ev.time.monotonic = Clock()
+    try:
+        res = evaluate([Defence("d", clf)], specs, [Threat("inf", 0.1)], x, y, tmp_path, progress=False, deadline=5.0)
+    finally:
+        ev.time.monotonic = real
+    (w,) = res["worst_case"]
+    assert [r["attack"] for r in res["rows"]] == ["a"] and not w["complete"] and w["planned"] == ["a", "slow"]
+    assert "incomplete: 1 of 2 attacks" in render_table(res)
+
+
+def test_flat_budget_counts_images_not_totals():
+    from pursamere.experiments.studies import flat_budget
+
+    def point(steps, restarts, survived):
+        return {"defence": "d", "steps": steps, "restarts": restarts, "n": len(survived), "robust": sum(survived),
+                "worst_case": sum(survived) / len(survived), "survived": survived}
+
+    base = [1, 1, 0, 0] + [1] * 96
+    swapped = [0, 0, 1, 1] + [1] * 96  # same total, two images newly broken
+    curve = [point(10, 1, base), point(20, 1, swapped), point(10, 2, base)]
+    assert flat_budget(curve, "d") == {}  # two of 100 images lost to the doubled steps: not flat
+    curve = [point(10, 1, base), point(20, 1, base), point(10, 2, base)]
+    assert flat_budget(curve, "d")["steps"] == 10

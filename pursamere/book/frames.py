@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ..evaluation.defences import Family
 from ..evaluation.results import norm_label, paired, robust_flags, worst_case
 
 __all__ = ["pct", "rows_frame", "worst_frame", "headline", "table1", "table2", "table3", "paper_tables",
@@ -24,7 +25,8 @@ PAPER_CIFAR10 = {
         "DiffPure (BPDA+EoT)": (92.5, 42.2, 44.3, 60.8, 49.1),
     },
 }
-_ALGORITHM_1 = ("PurSAMERE", "ERE descent")
+_ALGORITHM_1 = (Family.PURSAMERE.value, Family.ERE_DESCENT.value)
+_BASELINES = (Family.ADP.value, Family.DIFFPURE.value)
 
 
 def pct(acc: float, ci=None) -> str:
@@ -139,9 +141,9 @@ def table3(results: dict):
     picks = []
     for d in dict.fromkeys(df.defence):
         first = df[df.defence == d].iloc[0]
-        if first.family in ("PurSAMERE", "undefended"):
+        if first.family in (Family.PURSAMERE.value, Family.UNDEFENDED.value):
             role = "bpda-long"
-        elif first.family in ("ADP", "DiffPure-style") and not first.deterministic:
+        elif first.family in _BASELINES and not first.deterministic:
             role = "bpda"
         else:
             continue
@@ -254,11 +256,11 @@ def baselines_frame(results: dict):
     """The worst case of the purifier baselines and PurSAMERE, with how each was attacked: ``setting`` is
     "fixed seed (deterministic white-box)", "deterministic (PurSAMERE)" or "stochastic (BPDA+EoT)"."""
     wf = worst_frame(results)
-    base = wf[wf.family.isin(["ADP", "DiffPure-style", "PurSAMERE"])].copy()
-    base["setting"] = ["deterministic (PurSAMERE)" if f == "PurSAMERE" else
+    base = wf[wf.family.isin([*_BASELINES, Family.PURSAMERE.value])].copy()
+    base["setting"] = ["deterministic (PurSAMERE)" if f == Family.PURSAMERE.value else
                        ("fixed seed (deterministic white-box)" if det else "stochastic (BPDA+EoT)")
                        for f, det in zip(base.family, base.deterministic)]
-    base["purifier"] = [d if f == "PurSAMERE" else f for d, f in zip(base.defence, base.family)]
+    base["purifier"] = [d if f == Family.PURSAMERE.value else f for d, f in zip(base.defence, base.family)]
     return base
 
 

@@ -89,8 +89,9 @@ def live_run(preset: str, out_dir=None, workdir=None, plan: str = "demo", device
              n: Optional[int] = None, **kw) -> RunFolder:
     """Train and evaluate ``preset`` now with the one engine, and read the run back.
 
-    A finished run of the same preset and protocol already in ``out_dir`` is reused (the test suite
-    makes one and shares it between chapters); a run of ANOTHER preset there is never overwritten:
+    A finished run in ``out_dir`` of the same preset, protocol and images is shown as it is (the test
+    suite makes one and shares it between chapters); an unfinished one (stopped, or on other images) is
+    resumed, its matching rows reused. A run of ANOTHER preset or protocol there is never overwritten:
     the live run then goes to a temporary folder. ``workdir`` holds the checkpoints (temporary by default).
     """
     import tempfile
@@ -105,15 +106,16 @@ def live_run(preset: str, out_dir=None, workdir=None, plan: str = "demo", device
         raise RuntimeError(f"device={device!r} but no CUDA device is visible: pass device='cpu' for a CPU run")
     protocol = live_protocol(p, kind, plan=plan, n=n, **kw)
     out = Path(out_dir) if out_dir else None
-    old = load_run(out) if out is not None and (out / "table.md").exists() else None
-    if old is not None:
-        if old.preset == p.name and old.results["meta"].get("protocol") == protocol.kind:
-            print(f"reusing the finished {p.name} run in {out}")
-            return old
+    old = load_run(out) if out is not None else None
+    if old is not None and (old.preset != p.name or old.results["meta"].get("protocol") != protocol.kind):
         out = None
+    elif old is not None and (out / "table.md").exists() and "stopped" not in old.results["meta"] \
+            and (protocol.images.n is None or old.results["meta"]["n"] == protocol.images.n):
+        print(f"showing the finished {p.name} {protocol.kind} run in {out}")
+        return old
     out = out or Path(tempfile.mkdtemp(prefix=f"pursamere-{p.name}-{kind}-"))
     work = workdir or tempfile.mkdtemp(prefix=f"pursamere-{p.name}-work-")
-    run(p, protocol, out, Options(workdir=str(work), device=device, progress=False, log=lambda *a: None))
+    run(p, protocol, out, Options(workdir=str(work), device=device, progress=False, resume=True, log=lambda *a: None))
     return load_run(out)
 
 

@@ -102,6 +102,7 @@ class Defence:
     classifier_id: str = "plain"
     stochastic: Optional[bool] = None
     n_runs: Optional[int] = None
+    tag: str = ""  # extra identity for the fingerprint (e.g. a hash of a user purifier's outputs)
 
     def __post_init__(self):
         if self.purifier is None:
@@ -157,10 +158,10 @@ class Defence:
         """A hash of the classifier's and the purifier's weights and settings: rows made by another
         defence under the same name are never reused on resume."""
         tensors = list(self.classifier.state_dict().values())
-        score = getattr(self.purifier, "score", None)
-        if isinstance(score, nn.Module):
-            tensors += list(score.state_dict().values())
-        return f"{fingerprint(*tensors)}-{config_hash(self.settings())}"
+        for part in (getattr(self.purifier, "score", None), self.purifier):
+            if isinstance(part, nn.Module):
+                tensors += list(part.state_dict().values())
+        return f"{fingerprint(*tensors)}-{config_hash(self.settings())}" + (f"-{self.tag}" if self.tag else "")
 
     # ------------------------------------------------------------------ attack surface
     def model(self, gradient: str, unroll_last: Optional[int] = None) -> Defended:

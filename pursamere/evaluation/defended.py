@@ -65,7 +65,8 @@ class Defended(nn.Module):
             ``None`` every step; a value above the purifier's K means all K). Needs
             ``purifier.unrolled(x, checkpoint, last=k)``.
 
-    The forward pass is always the true defence ``classifier(purifier(x))``: with gradients
+    The forward pass is the true defence ``classifier(purifier(x))`` (for ``"exact"`` as far as the
+    purifier's ``unrolled`` is: ours are bit-exact when checkpointed; a user's may be a surrogate): with gradients
     off (evaluation), every mode simply calls ``purifier(x)``.
 
     Example:

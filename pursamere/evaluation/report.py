@@ -20,6 +20,7 @@ and with its randomness fixed by a known seed (a deterministic white-box attacke
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -41,10 +42,12 @@ __all__ = ["evaluate_purifier", "Report", "FixedSeed", "is_stochastic"]
 
 
 class FixedSeed:
-    """A stochastic purifier with its randomness fixed: every call draws from the same seeded global RNG.
+    """A stochastic purifier with its randomness fixed: each image is purified alone, from the same seeded
+    global RNG, so its noise depends neither on the call nor on the other images of the batch.
 
     Works for purifiers that draw from PyTorch's global generator (``torch.randn`` without a
-    ``generator=``); :func:`evaluate_purifier` checks that the result is deterministic before using it.
+    ``generator=``); :func:`evaluate_purifier` checks that the result is deterministic and
+    batch-invariant before using it.
     """
 
     def __init__(self, purifier: Callable, seed: int = 0):
@@ -54,9 +57,12 @@ class FixedSeed:
 
     def _run(self, fn, x):
         devices = [x.device] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.seed)
-            return fn(x)
+        out = []
+        for i in range(x.shape[0]):
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.seed)
+                out.append(fn(x[i:i + 1]))
+        return torch.cat(out)
 
     def __call__(self, x):
         return self._run(self.purifier, x)
@@ -78,7 +84,19 @@ def _fixed_variant(purifier, seed: int, probe: torch.Tensor):
     if cfg is not None and hasattr(cfg, "fixed_noise") and hasattr(cfg, "replace"):
         return type(purifier)(purifier.score, cfg.replace(fixed_noise=True, seed=seed))  # our baselines
     fixed = FixedSeed(purifier, seed)
-    return None if is_stochastic(fixed, probe) else fixed
+    if is_stochastic(fixed, probe):
+        return None
+    with torch.enable_grad():  # batch-invariant too: the last images alone purify as inside the batch
+        whole, part = fixed(probe.detach()).detach(), fixed(probe[1:].detach()).detach()
+    return fixed if torch.equal(whole[1:], part) else None
+
+
+def _output_tag(purifier, probe: torch.Tensor) -> str:
+    """A hash of the purifier's output on the first images: a different purifier never reuses rows."""
+    from ..io import fingerprint
+
+    with torch.enable_grad():
+        return fingerprint(purifier(probe.detach()).detach())
 
 
 @dataclass
@@ -140,7 +158,7 @@ def evaluate_purifier(classifier: nn.Module, purifier: Optional[Callable], x: to
                       threat: Threat, *, budget: Budget = Budget(), strong: bool = False,
                       stochastic: Optional[bool] = None, checks: bool = True, n_check: int = 32, seed: int = 0,
                       batch_size: int = 64, name: str = "purifier", out: Optional[str | Path] = None,
-                      progress: bool = True) -> Report:
+                      resume: bool = False, progress: bool = True) -> Report:
     """Evaluate ``classifier(purifier(x))`` against the standard ensemble at ``threat``; see the module docstring.
 
     Args:
@@ -154,7 +172,9 @@ def evaluate_purifier(classifier: nn.Module, purifier: Optional[Callable], x: to
         stochastic: whether the purifier draws fresh randomness per call; ``None``: found by calling it
             twice on the first images.
         checks: run the obfuscation checks (on ``n_check`` images, BPDA and, when available, exact gradients).
-        out: also write the report there (``results.json`` after every row, so it resumes).
+        out: also write the report there (``results.json`` after every row); a folder that holds a
+            finished report is refused unless ``resume`` (then the rows of the same purifier — same
+            outputs on the first images — are reused).
 
     Returns:
         A :class:`Report`.
@@ -166,12 +186,17 @@ def evaluate_purifier(classifier: nn.Module, purifier: Optional[Callable], x: to
     if not isinstance(threat, Threat):
         raise TypeError(f"threat must be a Threat(norm, eps), got {type(threat).__name__}")
     check_images(x, name="x")
+    if out is not None and (Path(out) / "table.md").exists() and not resume:
+        raise FileExistsError(f"{out} already holds a finished report; choose another folder or pass resume=True")
     classifier.eval()
     probe = x[: min(8, len(x))]
     notes = []
     if purifier is not None:
-        with torch.enable_grad():
-            p_out = purifier(probe.detach())
+        try:
+            with torch.enable_grad():
+                p_out = purifier(probe.detach())
+        except Exception as e:  # the user's code: say so in one line
+            raise ValueError(f"the purifier raised {type(e).__name__} on the first images: {e}") from e
         if not isinstance(p_out, torch.Tensor) or p_out.shape != probe.shape:
             shape = tuple(p_out.shape) if isinstance(p_out, torch.Tensor) else type(p_out).__name__
             raise InvalidInputError(f"the purifier must map x -> x of the same shape: {tuple(probe.shape)} → {shape}")
@@ -180,15 +205,20 @@ def evaluate_purifier(classifier: nn.Module, purifier: Optional[Callable], x: to
             notes.append(f"the purifier is {'stochastic' if stochastic else 'deterministic'} "
                          "(two calls on the same images gave " + ("different" if stochastic else "identical") + " outputs)")
     family = Family.UNDEFENDED if purifier is None else purifier_family(purifier)
-    defences = [Defence(name, classifier, purifier, family=family, classifier_id="user", stochastic=bool(stochastic))]
+    fixed = _fixed_variant(purifier, seed, probe) if purifier is not None and stochastic else None
+    # identity for resuming: the outputs on the first images (for a stochastic purifier, its fixed-seed outputs)
+    tag = "" if purifier is None else _output_tag(fixed, probe) if fixed is not None else \
+        _output_tag(purifier, probe) if not stochastic else f"unresumable-{time.time_ns()}"
+    defences = [Defence(name, classifier, purifier, family=family, classifier_id="user", stochastic=bool(stochastic),
+                        tag=tag)]
     if purifier is not None and stochastic:
-        fixed = _fixed_variant(purifier, seed, probe)
         if fixed is None:
-            notes.append("its randomness could not be fixed from outside (it does not draw from the global RNG): "
-                         "only the stochastic attack (BPDA+EoT) was run; expose a seed to allow the white-box one")
+            notes.append("its randomness could not be fixed from outside (it does not draw from the global RNG, or "
+                         "its noise depends on the batch): only the stochastic attack (BPDA+EoT) was run; expose a "
+                         "seed to allow the white-box one")
         else:
             defences.append(Defence(f"{name} (fixed seed {seed})", classifier, fixed, family=family,
-                                    classifier_id="user", stochastic=False))
+                                    classifier_id="user", stochastic=False, tag=tag))
     if purifier is not None and not supports_exact_gradient(purifier):
         notes.append("the purifier has no unrolled(x, checkpoint=...): attacked through BPDA and gradient-free "
                      "attacks only; an exact-gradient attack could be stronger")

@@ -25,6 +25,9 @@ __all__ = ["SCHEMA", "wilson", "row_key", "make_row", "effective_settings", "sui
 
 #: Version of the results format (2: structured identities, per-image outcomes as lists).
 SCHEMA = 2
+#: Revision of the attack algorithms (3: our APGD and Square, per-image seeds salted by attack name).
+#: Part of every row's settings, so a resumed run never reuses a row an older algorithm made.
+ATTACK_REVISION = 3
 
 
 def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -49,6 +52,7 @@ def effective_settings(spec, threat: Threat, defence, context: Optional[dict] = 
     the attacks before it in its suite, and the settings of the attack whose end points it starts from.
     """
     d = json.loads(json.dumps(spec.settings(threat)))
+    d["revision"] = ATTACK_REVISION
     if not defence.stochastic:
         d["eot"] = 1
     if context:
@@ -121,16 +125,15 @@ def read_results(path) -> dict:
 def load_done(path: Path, n: int, data: Optional[str] = None) -> dict:
     """Rows of a previous (possibly interrupted) run at ``path`` on the same images, by key.
 
-    ``data`` is the fingerprint of the images and labels; a file made on other images (or
-    without a fingerprint, or in an older format) gives nothing to reuse.
+    A file made on other images (``data``: the fingerprint of the images and labels) or in
+    another results format is refused with an error: resuming into it would overwrite it.
     """
     if not Path(path).exists():
         return {}
-    old = json.loads(Path(path).read_text())
-    if data is not None and old.get("meta", {}).get("data_fingerprint") != data:
-        return {}
-    if old.get("meta", {}).get("schema") != SCHEMA:
-        return {}
+    old = read_results(path)
+    if data is not None and old["meta"].get("data_fingerprint") != data:
+        raise ValueError(f"{path} holds results on other images (another preset, subset or n): "
+                         "choose another output folder")
     return {r["key"]: r for r in old.get("rows", []) if r.get("n") == n}
 
 
@@ -186,8 +189,13 @@ def robust_flags(rows: Iterable[dict], defence: str, norm=None, eps=None) -> lis
     return [all(r["survived"][i] for r in sel) for i in range(sel[0]["n"])]
 
 
-def worst_case(rows: Sequence[dict]) -> list[dict]:
-    """Per (defence, threat): an image is robust only if it survived EVERY attack run there."""
+def worst_case(rows: Sequence[dict], planned: Optional[dict] = None) -> list[dict]:
+    """Per (defence, threat): an image is robust only if it survived EVERY attack run there.
+
+    ``planned``: ``{(defence, norm, eps): [attack names]}`` — a group that ran fewer attacks than
+    planned (a run stopped by its time budget) is marked ``complete: False``: its number is not a
+    worst case over the suite and tables do not present it as one.
+    """
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["defence"], r["norm"], r["eps"]), []).append(r)
@@ -203,6 +211,10 @@ def worst_case(rows: Sequence[dict]) -> list[dict]:
                     "attacks": [r["attack"] for r in rs], "roles": {r["attack"]: r["role"] for r in rs},
                     "per_attack": {r["attack"]: r["robust_acc"] for r in rs},
                     "cascaded": [r["attack"] for r in rs if r.get("cascade")]})
+        if planned is not None:
+            want = planned.get((d, norm, eps), [])
+            out[-1]["planned"] = want
+            out[-1]["complete"] = set(want) <= {r["attack"] for r in rs}
     return out
 
 
@@ -250,8 +262,11 @@ def render_table(results: dict, title: str = "") -> str:
              "|---|---|---|" + "---|" * len(attacks) + "---|"]
     for w in wc:
         cells = [f"{100 * w['per_attack'][a]:.1f}" if a in w["per_attack"] else "–" for a in attacks]
+        worst = (f"**{100 * w['robust_acc']:.1f}** [{100 * w['ci95'][0]:.0f}–{100 * w['ci95'][1]:.0f}]"
+                 if w.get("complete", True) else
+                 f"incomplete: {len(w['attacks'])} of {len(w['planned'])} attacks ({100 * w['robust_acc']:.1f})")
         lines.append(f"| {w['defence']} | {norm_label(w['norm'], w['eps'])} | {100 * w['clean_acc']:.1f} | "
-                     + " | ".join(cells) + f" | **{100 * w['robust_acc']:.1f}** [{100 * w['ci95'][0]:.0f}–{100 * w['ci95'][1]:.0f}] |")
+                     + " | ".join(cells) + f" | {worst} |")
     return "\n".join(lines).lstrip() + "\n"
 
 

@@ -9,6 +9,7 @@ attack's end points. Under ``torchrun`` the same loop shards its work over the r
 from __future__ import annotations
 
 import time
+import zlib
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -20,8 +21,8 @@ from .apgd import apgd, top_targets
 from .attacks import Threat, pgd
 from .square import square
 from .starts import image_seeds
-from .defences import Defence
-from .results import SCHEMA, cumulative, load_done, make_row, pending, worst_case
+from .defences import Defence, Family
+from .results import SCHEMA, cumulative, load_done, make_row, pending, suite_context, worst_case
 from .sharding import DistContext, broadcast_from_rank0, map_batches
 from .suite import AttackSpec
 
@@ -56,9 +57,10 @@ def _pgd_like(defence: Defence, spec: AttackSpec, model, threat: Threat, x, y, s
                 seeds=seeds, stop_early=stop)
 
 
-def _targeted(defence: Defence, spec: AttackSpec, model, threat: Threat, x, y, seed: int, eot: int, stop: bool):
+def _targeted(defence: Defence, spec: AttackSpec, model, threat: Threat, x, y, salt: int, eot: int, stop: bool):
     """APGD-T: targeted DLR against each of the ``spec.targets`` most likely wrong classes (of the clean
-    image) in turn, each on the images the earlier targets left correct; returns the end points."""
+    image) in turn, each on the images the earlier targets left correct. Returns ``(survived, end points)``:
+    an image counts as broken if any target broke it (the same rule as restarts)."""
     with torch.no_grad():
         logits = defence.model("none")(x)
     targets = top_targets(logits, y, min(spec.targets, logits.shape[1] - 1))
@@ -68,10 +70,26 @@ def _targeted(defence: Defence, spec: AttackSpec, model, threat: Threat, x, y, s
         if not len(idx):
             break
         xa = apgd(model, x[idx], y[idx], threat, steps=spec.steps, loss="dlr-t", target=targets[idx, j], eot=eot,
-                  seeds=image_seeds(x[idx], seed, salt=j), stop_early=stop)
+                  seeds=image_seeds(x[idx], salt + j), stop_early=stop)
         out[idx] = xa.detach().to(out.dtype)
         alive[idx] = predict(defence, xa) == y[idx]
-    return out
+    return alive, out
+
+
+def _salt(seed: int, spec: AttackSpec) -> int:
+    """The run's seed mixed with the attack's name: each attack of the suite starts elsewhere."""
+    return (seed * 1_000_003 + zlib.crc32(spec.name.encode())) % (1 << 31)
+
+
+def check_classes(defence: Defence, attacks: Sequence[AttackSpec], x: torch.Tensor) -> None:
+    """Refuse, before any attack runs, losses the classifier has too few classes for (DLR: 3, DLR-T: 4)."""
+    with torch.no_grad():
+        c = defence.classifier(x[:1]).shape[1]
+    for a in attacks:
+        need = {"apgd-dlr": 3, "apgd-t": 4}.get(a.kind, 0)
+        if c < need:
+            raise ValueError(f"attack {a.name!r} ({a.kind}) needs a classifier with at least {need} classes; "
+                             f"{defence.name}'s has {c}: leave it out of the suite")
 
 
 def attack_images(defence: Defence, spec: AttackSpec, threat: Threat, x, y, seed: int = 0, batch_size: int = 64,
@@ -92,7 +110,9 @@ def attack_images(defence: Defence, spec: AttackSpec, threat: Threat, x, y, seed
     eot = spec.eot if defence.stochastic else 1
     model = defence.model(spec.gradient, spec.unroll_last)
     # early stopping judges success on the attacked surface: only valid when that IS the deterministic defence
-    stop = stop_early and defence.deterministic and spec.gradient != "none"
+    # (not the gray-box classifier; not a user's unrolled(), which may be a surrogate of the true purifier)
+    stop = stop_early and defence.deterministic and spec.gradient != "none" and defence.family != Family.CUSTOM
+    salt = _salt(seed, spec)
     flags = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     points = x.clone()
     for i in range(0, x.shape[0], batch_size):
@@ -101,17 +121,16 @@ def attack_images(defence: Defence, spec: AttackSpec, threat: Threat, x, y, seed
         b = slice(i, i + batch_size)
         xb, yb = x[b], y[b]
         if spec.kind == "square":  # gradient-free: queries the full defence
-            xa = square(defence.model("none"), xb, yb, threat, queries=spec.queries, seeds=image_seeds(xb, seed),
-                        stop_early=defence.deterministic)
+            xa = square(defence.model("none"), xb, yb, threat, queries=spec.queries, seeds=image_seeds(xb, salt),
+                        stop_early=stop_early and defence.deterministic)
             ok = predict(defence, xa) == yb
         elif spec.kind == "apgd-t":
-            xa = _targeted(defence, spec, model, threat, xb, yb, seed, eot, stop)
-            ok = predict(defence, xa) == yb
+            ok, xa = _targeted(defence, spec, model, threat, xb, yb, salt, eot, stop)
         else:
             ok, xa = None, None
             for r in range(spec.restarts):
                 start = x_init[b] if (x_init is not None and r == 0) else None
-                xr = _pgd_like(defence, spec, model, threat, xb, yb, start, image_seeds(xb, seed, salt=r), eot, stop)
+                xr = _pgd_like(defence, spec, model, threat, xb, yb, start, image_seeds(xb, salt, salt=r), eot, stop)
                 ok_r = predict(defence, xr) == yb
                 # keep, per image, a point that breaks it if any restart found one (else the last restart's)
                 xa = xr if xa is None else torch.where(_per_item(~ok_r, xr), xr, xa)
@@ -190,14 +209,21 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
                         "attack_order": [a.name for a in attacks], "batch_size": batch_size,
                         "world_size": 1 if shards is None else shards.world_size, **(meta or {})}, "rows": []}
     done = broadcast_from_rank0(shards, load_done(path, n, data_fp) if (rank0 and path is not None) else {})
+    planned = {(d.name, str(t.norm), t.eps): list(suite_context(d, t, attacks, applies)) for d in defences for t in threats}
+    for d in defences:
+        check_classes(d, [a for t in threats for a in attacks if applies is None or applies(d, a, t)], x)
     cleans: dict = {}
     points: dict = {}  # (defence, threat, attack) -> (end points, images attacked), for warm starts
     needed = {a.warm_from for a in attacks if a.warm_from}
 
-    def save():
-        results["worst_case"] = worst_case(results["rows"])
+    def save(final: bool = False):
+        results["worst_case"] = worst_case(results["rows"], planned)
         if path is not None and rank0:
-            atomic_write_json(path, results)
+            # until the run is complete, rows of the old file not reached yet stay in it: stopping or
+            # crashing never loses a finished row
+            written = {r["key"] for r in results["rows"]}
+            kept = [] if final else [r for k, r in done.items() if k not in written]
+            atomic_write_json(path, {**results, "rows": results["rows"] + kept} if kept else results)
 
     def run(d, spec, threat, todo, x_init=None, tick=None):
         """``(survived, end points)`` over all n images; only the ``todo`` ones are attacked."""
@@ -269,5 +295,5 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
         results["meta"]["stopped"] = str(e)
         if log is not None and rank0:
             log(f"stopped: {e}; {len(results['rows'])} finished rows kept")
-    save()
+    save(final="stopped" not in results["meta"])
     return results

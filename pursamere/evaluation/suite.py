@@ -49,7 +49,7 @@ class Role(str, Enum):
     EXACT = "exact"  # exact gradient through the unrolled purifier, random start
     WARM_EXACT = "bpda→exact"  # exact gradient started from BPDA's end points
     PARTIAL = "partial unrolling"  # exact through the purifier's last k steps, BPDA before
-    APGD = "apgd"  # APGD-CE / APGD-DLR (torchattacks)
+    APGD = "apgd"  # APGD-CE, APGD-DLR and APGD-T (targeted DLR), ours (pursamere.evaluation.apgd)
     SQUARE = "square"  # gradient-free
     VARIANT = "variant"  # one of several variants compared one to one (the attack study)
 

@@ -13,8 +13,9 @@ scripts, the notebooks' live branches and ``torchrun`` — builds a
 A results folder holds ``results.json`` (rows, written after every row: an interrupted run
 resumes), ``table.md``, ``robust_accuracy.png``, ``summary.json`` and, as the protocol asks,
 ``checks.json``, ``examples.png``, ``samples.png`` + ``score_diagnostics.json`` and ``study.json``.
-``table.md`` is written last: a folder that has it holds a finished run, which is never
-overwritten unless ``resume`` is asked for (then matching rows are reused, not recomputed).
+``table.md`` is written last: a folder that has it holds a finished run (or one stopped by its time
+budget, which its table says), never overwritten unless ``resume`` is asked for (then matching rows
+are reused, not recomputed).
 """
 from __future__ import annotations
 
@@ -97,15 +98,19 @@ def select_images(preset, split, images) -> tuple[torch.Tensor, torch.Tensor, st
 
 def _artifacts(preset, o: Options, rank0: bool) -> Artifacts:
     """Train or load the models; under torchrun rank 0 trains first and the other ranks load its caches."""
-    def go(log=o.log, progress=o.progress):
-        return prepare(preset, o.workdir, fresh=o.fresh, progress=progress, device=o.device, log=log, data_root=o.data_root,
+    def go(log=o.log, progress=o.progress, fresh=o.fresh):
+        return prepare(preset, o.workdir, fresh=fresh, progress=progress, device=o.device, log=log, data_root=o.data_root,
                        weights=o.weights, score_checkpoint=o.score_checkpoint, classifier=o.classifier)
 
     if o.shards is None or not o.shards.active:
         return go()
     box = {}
     collective(o.shards, "training the models on rank 0", lambda: box.update(a=go()) if rank0 else None)
-    return box["a"] if rank0 else go(log=lambda *a: None, progress=False)
+    arts = box["a"] if rank0 else go(log=lambda *a: None, progress=False, fresh=False)  # rank 0's caches, never retrained
+    prints = collective(o.shards, "comparing the ranks' models", arts.fingerprints)
+    if any(p != prints[0] for p in prints):
+        raise RuntimeError("the ranks loaded different models (a cache changed under them?): rerun")
+    return arts
 
 
 def _json_safe(obj):
@@ -177,7 +182,8 @@ def run(preset, protocol: Protocol, out: str | Path, options: Options = Options(
     if protocol.summary is not None:
         run_.study = protocol.summary(results, protocol, run_)
         atomic_write_json(out / "study.json", run_.study)
-    plot_results(results, out / "robust_accuracy.png")
+    if results["rows"]:
+        plot_results(results, out / "robust_accuracy.png")
     run_.summary = {"seconds_total": round(time.perf_counter() - t_start, 1), "seconds_eval": round(eval_s, 1),
                     "score_diagnostics": diag, **meta}
     atomic_write_json(out / "summary.json", run_.summary)

@@ -133,10 +133,9 @@ class Protocol:
     def applies(self, spec_of: dict) -> Callable:
         """``(defence, attack, threat) -> bool`` for the built defences (``spec_of``: defence name → spec)."""
         def rule(defence, attack: AttackSpec, threat: Threat) -> bool:
+            # a protocol may only narrow the standard rule (never send an exact attack to a stochastic purifier)
             roles = spec_of[defence.name].attacks
-            if roles is None:
-                return standard_applies(defence, attack, threat)
-            return attack.role in roles.get(str(threat.norm), ())
+            return standard_applies(defence, attack, threat) and (roles is None or attack.role in roles.get(str(threat.norm), ()))
         return rule
 
 

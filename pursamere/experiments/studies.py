@@ -36,7 +36,8 @@ def summarise_attacks(results: dict, protocol, run=None) -> dict:
     rows = [{"attack": r["attack"], "robust_acc": r["robust_acc"], "ci95": r["ci95"], "seconds": r["seconds"],
              "broken": r["survived"].count(0)} for r in results["rows"]]
     return {"defence": protocol.defences[0].label, "threat": str(threat), "n": results["meta"]["n"],
-            "clean_acc": results["rows"][0]["clean_acc"], "rows": rows, "worst_case": summarise(results)[0]}
+            "clean_acc": results["rows"][0]["clean_acc"] if rows else None, "rows": rows,
+            "worst_case": summarise(results)[0] if rows else None}
 
 
 def summarise_sweep(results: dict, protocol, run=None) -> dict:
@@ -104,7 +105,8 @@ def flat_budget(curve: list[dict], defence: str, tolerance: float = 0.01) -> dic
         doubled = [pts[k] for k in ((2 * steps, restarts), (steps, 2 * restarts)) if k in pts]
         if not doubled:
             continue
-        drop = max(c["robust"] - d["robust"] for d in doubled)  # images the doubled budget breaks in addition
+        # images robust at this budget that a doubled one breaks (counted image by image, not as totals)
+        drop = max(sum(a and not b for a, b in zip(c["survived"], d["survived"])) for d in doubled)
         if drop < tolerance * c["n"]:
             return {"steps": steps, "restarts": restarts, "worst_case": c["worst_case"], "checked_against":
                     [(d["steps"], d["restarts"]) for d in doubled], "drop_images": drop, "n": c["n"]}
