@@ -119,7 +119,7 @@ def table2(results: dict):
     bpda, exact = role_attack(results, "bpda"), role_attack(results, "exact")
     wc = {w["defence"]: w for w in _worst(results) if w["norm"] == "inf"}
     lines = []
-    keep = df[(df.threat == "ℓ∞") & df.role.isin(["bpda", "exact"]) & df.deterministic & (df.family != "undefended")]
+    keep = df[(df.threat == "ℓ∞") & df.role.isin(["bpda", "exact"]) & df.deterministic & (df.family != Family.UNDEFENDED.value)]
     for d in dict.fromkeys(keep.defence):
         sub = df[(df.defence == d) & (df.threat == "ℓ∞")]
         lines.append({"defence": d, "clean (%)": pct(sub.clean.iloc[0]),
@@ -197,11 +197,11 @@ def comparison_sentences(results: dict) -> list:
         return []
     out = []
     _, t3n = table3(results)
-    purs = list(dict.fromkeys(wf[wf.family == "PurSAMERE"].defence))
+    purs = list(dict.fromkeys(wf[wf.family == Family.PURSAMERE.value].defence))
     main = next((d for d in t3n if d in purs), purs[len(purs) // 2] if purs else None)
     if main is None:
         return ["This run has no PurSAMERE rows."]
-    base = list(dict.fromkeys(wf[wf.family.isin(["ADP", "DiffPure-style", "undefended", "ERE descent"])].defence))
+    base = list(dict.fromkeys(wf[wf.family.isin([*_BASELINES, Family.UNDEFENDED.value, Family.ERE_DESCENT.value])].defence))
     words = {"above": "Higher than", "below": "**lower than** (it does not beat these)",
              "tied": "indistinguishable at this sample size (overlapping 95% intervals) from"}
     for t in ("ℓ∞", "ℓ2", "ℓ1"):
@@ -216,12 +216,12 @@ def comparison_sentences(results: dict) -> list:
         parts = "; ".join(f"{words[k]}: {', '.join(groups[k])}" for k in ("above", "below", "tied") if k in groups)
         out.append(f"{t} ε={m.iloc[0]['eps']:.3g}, worst case: {main} keeps {pct(m.iloc[0]['robust'])}% "
                    f"[{100 * m.iloc[0]['lo']:.0f}–{100 * m.iloc[0]['hi']:.0f}]. " + parts[:1].upper() + parts[1:] + ".")
-    und = wf[wf.family == "undefended"]
+    und = wf[wf.family == Family.UNDEFENDED.value]
     if not und.empty:
         c_p, c_u = float(wf[wf.defence == main].clean.iloc[0]), float(und.clean.iloc[0])
         out.append(f"Clean accuracy: {pct(c_p)}% with PurSAMERE ({main}) vs {pct(c_u)}% for the plain classifier "
                    f"({'a cost' if c_p < c_u else 'no cost'} of {100 * abs(c_u - c_p):.1f} points).")
-    lin = wf[(wf.family == "PurSAMERE") & (wf.threat == "ℓ∞")].sort_values("eps_pur")
+    lin = wf[(wf.family == Family.PURSAMERE.value) & (wf.threat == "ℓ∞")].sort_values("eps_pur")
     if len(lin) > 1:
         accs = ", ".join(f"{pct(r.robust)}% at ε_pur={r.eps_pur:g}" for r in lin.itertuples())
         rising = all(b >= a for a, b in zip(lin.robust, lin.robust[1:]))
@@ -230,7 +230,7 @@ def comparison_sentences(results: dict) -> list:
                       else "it does not rise monotonically with the radius, unlike the paper's Table 2."))
     pap = PAPER_CIFAR10["table3"]
     p_lead = pap["PurSAMERE (BPDA200-det)"][4] - pap["ADP (BPDA+EoT)"][4]
-    adp = next((d for d in t3n if d in set(wf[(wf.family == "ADP") & ~wf.deterministic].defence)), None)
+    adp = next((d for d in t3n if d in set(wf[(wf.family == Family.ADP.value) & ~wf.deterministic].defence)), None)
     if adp is not None and main in t3n:
         lead = 100 * (t3n[main]["mean"] - t3n[adp]["mean"])
         out.append(f"Table 3 mean over the three norms (single attacks, as in the paper): PurSAMERE "
