@@ -26,7 +26,8 @@ import torch
 
 from ..io import atomic_write_bytes, atomic_write_json
 
-__all__ = ["WeightsError", "weights_root", "save_weights", "load_weights", "verify", "tensor_fingerprint", "manifest"]
+__all__ = ["WeightsError", "weights_root", "save_weights", "load_weights", "verify", "tensor_fingerprint", "manifest",
+           "pack_checkpoint", "unpack_checkpoint"]
 
 MANIFEST = "MANIFEST.json"
 _FORMAT = 1
@@ -158,3 +159,64 @@ def verify(root=None, names=None) -> list[str]:
     for name in names:
         load_weights(name, root)
     return names
+
+
+# ------------------------------------------------------------------ resume bundles for runs that span sessions
+def _flatten(obj, prefix: str, tensors: dict):
+    """The skeleton of ``obj`` (JSON-able) with every tensor replaced by a reference into ``tensors``."""
+    if isinstance(obj, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        return {"__dict__": [[_flatten(k, prefix, tensors), _flatten(v, prefix, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {"__list__" if isinstance(obj, list) else "__tuple__": [_flatten(v, prefix, tensors) for v in obj]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise WeightsError(f"cannot bundle a {type(obj).__name__}: a resume bundle holds tensors and plain values only")
+
+
+def _unflatten(node, tensors: dict):
+    if isinstance(node, dict):
+        if "__tensor__" in node:
+            return tensors[node["__tensor__"]]
+        if "__dict__" in node:
+            return {_unflatten(k, tensors): _unflatten(v, tensors) for k, v in node["__dict__"]}
+        if "__list__" in node:
+            return [_unflatten(v, tensors) for v in node["__list__"]]
+        if "__tuple__" in node:
+            return tuple(_unflatten(v, tensors) for v in node["__tuple__"])
+    return node
+
+
+def pack_checkpoint(checkpoint, bundle) -> Path:
+    """A training checkpoint (``pursamere.io.save_checkpoint``: model, optimiser, RNG state, step) as a
+    safetensors file with its structure in the metadata: something a run can commit and resume from in a
+    later session, without pickle."""
+    from safetensors.torch import save as st_save
+
+    from ..io import load_checkpoint
+
+    tensors: dict = {}
+    skeleton = _flatten(load_checkpoint(checkpoint), "", tensors)
+    blob = st_save(tensors, metadata={"pursamere-resume-bundle": json.dumps(skeleton)})
+    return atomic_write_bytes(bundle, blob)
+
+
+def unpack_checkpoint(bundle, checkpoint) -> Path:
+    """The training checkpoint a :func:`pack_checkpoint` bundle holds, written back for ``resume=True``."""
+    from safetensors import safe_open
+    from safetensors.torch import load as st_load
+
+    from ..io import save_checkpoint
+
+    path = Path(bundle)
+    if not path.is_file():
+        raise FileNotFoundError(f"no resume bundle at {path}")
+    blob = path.read_bytes()
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "pursamere-resume-bundle" not in meta:
+        raise WeightsError(f"{path} is not a pursamere resume bundle")
+    return save_checkpoint(checkpoint, _unflatten(json.loads(meta["pursamere-resume-bundle"]), st_load(blob)))
