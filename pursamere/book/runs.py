@@ -90,9 +90,9 @@ def live_run(preset: str, out_dir=None, workdir=None, plan: str = "demo", device
     """Train and evaluate ``preset`` now with the one engine, and read the run back.
 
     A finished run in ``out_dir`` of the same preset, protocol and images is shown as it is (the test
-    suite makes one and shares it between chapters); an unfinished one (stopped, or on other images) is
-    resumed, its matching rows reused. A run of ANOTHER preset or protocol there is never overwritten:
-    the live run then goes to a temporary folder. ``workdir`` holds the checkpoints (temporary by default).
+    suite makes one and shares it between chapters); a stopped one is resumed, its matching rows reused.
+    A run of ANOTHER preset, protocol or set of images there is never overwritten: the live run then goes
+    to a temporary folder. ``workdir`` holds the checkpoints (temporary by default).
     """
     import tempfile
 
@@ -107,10 +107,10 @@ def live_run(preset: str, out_dir=None, workdir=None, plan: str = "demo", device
     protocol = live_protocol(p, kind, plan=plan, n=n, **kw)
     out = Path(out_dir) if out_dir else None
     old = load_run(out) if out is not None else None
-    if old is not None and (old.preset != p.name or old.results["meta"].get("protocol") != protocol.kind):
+    same_images = old is not None and (protocol.images.n is None or old.results["meta"]["n"] == protocol.images.n)
+    if old is not None and (old.preset != p.name or old.results["meta"].get("protocol") != protocol.kind or not same_images):
         out = None
-    elif old is not None and (out / "table.md").exists() and "stopped" not in old.results["meta"] \
-            and (protocol.images.n is None or old.results["meta"]["n"] == protocol.images.n):
+    elif old is not None and (out / "table.md").exists() and "stopped" not in old.results["meta"]:
         print(f"showing the finished {p.name} {protocol.kind} run in {out}")
         return old
     out = out or Path(tempfile.mkdtemp(prefix=f"pursamere-{p.name}-{kind}-"))
