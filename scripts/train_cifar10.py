@@ -69,6 +69,14 @@ def train_classifier_model(name: str, config: FastCifarConfig, args, argv, extra
     def on_epoch(net, rec):
         rec["monitor_acc"] = evaluate_accuracy(net, xt[mon], yt[mon])
         rec["load"] = os.getloadavg()[0]
+        if config.adv_eps > 0:  # watch for catastrophic overfitting (FGSM accuracy up, PGD accuracy to 0)
+            from pursamere.evaluation.attacks import Threat, pgd
+
+            net.eval()
+            xm, ym = xt[mon[:200]].float() / 255.0, yt[mon[:200]]
+            xa = pgd(net, xm, ym, Threat("inf", config.adv_eps), steps=10, seed=0)
+            with torch.no_grad():
+                rec["monitor_pgd10_acc"] = float((net(xa).argmax(1) == ym).float().mean())
 
     net, record = train_fastcifar(config, x, y, checkpoint=ckpt, on_epoch=on_epoch, log=log,
                                   stop_at=args.stop_at)

@@ -28,6 +28,22 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
         assert ka == kb and torch.equal(va, vb), ka
 
 
+def test_a_run_can_be_ended_early_or_extended(tmp_path):
+    from dataclasses import replace
+
+    data = torch.rand(40, 1, 8, 8)
+    short = replace(CFG, steps=8)
+    ema_a, loss_a = train_score(_fresh_net(), data, SIGMAS, short)
+    # a 12-step run interrupted at step 8, then ended there: the same weights as an 8-step run
+    train_score(_fresh_net(), data, SIGMAS, CFG, checkpoint=tmp_path / "b.pt", stop_at=8)
+    ema_b, loss_b = train_score(_fresh_net(), data, SIGMAS, short, checkpoint=tmp_path / "b.pt", resume=True)
+    assert loss_a == loss_b and all(torch.equal(a, b) for a, b in zip(ema_a.state_dict().values(), ema_b.state_dict().values()))
+    with pytest.raises(ValueError, match="past this run's end"):
+        train_score(_fresh_net(), data, SIGMAS, replace(CFG, steps=6), checkpoint=tmp_path / "b.pt", resume=True)
+    with pytest.raises(ValueError, match="other settings"):
+        train_score(_fresh_net(), data, SIGMAS, replace(CFG, lr=1e-3), checkpoint=tmp_path / "b.pt", resume=True)
+
+
 def test_checkpoint_refuses_overwrite_mismatch_and_corruption(tmp_path):
     data = torch.rand(20, 1, 8, 8)
     path = tmp_path / "s.pt"

@@ -59,8 +59,14 @@ def _ema_update(ema: nn.Module, net: nn.Module, rate: float):
             pe.mul_(rate).add_(p, alpha=1 - rate)
 
 
+def _without_steps(meta: dict) -> dict:
+    return {**meta, "config": {k: v for k, v in meta.get("config", {}).items() if k != "steps"}}
+
+
 def _check_resume(ckpt: dict, meta: dict, path):
-    if ckpt.get("meta") != meta:
+    # The number of steps may change between sessions: the learning rate is constant, so a run of
+    # n steps is exactly the first n steps of a longer one (extend it, or end it where it stands).
+    if _without_steps(ckpt.get("meta", {})) != _without_steps(meta):
         diff = {k: (ckpt.get("meta", {}).get(k), v) for k, v in meta.items() if ckpt.get("meta", {}).get(k) != v}
         raise ValueError(f"cannot resume {path}: it was made with other settings {diff}; use a new path or fresh=True")
 
@@ -109,6 +115,8 @@ def train_score(
             raise FileExistsError(f"{path} exists: pass resume=True (CLI --resume) to continue it, or delete it / use --fresh")
         ck = load_checkpoint(path, map_location=device)
         _check_resume(ck, meta, path)
+        if int(ck["step"]) > config.steps:
+            raise ValueError(f"cannot resume {path}: it is at step {ck['step']}, past this run's end ({config.steps} steps)")
         net.load_state_dict(ck["net"]), ema.load_state_dict(ck["ema"]), opt.load_state_dict(ck["opt"])
         gen.set_state(ck["gen"])
         step, losses = int(ck["step"]), list(ck["losses"])
