@@ -262,7 +262,9 @@ SWEEP = {
 
 def cmd_sweep(args, argv):
     """Clean and BPDA-det accuracy (ℓ∞ 8/255) of the plain classifier behind each candidate, on validation images."""
-    from pursamere.evaluation.attacks import Defended, Threat, pgd
+    from pursamere.evaluation.attacks import Threat, pgd
+    from pursamere.evaluation.defended import Defended
+    from pursamere.evaluation.starts import image_seeds
     from pursamere.io import atomic_write_text
     from pursamere.method.purify import Purifier
 
@@ -285,7 +287,8 @@ def cmd_sweep(args, argv):
             clean = clf(pur(x)).argmax(1) == y
         t_pur = time.perf_counter() - t0
         d = Defended(clf, pur, gradient="bpda")
-        x_adv = torch.cat([pgd(d, x[i:i + 32], y[i:i + 32], threat, steps=args.steps, seed=0) for i in range(0, len(x), 32)])
+        x_adv = torch.cat([pgd(d, x[i:i + 32], y[i:i + 32], threat, steps=args.steps,
+                               seeds=image_seeds(x[i:i + 32])) for i in range(0, len(x), 32)])
         with torch.no_grad():
             robust = d(x_adv).argmax(1) == y
         rows[name] = {"candidate": name, **kw, "K": cfg.steps, "m": cfg.m, "eps_pur": cfg.eps_pur, "rho": cfg.rho,
