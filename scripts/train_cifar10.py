@@ -297,8 +297,8 @@ def cmd_sweep(args, argv):
                       "purify_seconds_per_image": round(t_pur / len(x), 3)}
         log(json.dumps(rows[name]))
         atomic_write_json(path, {"what": "purification schedule sweep, CIFAR-10 (JPEG) validation images", "rows": list(rows.values())})
-    lines = [f"Schedule sweep, CIFAR-10 (JPEG): validation images (cifar10_cpu.validation_indices), plain classifier behind the "
-             f"purifier, ERE descent (ρ = 0), M = 4 antithetic, ε_pur = 12/255; attack BPDA-det ℓ∞ 8/255 (PGD, step 2/255).", "",
+    lines = ["Schedule sweep, CIFAR-10 (JPEG): validation images (cifar10_cpu.validation_indices), plain classifier behind the "
+             "purifier, ERE descent (ρ = 0), M = 4 antithetic, ε_pur = 12/255; attack BPDA-det ℓ∞ 8/255 (PGD, step 2/255).", "",
              "| cand. | σ_max → σ_min | K | lr_max → lr_min | n | clean % | BPDA steps | robust % | s/image (purify) | s (row) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows.values(), key=lambda r: r["candidate"]):

@@ -339,7 +339,6 @@ def test_a_stopped_resume_never_loses_a_finished_row(tmp_path):
 
 
 def test_a_time_budget_marks_partial_suites_incomplete(tmp_path):
-    import time
 
     from pursamere.evaluation.results import render_table
 
