@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from pursamere.experiments.weights import WeightsError, load_weights, manifest, save_weights, verify, weights_root
+from pursamere.experiments.weights import (WeightsError, load_weights, manifest, save_weights, shipped_summary, verify,
+                                          weights_root)
 
 
 def _net():
@@ -22,6 +23,17 @@ def test_round_trip_keeps_tensors_and_meta(tmp_path):
     assert entry["bytes"] == (tmp_path / "toy" / "net.safetensors").stat().st_size
     save_weights("toy/other", {"w": torch.ones(2)}, root=tmp_path)
     assert sorted(manifest(tmp_path)) == ["toy/net", "toy/other"] and verify(tmp_path) == ["toy/net", "toy/other"]
+
+
+def test_shipped_summary_flattens_the_recorded_metrics(tmp_path):
+    entry = save_weights("toy/score", _net(), {"kind": "Net", "command": "python train.py score",
+                                       "metrics": {"psnr": {"0.1": {"psnr_denoised": 25.5}}, "seconds": 3}}, root=tmp_path)
+    save_weights("other/net", _net(), {"command": "x"}, root=tmp_path)
+    (row,) = shipped_summary("toy/", root=tmp_path)
+    assert row["model"] == "toy/score" and row["kind"] == "Net" and row["command"] == "python train.py score"
+    assert row["psnr.0.1.psnr_denoised"] == 25.5 and row["seconds"] == 3
+    assert row["MB"] == round(entry["bytes"] / 2 ** 20, 2)
+    assert [r["model"] for r in shipped_summary(root=tmp_path)] == ["other/net", "toy/score"]
 
 
 def test_tampered_missing_or_unknown_files_fail_loudly(tmp_path):

@@ -27,7 +27,7 @@ import torch
 from ..io import atomic_write_bytes, atomic_write_json
 
 __all__ = ["WeightsError", "weights_root", "save_weights", "load_weights", "verify", "tensor_fingerprint", "manifest",
-           "pack_checkpoint", "unpack_checkpoint"]
+           "shipped_summary", "pack_checkpoint", "unpack_checkpoint"]
 
 MANIFEST = "MANIFEST.json"
 _FORMAT = 1
@@ -159,6 +159,29 @@ def verify(root=None, names=None) -> list[str]:
     for name in names:
         load_weights(name, root)
     return names
+
+
+def shipped_summary(prefix: str = "", root=None) -> list[dict]:
+    """One row per shipped model whose name starts with ``prefix``: size, parameters, what its training
+    measured (the metrics its training script recorded in the manifest, flattened) and the command
+    that re-trains it. The manifest is read as it is; files are not verified here (:func:`verify` does)."""
+    rows = []
+    for name, entry in sorted(manifest(root).items()):
+        if not name.startswith(prefix):
+            continue
+        meta = entry.get("meta", {})
+        row = {"model": name, "kind": meta.get("kind"), "MB": round(entry["bytes"] / 2 ** 20, 2)}
+        stack = [("", meta.get("metrics") or {})]
+        while stack:  # nested metrics (PSNR per σ, AUROC per σ) become "psnr.0.1.psnr_denoised"-style columns
+            head, node = stack.pop()
+            for k, v in node.items():
+                if isinstance(v, dict):
+                    stack.append((f"{head}{k}.", v))
+                else:
+                    row[f"{head}{k}"] = v
+        row["command"] = meta.get("command")
+        rows.append(row)
+    return rows
 
 
 # ------------------------------------------------------------------ resume bundles for runs that span sessions
