@@ -152,7 +152,10 @@ def test_cascade_and_warm_start_in_evaluate(tmp_path):
     (dict(gradient="exact", unroll_last=1, kind="square"), "unroll_last needs"),
     (dict(gradient="bpda", unroll_last=1), "unroll_last needs"),
     (dict(kind="fgsm"), "unknown kind"), (dict(gradient="white"), "unknown gradient"),
-    (dict(steps=0), "steps must"), (dict(kind="square", warm_from="x"), "warm_from needs"),
+    (dict(steps=0), "steps must"), (dict(kind="square", gradient="none", warm_from="x"), "warm_from needs"),
+    (dict(queries=50), "queries applies to kind='square' only"), (dict(kind="apgd-ce", targets=5), "targets applies"),
+    (dict(kind="apgd-dlr", loss="margin"), "loss applies"), (dict(kind="square", gradient="none", step_size=0.1), "step_size"),
+    (dict(kind="square"), "gradient-free"), (dict(kind="apgd-t", restarts=2), "restarts must be 1"),
     (dict(warm_from="a"), "its own"),
 ])
 def test_bad_attack_specs(kw, msg):

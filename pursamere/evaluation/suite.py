@@ -120,6 +120,17 @@ class AttackSpec:
             raise ValueError(f"AttackSpec {self.name!r}: warm_from needs kind='pgd' or an untargeted APGD")
         if self.warm_from == self.name:
             raise ValueError(f"AttackSpec {self.name!r}: cannot start from its own end points")
+        # a setting the kind would ignore is refused, not dropped: the row would claim an attack that never ran
+        ignored = {"queries": (self.queries != 1000, "square"), "targets": (self.targets != 3, "apgd-t"),
+                   "loss": (self.loss != "ce", "pgd"), "step_size": (self.step_size is not None, "pgd")}
+        for field, (given, kind) in ignored.items():
+            if given and self.kind != kind:
+                raise ValueError(f"AttackSpec {self.name!r}: {field} applies to kind={kind!r} only, not {self.kind!r}")
+        if self.kind == "square" and (self.gradient != "none" or self.restarts != 1):
+            raise ValueError(f"AttackSpec {self.name!r}: Square is gradient-free with one run: "
+                             "use gradient='none' and restarts=1")
+        if self.kind == "apgd-t" and self.restarts != 1:
+            raise ValueError(f"AttackSpec {self.name!r}: APGD-T runs once per target class; restarts must be 1")
         object.__setattr__(self, "role", Role.of(self) if self.role is None else Role(self.role))
 
     def settings(self, threat: Threat) -> dict:
