@@ -380,3 +380,16 @@ def test_flat_budget_counts_images_not_totals():
     assert flat_budget(curve, "d") == {}  # two of 100 images lost to the doubled steps: not flat
     curve = [point(10, 1, base), point(20, 1, base), point(10, 2, base)]
     assert flat_budget(curve, "d")["steps"] == 10
+
+
+def test_ladder_union_counts_an_image_broken_at_any_budget():
+    from pursamere.experiments.studies import ladder_union
+
+    def point(steps, survived):
+        return {"defence": "d", "steps": steps, "restarts": 1, "n": len(survived), "survived": survived}
+
+    u = ladder_union([point(20, [1, 1, 0, 1]), point(10, [1, 0, 1, 1]), {**point(10, [0, 0, 0, 0]), "defence": "e"}], "d")
+    assert u["survived"] == [True, False, False, True] and u["robust"] == 2 and u["budgets"] == [(10, 1), (20, 1)]
+    assert ladder_union([], "d") == {}
+    with pytest.raises(ValueError, match="different numbers"):
+        ladder_union([point(10, [1, 1]), point(20, [1, 1, 1])], "d")

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..evaluation.results import paired, robust_flags
 
 __all__ = ["summarise", "summarise_sam", "summarise_attacks", "summarise_sweep", "choose_setting", "convergence_curve",
-           "flat_budget", "run_convergence"]
+           "flat_budget", "ladder_union", "run_convergence"]
 
 
 def summarise(results: dict) -> list[dict]:
@@ -113,6 +113,22 @@ def flat_budget(curve: list[dict], defence: str, tolerance: float = 0.01) -> dic
     return {}
 
 
+def ladder_union(curve: list[dict], defence: str) -> dict:
+    """Every budget of the ladder together: an image counts as robust only if no attack at any budget broke it.
+
+    Each budget's attacks start from their own random points, so two budgets break partly different
+    images; this is the lowest worst case the ladder found (``{}`` when ``defence`` has no point)."""
+    pts = sorted((c for c in curve if c["defence"] == defence), key=lambda c: (c["steps"] * c["restarts"], c["steps"]))
+    if not pts:
+        return {}
+    n = pts[0]["n"]
+    if any(c["n"] != n for c in pts):
+        raise ValueError(f"{defence}: the ladder's budgets ran on different numbers of images")
+    survived = [all(c["survived"][i] for c in pts) for i in range(n)]
+    return {"robust": sum(survived), "n": n, "worst_case": sum(survived) / n, "survived": survived,
+            "budgets": [(c["steps"], c["restarts"]) for c in pts]}
+
+
 def run_convergence(preset, out, options, ladder=None, n=None) -> dict:
     """Run the convergence ladder (one engine run per budget, each resumable) and write ``convergence.json``."""
     from ..io import atomic_write_json
@@ -126,7 +142,8 @@ def run_convergence(preset, out, options, ladder=None, n=None) -> dict:
         run(preset, protocols.convergence(preset, steps, restarts, n=n), folder, dataclasses.replace(options, resume=True))
         folders.append(folder)
     curve = convergence_curve(folders)
-    flat = {d: flat_budget(curve, d) for d in dict.fromkeys(c["defence"] for c in curve)}
-    summary = {"curve": curve, "flat": flat}
+    names = dict.fromkeys(c["defence"] for c in curve)
+    summary = {"curve": curve, "flat": {d: flat_budget(curve, d) for d in names},
+               "union": {d: ladder_union(curve, d) for d in names}}
     atomic_write_json(out / "convergence.json", summary)
     return summary
