@@ -380,6 +380,7 @@ def test_flat_budget_counts_images_not_totals():
     assert flat_budget(curve, "d") == {}  # two of 100 images lost to the doubled steps: not flat
     curve = [point(10, 1, base), point(20, 1, base), point(10, 2, base)]
     assert flat_budget(curve, "d")["steps"] == 10
+    assert flat_budget(curve[:2], "d") == {}  # the restarts doubling was never measured: not called flat
 
 
 def test_ladder_union_counts_an_image_broken_at_any_budget():

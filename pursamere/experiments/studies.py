@@ -98,13 +98,15 @@ def convergence_curve(folders) -> list[dict]:
 
 
 def flat_budget(curve: list[dict], defence: str, tolerance: float = 0.01) -> dict:
-    """The smallest budget whose doubling (in steps, and in restarts where measured) moves ``defence``'s worst
-    case by less than ``tolerance`` of the images — the budget the suite should run (issue: < 1 image in 100)."""
+    """The smallest budget whose doubling in steps AND in restarts (both measured) moves ``defence``'s worst
+    case by less than ``tolerance`` of the images — the budget the suite should run (issue: < 1 image in 100).
+    A budget with only one of its doublings on the ladder is never called flat."""
     pts = {(c["steps"], c["restarts"]): c for c in curve if c["defence"] == defence}
     for (steps, restarts), c in sorted(pts.items(), key=lambda kv: (kv[0][0] * kv[0][1], kv[0][0])):
-        doubled = [pts[k] for k in ((2 * steps, restarts), (steps, 2 * restarts)) if k in pts]
-        if not doubled:
+        keys = ((2 * steps, restarts), (steps, 2 * restarts))
+        if not all(k in pts for k in keys):
             continue
+        doubled = [pts[k] for k in keys]
         # images robust at this budget that a doubled one breaks (counted image by image, not as totals)
         drop = max(sum(a and not b for a, b in zip(c["survived"], d["survived"])) for d in doubled)
         if drop < tolerance * c["n"]:
