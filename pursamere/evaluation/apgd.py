@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from ..method.geometry import _per_item, project
-from ..method.purify import InvalidInputError, check_images
-from .attacks import (Threat, _ascent, _check_int, _check_labels, _check_logits, _surface, check_stop_early,
-                      margin_loss)
+from ..method.purify import InvalidInputError
+from .attacks import (Threat, _ascent, _check_attack_args, _check_int, _check_labels, _check_logits, _surface,
+                      check_stop_early, margin_loss)
 from .starts import check_seeds, finite_positive, image_seeds, start_points
 
 __all__ = ["apgd", "dlr_loss", "dlr_targeted_loss", "top_targets", "apgd_checkpoints"]
@@ -158,18 +158,10 @@ def apgd(
         >>> bool((x_adv - x).abs().max() <= 0.1 + 1e-6)
         True
     """
-    # ---- validation: refuse bad data loudly, never repair it
-    if not isinstance(threat, Threat):
-        raise TypeError(f"threat must be a Threat(norm, eps), got {type(threat).__name__}")
+    y = _check_attack_args(x, y, threat, steps, eot, loss, _LOSSES)  # refuse bad data loudly, never repair it
     if threat.norm not in ("inf", 2):
         raise ValueError(f"apgd supports the ℓ∞ and ℓ2 threats, not ℓ{threat.norm} (ℓ1-APGD needs a sparse step "
                          f"of its own); use pgd for ℓ1")
-    check_images(x, box=_BOX, name="x")
-    y = _check_labels(x, y)
-    _check_int("steps", steps)
-    _check_int("eot", eot)
-    if loss not in _LOSSES:
-        raise ValueError(f"unknown loss {loss!r}: use one of {_LOSSES}")
     if loss == "dlr-t":
         if target is None:
             raise ValueError("loss 'dlr-t' needs target: one target class per image (see top_targets)")

@@ -150,6 +150,20 @@ def _check_int(name, val, lo=1):
         raise ValueError(f"{name} must be an integer >= {lo}, got {val!r}")
 
 
+def _check_attack_args(x, y, threat, steps, eot, loss, losses):
+    """The checks every gradient attack makes first (threat, images, labels, counts, loss); returns the labels
+    as ``long`` on the images' device."""
+    if not isinstance(threat, Threat):
+        raise TypeError(f"threat must be a Threat(norm, eps), got {type(threat).__name__}")
+    check_images(x, box=_BOX, name="x")
+    y = _check_labels(x, y)
+    _check_int("steps", steps)
+    _check_int("eot", eot)
+    if loss not in losses:
+        raise ValueError(f"unknown loss {loss!r}: use one of {losses}")
+    return y
+
+
 def _check_labels(x, y):
     if not isinstance(y, torch.Tensor):
         raise InvalidInputError(f"labels y must be a torch.Tensor, got {type(y).__name__}")
@@ -274,15 +288,7 @@ def pgd(
         >>> bool((x_adv - x).abs().max() <= 0.1 + 1e-6)
         True
     """
-    # ---- validation: refuse bad data loudly, never repair it
-    if not isinstance(threat, Threat):
-        raise TypeError(f"threat must be a Threat(norm, eps), got {type(threat).__name__}")
-    check_images(x, box=_BOX, name="x")
-    y = _check_labels(x, y)
-    _check_int("steps", steps)
-    _check_int("eot", eot)
-    if loss not in _LOSSES:
-        raise ValueError(f"unknown loss {loss!r}: use one of {_LOSSES}")
+    y = _check_attack_args(x, y, threat, steps, eot, loss, _LOSSES)  # refuse bad data loudly, never repair it
     if keep not in ("best", "last"):
         raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
     if not 0 < l1_sparsity < 1:
