@@ -18,6 +18,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 PLAN = TINY.ensemble
 
 
+def _linear_case(n: int):
+    """A seeded 3-class linear classifier on n random 4×4 images, labelled by its own predictions."""
+    torch.manual_seed(0)
+    clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    x = torch.rand(n, 1, 4, 4)
+    return clf, x, clf(x).argmax(1)
+
+
 def run_ensemble(out, work, only=(), resume=False):
     opts = engine.Options(workdir=str(work / "runs"), progress=False, resume=resume, log=lambda *a: None)
     return engine.run(TINY, protocols.ensemble(TINY, PLAN, only=only), out, opts).results
@@ -90,10 +98,7 @@ def test_cascade_and_warm_start_in_evaluate(tmp_path):
     """Planted classifier: a cascaded attack sees only the survivors; a warm start gets the earlier end points."""
     import pursamere.evaluation.runner as ev
 
-    torch.manual_seed(0)
-    clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
-    x = torch.rand(16, 1, 4, 4)
-    y = clf(x).argmax(1)  # clean accuracy 100%
+    clf, x, y = _linear_case(16)  # clean accuracy 100%
     d = Defence("net", clf)
     threat = Threat("inf", 0.1)
     specs = [AttackSpec("fgsm", steps=1), AttackSpec("pgd3", steps=3, cascade=True),
@@ -263,10 +268,7 @@ def test_choose_setting_needs_a_significant_paired_gain():
 def test_a_spent_time_budget_stops_cleanly_and_keeps_finished_rows(tmp_path):
     import time
 
-    torch.manual_seed(0)
-    clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
-    x = torch.rand(12, 1, 4, 4)
-    y = clf(x).argmax(1)
+    clf, x, y = _linear_case(12)
     specs = [AttackSpec("a", steps=2), AttackSpec("b", steps=2, cascade=True)]
     full = evaluate([Defence("net", clf)], specs, [Threat("inf", 0.1)], x, y, tmp_path / "full", progress=False)
     assert "stopped" not in full["meta"] and len(full["rows"]) == 2
@@ -342,13 +344,9 @@ def test_a_stopped_resume_never_loses_a_finished_row(tmp_path):
 
 
 def test_a_time_budget_marks_partial_suites_incomplete(tmp_path):
-
     from pursamere.evaluation.results import render_table
 
-    torch.manual_seed(0)
-    clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
-    x = torch.rand(8, 1, 4, 4)
-    y = clf(x).argmax(1)
+    clf, x, y = _linear_case(8)
     specs = [AttackSpec("a", steps=1), AttackSpec("slow", steps=3, cascade=True)]
     class Clock:  # the deadline passes once the first row is on disk
         def __call__(self):

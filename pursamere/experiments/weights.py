@@ -62,14 +62,6 @@ def tensor_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def manifest(root=None) -> dict:
     """The manifest's ``{name: entry}`` (empty when there is none yet)."""
     path = weights_root(root) / MANIFEST
