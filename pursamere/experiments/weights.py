@@ -153,6 +153,15 @@ def verify(root=None, names=None) -> list[str]:
     return names
 
 
+def _dotted(node: dict, head: str = ""):
+    """Nested metrics (PSNR per σ, AUROC per σ) as ``("psnr.0.1.psnr_denoised", value)`` pairs, in order."""
+    for k, v in node.items():
+        if isinstance(v, dict):
+            yield from _dotted(v, f"{head}{k}.")
+        else:
+            yield f"{head}{k}", v
+
+
 def shipped_summary(prefix: str = "", root=None) -> list[dict]:
     """One row per shipped model whose name starts with ``prefix``: size, parameters, what its training
     measured (the metrics its training script recorded in the manifest, flattened) and the command
@@ -163,14 +172,7 @@ def shipped_summary(prefix: str = "", root=None) -> list[dict]:
             continue
         meta = entry.get("meta", {})
         row = {"model": name, "kind": meta.get("kind"), "MB": round(entry["bytes"] / 2 ** 20, 2)}
-        stack = [("", meta.get("metrics") or {})]
-        while stack:  # nested metrics (PSNR per σ, AUROC per σ) become "psnr.0.1.psnr_denoised"-style columns
-            head, node = stack.pop()
-            for k, v in node.items():
-                if isinstance(v, dict):
-                    stack.append((f"{head}{k}.", v))
-                else:
-                    row[f"{head}{k}"] = v
+        row.update(_dotted(meta.get("metrics") or {}))
         row["command"] = meta.get("command")
         rows.append(row)
     return rows
