@@ -9,7 +9,18 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v}")
+    return v
 
 
 def _options(args, resume: bool = False):
@@ -17,7 +28,11 @@ def _options(args, resume: bool = False):
     from .experiments.engine import Options
 
     shards = init_distributed(args.device) if "WORLD_SIZE" in os.environ else None
-    return Options(workdir=args.workdir, device=args.device, fresh=getattr(args, "fresh", False),
+    minutes = getattr(args, "minutes", None)
+    if minutes is not None and not minutes > 0:
+        raise ValueError(f"--minutes must be > 0, got {minutes}")
+    deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
+    return Options(deadline=deadline, workdir=args.workdir, device=args.device, fresh=getattr(args, "fresh", False),
                    weights=getattr(args, "weights", "train"), score_checkpoint=getattr(args, "score_checkpoint", None),
                    classifier=_classifier_spec(args),
                    resume=resume or getattr(args, "resume", False), data_root=args.data_root, shards=shards,
@@ -184,10 +199,25 @@ def cmd_ensemble(args) -> int:
     preset = _preset(args)
     plan = preset.ensemble
     eps = tuple(float(e) for e in _items(args.eps)) if args.eps else plan.eps
-    budget = plan.budget if args.square_queries is None else dataclasses.replace(plan.budget, square_queries=args.square_queries)
+    budget = plan.budget if args.steps is None else protocols.budget_at(args.steps, args.restarts)
+    if args.steps is None and args.restarts != 1:
+        raise ValueError("--restarts needs --steps (the convergence curve's budget: steps × restarts)")
+    budget = budget if args.square_queries is None else dataclasses.replace(budget, square_queries=args.square_queries)
     budget = budget.doubled() if args.strong else budget
     plan = dataclasses.replace(plan, n_test=args.n or plan.n_test, eps=eps, budget=budget,
                                batch_size=args.batch_size or plan.batch_size)
+    if preset.models == "shipped":  # cifar10-cpu: its own table (the classifiers it ships), in two parts
+        from .experiments import cifar10_cpu
+
+        if args.best:
+            raise ValueError(f"--best does not apply to --preset {preset.name}: its purifier rows are fixed (--part key|rest)")
+        protocol = cifar10_cpu.table_protocol(preset, args.part, n=args.n or plan.n_test, budget=budget,
+                                              have=cifar10_cpu.shipped_roles())
+        protocol = dataclasses.replace(protocol, batch_size=plan.batch_size,
+                                       defences=tuple(protocols.select_defences(protocol.defences, _items(args.only))),
+                                       threats=tuple(t for t in protocol.threats if t.norm != "inf" or t.eps in eps))
+        _engine(args, protocol, f"ensemble-{args.part}")
+        return 0
     best = json.loads(args.best) if args.best else None
     if best is not None and not isinstance(best, dict):
         raise ValueError(f"--best must be a JSON object of purifier settings, got {args.best!r}")
@@ -273,6 +303,8 @@ def _common(p, out_help: str = "output folder (default results/<preset>/<kind>-<
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--data-root", default=None, help="folder of the data set (CIFAR-10 presets)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="time budget: stop cleanly after this many minutes (finished rows kept; --resume continues)")
     p.add_argument("--weights", choices=("train", "shipped"), default="train",
                    help="train the models (cached in --workdir) or use the shipped, verified ones of weights/")
     p.add_argument("--score-checkpoint", default=None, help="--preset cifar10-ncsnv2: the official NCSNv2 checkpoint")
@@ -331,12 +363,17 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--eps", default="", help="comma-separated ℓ∞ budgets (default: the preset's ensemble plan)")
     en.add_argument("--n", "--n-images", dest="n", type=int, default=None,
                     help="table images (default: the preset's ensemble plan); under torchrun write --n-images")
+    en.add_argument("--steps", type=_positive_int, default=None,
+                    help="the convergence curve's budget (book chapter 7): every attack at STEPS steps, exact STEPS/2")
+    en.add_argument("--restarts", type=_positive_int, default=1, help="with --steps: APGD restarts")
     en.add_argument("--square-queries", type=int, default=None)
     en.add_argument("--batch-size", type=int, default=None, help="attack batch size (speed only: each image's random choices come from its own seed)")
     en.add_argument("--strong", action="store_true", help="double every step count, query budget and restart count: "
                                                        "a converged suite must not lose more than 1 image in 100 to it")
     en.add_argument("--best", default="", help='purifier overrides chosen by the SAM study, as JSON, e.g. \'{"rho": 0.0}\'')
     en.add_argument("--only", default="", help="comma-separated families, classifiers or exact labels (default: all)")
+    en.add_argument("--part", choices=("key", "rest"), default="key",
+                    help="--preset cifar10-cpu: the key rows (≥ 256 images) or the rest (≥ 128, the same images' prefix)")
     en.set_defaults(func=cmd_ensemble)
 
     st = sub.add_parser("study", help="the SAM study or the attack study on the validation images")

@@ -90,3 +90,18 @@ def test_training_learns_a_simple_signal():
 
     xt, yt = _data(n=200, seed=1)
     assert evaluate_accuracy(net, torch.from_numpy(xt), torch.from_numpy(yt)) > 0.35  # chance is 0.1; 0.56 when written
+
+
+def test_n_fgsm_is_not_clipped_to_the_ball_and_fgsm_rs_is():
+    """N-FGSM (de Jorge et al. 2022): noise from the 2ε-ball plus a step of ε, no clipping; FGSM-RS clips."""
+    torch.manual_seed(0)
+    net = FastCifarNet(FastCifarConfig(widths=(8, 16, 16))).eval()
+    x, y, eps = torch.rand(16, 3, 32, 32) * 0.5 + 0.25, torch.arange(16) % 10, 8 / 255
+    nf = FastCifarConfig(widths=(8, 16, 16), adv_eps=eps, adv_step=1.0, adv_method="n-fgsm", adv_noise=2.0)
+    xa = _fgsm_rs(net, x, y, nf, torch.Generator().manual_seed(0))
+    d = (xa - x).abs().max()
+    assert eps * 1.5 < float(d) <= 3 * eps + 1e-6  # beyond the ε-ball, within noise + step
+    rs = FastCifarConfig(widths=(8, 16, 16), adv_eps=eps, adv_method="fgsm-rs")
+    assert float((_fgsm_rs(net, x, y, rs, torch.Generator().manual_seed(0)) - x).abs().max()) <= eps + 1e-6
+    with pytest.raises(ValueError, match="adv_method"):
+        FastCifarConfig(adv_method="pgd")

@@ -73,7 +73,8 @@ def worst_frame(results: dict):
     return pd.DataFrame([{"defence": w["defence"], "family": w["family"], "classifier": w["classifier"],
                           "deterministic": w["deterministic"], "eps_pur": _eps_pur(w), "threat": norm_label(w["norm"]),
                           "eps": w["eps"], "clean": w["clean_acc"], "robust": w["robust_acc"], "lo": w["ci95"][0],
-                          "hi": w["ci95"][1], "attacks": len(w["attacks"])} for w in _worst(results)])
+                          "hi": w["ci95"][1], "attacks": len(w["attacks"]),
+                          "complete": w.get("complete", True)} for w in _worst(results)])
 
 
 def headline(results: dict):
@@ -88,7 +89,10 @@ def headline(results: dict):
     for w in _worst(results):
         numbers.setdefault(w["defence"], {})[f"l{w['norm']}"] = w["robust_acc"]
         line = lines.setdefault(w["defence"], {"clean": pct(w["clean_acc"])})
-        line[f"worst case, {norm_label(w['norm'], w['eps'])}"] = pct(w["robust_acc"], w["ci95"])
+        cell = pct(w["robust_acc"], w["ci95"])
+        if w.get("complete") is False:  # a run stopped by its time budget: an upper bound, not the worst case
+            cell = f"≤ {cell} (only {len(w['attacks'])} of {len(w['planned'])} attacks ran)"
+        line[f"worst case, {norm_label(w['norm'], w['eps'])}"] = cell
     return pd.DataFrame.from_dict(lines, orient="index").fillna("–"), numbers
 
 

@@ -291,7 +291,11 @@ def merge_results(paths: Sequence, out_dir, title: str = "", order: Sequence[str
             rows.append(r)
     rank = {d: i for i, d in enumerate(order)}
     rows.sort(key=lambda r: rank.get(r["defence"], len(rank)))  # stable: attack order inside a defence is kept
-    res = {"meta": dict(parts[0]["meta"], merged_from=[str(p) for p in paths]), "rows": rows, "worst_case": worst_case(rows)}
+    # the parts' plans travel: a group one part left unfinished stays marked incomplete in the merged table
+    planned = {(w["defence"], w["norm"], w["eps"]): w["planned"] for p in parts for w in p.get("worst_case", [])
+               if "planned" in w}
+    res = {"meta": dict(parts[0]["meta"], merged_from=[str(p) for p in paths]), "rows": rows,
+           "worst_case": worst_case(rows, planned or None)}
     out = Path(out_dir)
     atomic_write_json(out / "results.json", res)
     atomic_write_text(out / "table.md", render_table(res, title))

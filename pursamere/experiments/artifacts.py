@@ -228,10 +228,15 @@ def prepare(preset, workdir: str | Path, fresh: bool = False, progress: bool = T
 
     ``weights="shipped"`` loads the verified models of ``weights/`` instead of training
     (:func:`load_shipped`): any row of the book can be re-run exactly with them. A ``models="user"``
-    preset loads ``score_checkpoint`` and ``classifier`` instead (:func:`load_user_models`).
+    preset loads ``score_checkpoint`` and ``classifier`` instead (:func:`load_user_models`); a
+    ``models="shipped"`` preset (``cifar10-cpu``) always loads its shipped weights.
     """
     if preset.models == "user":
         return load_user_models(preset, score_checkpoint, classifier, data_root, log)
+    if preset.models == "shipped":  # trained by scripts/train_cifar10.py, evaluated from weights/ only
+        from .cifar10_cpu import load_artifacts
+
+        return load_artifacts(data_root, log=log)
     if weights == "shipped":
         return load_shipped(preset, data_root, log)
     if weights != "train":

@@ -69,9 +69,12 @@ class FastCifarConfig:
     # ---- augmentation
     flip: bool = True  # alternating flips: a random flip drawn once, then every other epoch mirrored
     translate: int = 2  # random shifts of up to this many pixels (reflect padding)
-    # ---- adversarial training (FGSM with a random start, Wong et al. 2020); 0 = clean training
+    # ---- single-step adversarial training; adv_eps = 0: clean training
     adv_eps: float = 0.0  # ℓ∞ radius (8/255 for the baseline)
-    adv_step: float = 1.25  # FGSM step as a multiple of adv_eps (Wong et al.: 1.25)
+    adv_step: float = 1.25  # the FGSM step as a multiple of adv_eps (FGSM-RS, Wong et al.: 1.25; N-FGSM: 1.0)
+    adv_method: str = "fgsm-rs"  # "fgsm-rs" (uniform start in the ε-ball, step, clip to the ball) or
+    # "n-fgsm" (de Jorge et al. 2022: noise from [-adv_noise·ε, adv_noise·ε], step, no clipping to the ball)
+    adv_noise: float = 2.0  # N-FGSM's noise radius as a multiple of adv_eps (their k = 2)
     seed: int = 0
 
     def __post_init__(self):
@@ -81,6 +84,8 @@ class FastCifarConfig:
             raise ValueError("FastCifarConfig: epochs and batch_size must be positive")
         if not 0 <= self.adv_eps < 1:
             raise ValueError(f"FastCifarConfig: adv_eps must be in [0, 1), got {self.adv_eps}")
+        if self.adv_method not in ("fgsm-rs", "n-fgsm"):
+            raise ValueError(f"FastCifarConfig: adv_method must be 'fgsm-rs' or 'n-fgsm', got {self.adv_method!r}")
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -204,13 +209,21 @@ class _Lookahead:
 
 
 def _fgsm_rs(net: nn.Module, x: torch.Tensor, y: torch.Tensor, c: FastCifarConfig, gen: torch.Generator) -> torch.Tensor:
-    """FGSM with a uniform random start (Wong et al. 2020): one signed step of adv_step·ε, clipped."""
+    """One-step training attack from a random start: one signed step of adv_step·ε.
+
+    ``fgsm-rs`` (Wong et al. 2020): start uniform in the ε-ball, clip the result back into it.
+    ``n-fgsm`` (de Jorge et al. 2022): start uniform in the (adv_noise·ε)-ball, no clipping to the
+    ε-ball; the larger noise and the missing clip are what keep it from catastrophic overfitting.
+    """
     eps = c.adv_eps
-    delta = ((torch.rand(x.shape, generator=gen) * 2 - 1) * eps).to(x.device)
+    radius = eps * (c.adv_noise if c.adv_method == "n-fgsm" else 1.0)
+    delta = ((torch.rand(x.shape, generator=gen) * 2 - 1) * radius).to(x.device)
     delta = ((x + delta).clamp(0, 1) - x).requires_grad_(True)
     loss = F.cross_entropy(net(x + delta), y, label_smoothing=c.label_smoothing, reduction="sum")
     (g,) = torch.autograd.grad(loss, delta)
-    delta = (delta.detach() + c.adv_step * eps * g.sign()).clamp(-eps, eps)
+    delta = delta.detach() + c.adv_step * eps * g.sign()
+    if c.adv_method == "fgsm-rs":
+        delta = delta.clamp(-eps, eps)
     return (x + delta).clamp(0, 1)
 
 

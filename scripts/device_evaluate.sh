@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The recorded evaluations a CPU cannot afford, run on a lent GPU in one call:
+#
+#   bash scripts/device_evaluate.sh OUT SECONDS CIFAR_DATA [tiny]
+#
+#   OUT         where the results come back: OUT/results.tar.gz (every results folder) and OUT/logs.tar.gz
+#   SECONDS     the whole call's time: the jobs stop cleanly 100 s before it (finished rows kept), a hard
+#               timeout ends anything still running 10 s before it, and the archives are written last
+#   CIFAR_DATA  the folder with test.tar.gz (+ SHA256SUMS) of the CIFAR-10 JPEG copy
+#   tiny        the CPU rehearsal (DEVICE=cpu): a few images, one step per attack
+#
+# 1. smoke: every attack path of both presets on a few images (a failure stops the call at once,
+#    when a rerun is still affordable); it also decodes and caches the CIFAR-10 test images;
+# 2. the jobs, from a queue in priority order, PARALLEL at a time (the GPU interleaves them), all
+#    stopping cleanly at one deadline; each writes its own results folder (rows saved as they
+#    finish), merged afterwards on the CPU with pursamere.evaluation.results.merge_results:
+#    - CIFAR-10 (cifar10-cpu, shipped weights): key rows on 256 images at the paper's step counts,
+#      then the rest on 128 (a prefix of the same images), by defence group;
+#    - digits (shipped weights): every key row on all 476 table images at ℓ∞ 0.2 / 0.1 / 0.15 with
+#      the ensemble at 80 steps × 1 restart (chapter 7's ladder), by ε and defence group;
+#    - last, the convergence checks: the doubled budgets of the two ERE-descent jobs.
+set -u
+OUT=${1:?OUT}; SECONDS_TOTAL=${2:?SECONDS}; DATA=${3:?CIFAR_DATA}; TINY=${4:-}
+export DEVICE=${DEVICE:-cuda} PARALLEL=${PARALLEL:-8}
+export W=$PWD/device-work
+rm -rf "$W"; mkdir -p "$W/logs" "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+export PY=${PY:-python3}
+export T0=$(date +%s)
+say() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$W/logs/status"; }
+
+pack() {
+    (cd "$W" && tar czf "$OUT/results.tar.gz" --exclude=logs . && tar czf "$OUT/logs.tar.gz" logs)
+    say "packed: $(du -h "$OUT/results.tar.gz" | cut -f1) of results"
+}
+
+ens() {  # ens NAME ARGS...: one ensemble job until DEADLINE (epoch seconds), its log in logs/NAME.log
+    local name=$1; shift
+    local left=$(( DEADLINE - $(date +%s) ))
+    if [ "$left" -lt 20 ]; then say "$name: skipped (no time left)"; return; fi
+    say "$name: start ($left s left)"
+    timeout $(( left + 90 )) $PY -m pursamere ensemble "$@" --device "$DEVICE" --quiet \
+        --minutes "$(awk "BEGIN {print $left / 60}")" --out "$W/$name" > "$W/logs/$name.log" 2>&1
+    say "$name: exit $?"
+}
+export -f say ens
+
+$PY - <<'PYEOF' 2>&1 | tee "$W/logs/device.txt"
+import os, platform, torch
+print("torch", torch.__version__, "python", platform.python_version(), "cuda", torch.cuda.is_available(),
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-", "cpus", os.cpu_count())
+PYEOF
+
+# ---- 1. smoke (a few images, one step per attack, the key rows of both presets)
+SMOKE=${SMOKE:-150}  # seconds per smoke run (the CPU rehearsal needs about 300)
+say "smoke"
+export DEADLINE=$(( $(date +%s) + SMOKE ))
+[ "$DEADLINE" -gt $(( T0 + SECONDS_TOTAL - 100 )) ] && DEADLINE=$(( T0 + SECONDS_TOTAL - 100 ))
+ens smoke-cifar --preset cifar10-cpu --data-root "$DATA" --n 4 --steps 1 --part key
+export DEADLINE=$(( $(date +%s) + SMOKE ))
+[ "$DEADLINE" -gt $(( T0 + SECONDS_TOTAL - 100 )) ] && DEADLINE=$(( T0 + SECONDS_TOTAL - 100 ))
+ens smoke-digits --preset digits --weights shipped --n 8 --steps 1 --eps 0.2
+if [ "${SKIP_SMOKE:-}" = 1 ]; then say "smoke results ignored (SKIP_SMOKE=1: rehearsal of the queue)"
+elif ! grep -q "smoke-cifar: exit 0" "$W/logs/status" || ! grep -q "smoke-digits: exit 0" "$W/logs/status"; then
+    say "smoke failed: stopping"; tail -n 30 "$W"/logs/smoke-*.log; pack; exit 1
+fi
+
+# ---- 2. the jobs
+if [ "$TINY" = tiny ]; then CN=4; CR=2; DN=8; CS="--steps 1"; CSS="--steps 2"; DS="--steps 1"; DSS="--steps 2 --restarts 2"
+else CN=256; CR=128; DN=476; CS=""; CSS="--strong"; DS="--steps 80"; DSS="--steps 160 --restarts 2"; fi
+export DEADLINE=$(( T0 + SECONDS_TOTAL - 100 ))
+say "jobs: $PARALLEL at a time for $(( DEADLINE - $(date +%s) )) s"
+if command -v nvidia-smi > /dev/null; then
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv -l 15 > "$W/logs/gpu.csv" 2>&1 &
+    SMI=$!
+fi
+C="--preset cifar10-cpu --data-root $DATA --batch-size 128"
+D="--preset digits --weights shipped --n $DN --batch-size 512"
+cat > "$W/jobs.txt" <<JOBS
+ens cifar-ere $C --n $CN --part key $CS --only 'ERE descent'
+ens cifar-plain $C --n $CN --part key $CS --only 'undefended,adversarial'
+ens digits-0.2-ere $D $DS --eps 0.2 --only 'ERE descent'
+ens cifar-pursamere $C --n $CN --part key $CS --only PurSAMERE
+ens digits-0.2-pursamere $D $DS --eps 0.2 --only PurSAMERE
+ens digits-0.2-plain $D $DS --eps 0.2 --only 'undefended,adversarial training,TRADES'
+ens cifar-diffpure $C --n $CN --part key $CS --only DiffPure-style
+ens digits-0.1-ere $D $DS --eps 0.1 --only 'ERE descent'
+ens digits-0.15-ere $D $DS --eps 0.15 --only 'ERE descent'
+ens digits-0.1-pursamere $D $DS --eps 0.1 --only PurSAMERE
+ens digits-0.15-pursamere $D $DS --eps 0.15 --only PurSAMERE
+ens digits-0.1-plain $D $DS --eps 0.1 --only 'undefended,adversarial training,TRADES'
+ens digits-0.15-plain $D $DS --eps 0.15 --only 'undefended,adversarial training,TRADES'
+ens cifar-rest-at $C --n $CR --part rest $CS --only adversarial
+ens cifar-rest-pursamere $C --n $CR --part rest $CS --only PurSAMERE
+ens digits-0.2-diffpure $D $DS --eps 0.2 --only DiffPure-style
+ens digits-0.2-adp $D $DS --eps 0.2 --only ADP
+ens cifar-rest-baselines $C --n $CR --part rest $CS --only 'ADP,DiffPure-style'
+ens digits-0.1-diffpure $D $DS --eps 0.1 --only DiffPure-style
+ens digits-0.15-diffpure $D $DS --eps 0.15 --only DiffPure-style
+ens digits-0.1-adp $D $DS --eps 0.1 --only ADP
+ens digits-0.15-adp $D $DS --eps 0.15 --only ADP
+ens digits-0.2-ere-strong $D $DSS --eps 0.2 --only 'ERE descent'
+ens cifar-ere-strong $C --n $CN --part key $CSS --only 'ERE descent'
+JOBS
+xargs -P "$PARALLEL" -d '\n' -I{} bash -c '{}' < "$W/jobs.txt"
+[ -n "${SMI:-}" ] && kill "$SMI" 2> /dev/null
+pack
+say "done"

@@ -1,0 +1,115 @@
+"""Join the results folders of split evaluation jobs into the book's recorded tables.
+
+    python scripts/record_tables.py results/whole            # → book/data/cifar10-cpu-table, book/data/digits-whole-test
+
+The jobs of ``scripts/device_evaluate.sh`` (and their CPU continuations with ``--resume``) each wrote one
+results folder per defence group (and per ε on digits), all on the same images. This script merges
+them with :func:`pursamere.evaluation.results.merge_results` (refused when the images differ, or when
+a row appears twice) in the tables' defence order, and writes where each row was computed
+(``provenance.json``: the GPU logs' device line and each job's folder).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pursamere.evaluation.results import merge_results, read_results
+from pursamere.io import atomic_write_json
+
+TABLES = {
+    "cifar10-cpu-table": ("cifar-", "CIFAR-10 (cifar10-cpu, shipped CPU-trained models): the key rows, worst case per image"),
+    "digits-whole-test": ("digits-", "digits, every table image (n = 476), the ensemble at 80 steps × 1 restart"),
+}
+ORDER = ("undefended", "adversarial training (N-FGSM)", "PGD-AT", "TRADES")
+
+
+def folders(root: Path, prefix: str) -> list[Path]:
+    """Finished job folders of one table (smoke runs and the convergence checks excluded)."""
+    return sorted(p for p in root.glob(f"{prefix}*") if (p / "results.json").is_file() and "strong" not in p.name)
+
+
+def cifar_examples(path: Path, n: int = 8) -> Path:
+    """Clean, BPDA20-det adversarial and purified images of the first ``n`` table images through ERE descent
+    (the table's best purifier), drawn with the engine's own figure."""
+    import torch
+
+    from pursamere.experiments import cifar10_cpu
+    from pursamere.experiments.engine import select_images
+    from pursamere.experiments.presets import CIFAR10_CPU
+    from pursamere.experiments.protocols import Images
+    from pursamere.experiments.reporting import example_figure
+
+    torch.manual_seed(0)
+    arts = cifar10_cpu.load_artifacts()
+    spec = next(d for d in cifar10_cpu.table_protocol(CIFAR10_CPU, "key").defences if d.examples)
+    x, y, _ = select_images(CIFAR10_CPU, arts.split, Images("table", n))
+    return example_figure(CIFAR10_CPU, arts.defence(spec), x, y, path, steps=20)
+
+
+def cifar_checks(path: Path, n: int, steps: int = 10, square_queries: int = 100) -> Path:
+    """The obfuscation checks (:func:`pursamere.evaluation.checks.obfuscation_checks`, BPDA gradient) of the
+    table's ERE-descent row on the first ``n`` table images, as the engine records them (``checks.json``).
+    On a CPU the exact-gradient checks cost about five times more, so only BPDA runs here."""
+    from pursamere.evaluation.attacks import Threat
+    from pursamere.evaluation.checks import obfuscation_checks
+    from pursamere.experiments import cifar10_cpu
+    from pursamere.experiments.engine import select_images
+    from pursamere.experiments.presets import CIFAR10_CPU
+    from pursamere.experiments.protocols import Images
+
+    arts = cifar10_cpu.load_artifacts()
+    spec = next(d for d in cifar10_cpu.table_protocol(CIFAR10_CPU, "key").defences if d.examples)
+    d = arts.defence(spec)
+    x, y, _ = select_images(CIFAR10_CPU, arts.split, Images("table", n))
+    cs = obfuscation_checks(d, Threat("inf", CIFAR10_CPU.threats["inf"]), x, y, gradient="bpda", steps=steps,
+                            square_queries=square_queries)
+    atomic_write_json(path, [{"defence": d.name, "gradient": "bpda", "n": n, "checks": [c.as_dict() for c in cs]}])
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("root", help="the folder holding the jobs' results folders")
+    ap.add_argument("--book", default="book/data", help="where the merged tables go")
+    ap.add_argument("--device-log", default=None, help="the GPU call's logs/device.txt, recorded as provenance")
+    ap.add_argument("--gpu-root", action="append", default=[],
+                    help="the results folders as they came back from the GPU: rows found there are marked 'gpu', the "
+                         "others 'cpu' (the machine behind each row's seconds)")
+    ap.add_argument("--checks", type=int, default=0, metavar="N",
+                    help="also run the obfuscation checks (BPDA gradient) of the CIFAR-10 table's ERE-descent row on N images")
+    ap.add_argument("--examples", action="store_true",
+                    help="also draw the CIFAR-10 table's example images (clean, BPDA20, purified) on the CPU")
+    args = ap.parse_args(argv)
+    if args.examples:
+        cifar_examples(Path(args.book) / "cifar10-cpu-table" / "examples.png")
+    if args.checks:
+        cifar_checks(Path(args.book) / "cifar10-cpu-table" / "checks.json", args.checks)
+    root = Path(args.root)
+    for table, (prefix, title) in TABLES.items():
+        parts = folders(root, prefix)
+        if not parts:
+            print(f"{table}: no job folders {prefix}* in {root}", file=sys.stderr)
+            continue
+        rows = [r for p in parts for r in read_results(p)["rows"]]
+        order = list(ORDER) + sorted({r["defence"] for r in rows} - set(ORDER))
+        out = Path(args.book) / table
+        res = merge_results([p / "results.json" for p in parts], out, title=title, order=order)
+        gpu = set()
+        if args.gpu_root:
+            gpu = {r["key"] for g in args.gpu_root for p in folders(Path(g), prefix) for r in read_results(p)["rows"]}
+        prov = {"jobs": [p.name for p in parts], "rows": len(res["rows"]),
+                "machine": {r["key"]: ("gpu" if r["key"] in gpu else "cpu") for r in res["rows"]} if args.gpu_root else None,
+                "device": Path(args.device_log).read_text().strip() if args.device_log else None,
+                "note": "rows computed on the lent GPU by scripts/device_evaluate.sh and, where a job ran out of time, "
+                        "finished on the CPU with the same command and --resume (finished rows reused)"}
+        atomic_write_json(out / "provenance.json", prov)
+        print(f"{table}: {len(res['rows'])} rows from {len(parts)} jobs → {out}")
+        for w in res["worst_case"]:
+            print(f"  {w['defence']:<58} ℓ{w['norm']} {w['eps']:.4g}: {100 * w['robust_acc']:5.1f}% "
+                  f"(clean {100 * w['clean_acc']:.1f}, n = {w['n']}, attacks {len(w['attacks'])})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""The cifar10-cpu preset's table: its protocol, the CLI around it, merged tables and the chapter's frames."""
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pursamere.evaluation.defences import Family
+from pursamere.evaluation.suite import Role
+from pursamere.experiments import cifar10_cpu as C
+from pursamere.experiments.data import CIFAR10_CLASSES
+from pursamere.experiments.presets import CIFAR10_CPU, get_preset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_preset_is_registered_and_never_trains():
+    p = get_preset("cifar10-cpu")
+    assert p is CIFAR10_CPU and p.models == "shipped" and p.purify == C.PURIFY
+    assert p.threats == {"inf": 8 / 255, 2: 0.5, 1: 12.0} and p.validation_size == C.CIFAR10_CPU.validation_size
+    b = p.ensemble.budget  # at least the paper's step counts
+    assert b.gpgd_steps >= 20 and b.bpda_steps >= 20 and b.apgd_steps >= 20
+
+
+def test_key_rows_and_which_norms_they_meet():
+    pr = C.table_protocol(CIFAR10_CPU, "key", n=256, have=("plain", "adversarial"))
+    fam = {d.label: d.kind() for d in pr.defences}
+    assert set(fam.values()) == {Family.UNDEFENDED, Family.ADVERSARIAL_TRAINING, Family.PURSAMERE, Family.ERE_DESCENT,
+                                 Family.DIFFPURE}
+    by = {d.kind(): d for d in pr.defences}
+    # ℓ2 0.5 and ℓ1 12 for the best purifier and adversarial training only; APGD and Square are ℓ∞/ℓ2 attacks
+    for k in (Family.ERE_DESCENT, Family.ADVERSARIAL_TRAINING):
+        assert set(by[k].attacks) == {"inf", "2", "1"} and Role.APGD not in by[k].attacks["1"]
+    assert set(by[Family.PURSAMERE].attacks) == {"inf"} and by[Family.PURSAMERE].purifier.rho == pytest.approx(6 / 255)
+    assert by[Family.ERE_DESCENT].purifier.rho == 0 and by[Family.ERE_DESCENT].checks
+    assert not by[Family.DIFFPURE].purifier.fixed_noise and pr.images.n == 256
+
+
+def test_rows_without_their_classifier_are_left_out_and_said():
+    pr = C.table_protocol(CIFAR10_CPU, "key", have=("plain",))
+    assert all(d.classifier == "plain" for d in pr.defences)
+    assert "adversarial training (N-FGSM)" in pr.plan["left_out"] and "Left out" in pr.describe
+    rest = C.table_protocol(CIFAR10_CPU, "rest", have=("plain", "adversarial"))
+    labels = [d.label for d in rest.defences]
+    assert sum(d.kind() == Family.PURSAMERE for d in rest.defences) == 2  # ε_pur 8 and 16 /255
+    assert any(d.classifier == "adversarial" and d.purifier is not None for d in rest.defences)
+    assert any("ADP (fixed seed)" in lab for lab in labels)
+    with pytest.raises(ValueError, match="part"):
+        C.table_protocol(CIFAR10_CPU, "all")
+
+
+def _archive(folder: Path, per_class: int = 14):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(folder / "test.tar.gz", "w:gz") as tf:
+        for c in CIFAR10_CLASSES:
+            for i in range(per_class):
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
+                info = tarfile.TarInfo(f"test/{c}/{i:04d}.png")
+                info.size = len(buf.getvalue())
+                tf.addfile(info, io.BytesIO(buf.getvalue()))
+
+
+@pytest.mark.skipif(not (ROOT / "weights" / "cifar10" / "score.safetensors").exists(), reason="CIFAR-10 score model not shipped")
+def test_cli_runs_the_table_on_the_shipped_models(tmp_path, monkeypatch):
+    from pursamere.cli import main
+
+    _archive(tmp_path / "data")  # 140 images: 128 validation, 12 for the table
+    monkeypatch.chdir(tmp_path)  # the decoded-image cache goes to ./runs
+    out = tmp_path / "table"
+    rc = main(["ensemble", "--preset", "cifar10-cpu", "--data-root", str(tmp_path / "data"), "--n", "3", "--steps", "1",
+               "--only", "undefended", "--quiet", "--out", str(out)])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["meta"]["preset"] == "cifar10-cpu" and res["meta"]["n"] == 3
+    assert {r["defence"] for r in res["rows"]} == {"undefended"} and res["meta"]["models"]["score"]
+    assert res["worst_case"][0]["complete"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "whole number"),
+    (["--restarts", "2"], "--restarts needs --steps"),
+    (["--minutes", "0"], "--minutes must be > 0"),
+])
+def test_ensemble_budget_options_refuse_bad_values(args, message, capsys):
+    from pursamere.cli import main
+
+    with pytest.raises(SystemExit) if args[0] == "--steps" else _no_raise():
+        rc = main(["ensemble", "--preset", "tiny", "--out", "/nonexistent/x", *args])
+        assert rc != 0
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+class _no_raise:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _fake_part(folder: Path, defence: str, attacks: list, planned: list, flags: list):
+    from pursamere.evaluation.results import worst_case
+
+    rows = [{"key": f"{defence}|{a}|inf", "defence": defence, "family": "ERE descent", "classifier": "plain",
+             "purifier": None, "deterministic": True, "attack": a, "role": "bpda", "cascade": False, "norm": "inf",
+             "eps": 0.1, "n": len(flags), "clean_acc": 1.0, "robust_acc": sum(flags) / len(flags), "ci95": [0, 1],
+             "survived": flags} for a in attacks]
+    plan = {(defence, "inf", 0.1): planned}
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"meta": {"schema": 2, "n": len(flags), "data_fingerprint": "f"},
+                                                     "rows": rows, "worst_case": worst_case(rows, plan)}))
+    return folder / "results.json"
+
+
+def test_merged_tables_keep_unfinished_rows_marked(tmp_path):
+    from pursamere.evaluation.results import merge_results
+
+    a = _fake_part(tmp_path / "a", "A", ["x", "y"], ["x", "y"], [True, False])
+    b = _fake_part(tmp_path / "b", "B", ["x"], ["x", "y"], [True, True])
+    res = merge_results([a, b], tmp_path / "m", order=["B", "A"])
+    wc = {w["defence"]: w for w in res["worst_case"]}
+    assert wc["A"]["complete"] and not wc["B"]["complete"] and [r["defence"] for r in res["rows"]][0] == "B"
+    assert "incomplete: 1 of 2 attacks" in (tmp_path / "m" / "table.md").read_text()
+
+
+def test_chapter_frames_on_the_recorded_table():
+    from pursamere.book import cifar10 as chapter
+
+    path = ROOT / "book" / "data" / "cifar10-cpu-table" / "results.json"
+    res = json.loads(path.read_text())
+    n = res["meta"]["n"]
+    assert n >= 256 and res["meta"]["preset"] == "cifar10-cpu"
+    lines = chapter.findings(res)
+    assert f"n = {n}" in lines[0]
+    incomplete = [w for w in res["worst_case"] if w["norm"] == "inf" and not w.get("complete", True)]
+    assert all(f"only {len(w['attacks'])} of" in lines[0] for w in incomplete)  # never shown as a worst case
+    paper = chapter.against_paper(res)
+    assert set(paper.index.get_level_values(0)) == {"paper", "ours"}
+    assert (paper.loc["ours"].clean <= 100).all()
+    pairs = chapter.paired_rows(res)
+    for _, p in pairs.iterrows():
+        assert p["A keeps, B loses"] - p["B keeps, A loses"] == p["A robust"] - p["B robust"]
