@@ -6,6 +6,7 @@ Under ``torchrun`` (``WORLD_SIZE`` set) the evaluating commands shard their atta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -90,6 +91,16 @@ def cmd_demo(args) -> int:
     from .experiments import protocols
 
     preset = _preset(args)
+    if preset.models == "shipped":  # cifar10-cpu: no training; the key rows at the demo plan's short attacks
+        from .evaluation.suite import Budget
+        from .experiments import cifar10_cpu
+
+        d = preset.demo
+        budget = Budget(gpgd_steps=d.gpgd_steps, bpda_steps=d.bpda_steps, exact_steps=d.exact_steps, partial_steps=d.bpda_steps,
+                        apgd_steps=d.bpda_steps, square_queries=d.square_queries, eot=d.eot)
+        protocol = cifar10_cpu.table_protocol(preset, "demo", n=d.n_test, budget=budget, have=cifar10_cpu.shipped_roles())
+        _engine(args, dataclasses.replace(protocol, batch_size=d.batch_size), "demo")
+        return 0
     _engine(args, protocols.tables(preset, preset.demo), "demo")
     return 0
 
@@ -192,7 +203,6 @@ def cmd_evaluate(args) -> int:
 
 def cmd_ensemble(args) -> int:
     """The attack ensemble (worst case per image) over ℓ∞ budgets, every defence."""
-    import dataclasses
 
     from .experiments import protocols
 

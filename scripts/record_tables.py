@@ -68,6 +68,26 @@ def cifar_checks(path: Path, n: int, steps: int = 10, square_queries: int = 100)
     return path
 
 
+def markdown_table(results: dict) -> str:
+    """The README's compact table of a merged results file: defence × threat, worst case with its 95% interval;
+    a group that did not run every planned attack shows "≤" and how many ran (an upper bound)."""
+    from pursamere.evaluation.results import norm_label
+
+    rank = {"inf": 0, "2": 1, "1": 2}
+    keys = sorted({(rank.get(str(w["norm"]), 3), w["eps"], norm_label(w["norm"], w["eps"])) for w in results["worst_case"]})
+    cols = [k[2] for k in keys]
+    cells, clean = {}, {}
+    for w in results["worst_case"]:
+        v = f"{100 * w['robust_acc']:.1f} [{100 * w['ci95'][0]:.0f}–{100 * w['ci95'][1]:.0f}]"
+        if not w.get("complete", True):
+            v = f"≤ {100 * w['robust_acc']:.1f} ({len(w['attacks'])} of {len(w['planned'])} attacks)"
+        cells.setdefault(w["defence"], {})[norm_label(w["norm"], w["eps"])] = v
+        clean[w["defence"]] = f"{100 * w['clean_acc']:.1f}"
+    lines = ["| defence | clean | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    lines += [f"| {d} | {clean[d]} | " + " | ".join(row.get(c, "–") for c in cols) + " |" for d, row in cells.items()]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", help="the folder holding the jobs' results folders")
@@ -105,9 +125,7 @@ def main(argv=None) -> int:
                         "finished on the CPU with the same command and --resume (finished rows reused)"}
         atomic_write_json(out / "provenance.json", prov)
         print(f"{table}: {len(res['rows'])} rows from {len(parts)} jobs → {out}")
-        for w in res["worst_case"]:
-            print(f"  {w['defence']:<58} ℓ{w['norm']} {w['eps']:.4g}: {100 * w['robust_acc']:5.1f}% "
-                  f"(clean {100 * w['clean_acc']:.1f}, n = {w['n']}, attacks {len(w['attacks'])})")
+        print(markdown_table(res))
     return 0
 
 

@@ -147,3 +147,11 @@ def test_chapter_frames_on_the_recorded_table():
     pairs = chapter.paired_rows(res)
     for _, p in pairs.iterrows():
         assert p["A keeps, B loses"] - p["B keeps, A loses"] == p["A robust"] - p["B robust"]
+
+
+def test_demo_part_is_the_key_rows_at_linf_without_checks():
+    pr = C.table_protocol(CIFAR10_CPU, "demo", have=("plain", "adversarial"))
+    assert [t.norm for t in pr.threats] == ["inf"] and pr.check_plan is None or not any(d.checks for d in pr.defences)
+    assert {d.kind() for d in pr.defences} == {Family.UNDEFENDED, Family.ADVERSARIAL_TRAINING, Family.PURSAMERE,
+                                               Family.ERE_DESCENT}
+    assert CIFAR10_CPU.demo.n_test <= 16 and CIFAR10_CPU.demo.check_gradients == ()

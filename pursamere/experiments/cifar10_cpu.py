@@ -227,8 +227,8 @@ def table_protocol(preset, part: str = "key", n: Optional[int] = None, budget=No
     from ..evaluation.suite import Role, standard_suite
     from .protocols import DefenceSpec, Images, Protocol
 
-    if part not in ("key", "rest"):
-        raise ValueError(f"part must be 'key' or 'rest', got {part!r}")
+    if part not in ("key", "rest", "demo"):
+        raise ValueError(f"part must be 'key', 'rest' or 'demo', got {part!r}")
     cfg, mid = preset.purify, preset.purify.eps_pur
     pur_clf = "eq17" if "eq17" in have else "plain"
     on = "" if pur_clf == "eq17" else " (clean classifier)"
@@ -237,7 +237,12 @@ def table_protocol(preset, part: str = "key", n: Optional[int] = None, budget=No
     l1 = (Role.BPDA, Role.EXACT, Role.PARTIAL)  # ours: APGD and Square are ℓ∞/ℓ2 attacks
     three, linf = {"inf": every, "2": l2, "1": l1}, {"inf": every}
     fe = lambda e: f"{round(e * 255)}/255"  # noqa: E731
-    if part == "key":
+    if part == "demo":  # `pursamere demo --preset cifar10-cpu`: the key rows that fit minutes on a CPU, ℓ∞ only
+        defs = [DefenceSpec("undefended", "plain", family=Family.UNDEFENDED, attacks=linf),
+                DefenceSpec("adversarial training (N-FGSM)", "adversarial", family=Family.ADVERSARIAL_TRAINING, attacks=linf),
+                DefenceSpec(f"PurSAMERE ρ=ε_pur/2 ε_pur={fe(mid)}{on}", pur_clf, cfg.paper_sam(), attacks=linf),
+                DefenceSpec(f"ERE descent (no SAM) ε_pur={fe(mid)}{on}", pur_clf, cfg.sam_off(), attacks=linf)]
+    elif part == "key":
         defs = [DefenceSpec("undefended", "plain", family=Family.UNDEFENDED, attacks=linf),
                 DefenceSpec("adversarial training (N-FGSM)", "adversarial", family=Family.ADVERSARIAL_TRAINING,
                             attacks=three),
@@ -256,7 +261,7 @@ def table_protocol(preset, part: str = "key", n: Optional[int] = None, budget=No
     dropped = [d.label for d in defs if d.classifier not in have]
     defs = [d for d in defs if d.classifier in have]
     budget = budget or preset.ensemble.budget
-    threats = tuple(Threat(k, v) for k, v in preset.threats.items())
+    threats = tuple(Threat(k, v) for k, v in preset.threats.items() if part != "demo" or k == "inf")
     describe = (f"The standard ensemble at gPGD{budget.gpgd_steps}, BPDA{budget.bpda_steps}, APGD{budget.apgd_steps} "
                 f"(CE, DLR, targeted over {budget.apgd_targets} classes), exact{budget.exact_steps} (random start and from "
                 f"APGD-CE's end points), partial unrolling and Square{budget.square_queries}; EoT {budget.eot} against "

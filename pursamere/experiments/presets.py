@@ -196,8 +196,9 @@ def _cifar10_cpu() -> Preset:
         ensemble=EnsemblePlan(n_test=256, eps=(8 / 255,), batch_size=256,
                               budget=Budget(gpgd_steps=20, bpda_steps=20, exact_steps=10, partial_last=3, partial_steps=20,
                                             apgd_steps=20, square_queries=100, eot=4)),
-        demo=Plan(n_test=16, gpgd_steps=10, bpda_steps=5, bpda_long_steps=10, exact_steps=2, eot=2, n_check=8,
-                  check_steps=3, square_queries=30, check_gradients=("bpda",), batch_size=16),
+        # `pursamere demo --preset cifar10-cpu`: 8 images, short attacks, ℓ∞ only, no checks (see cli.cmd_demo)
+        demo=Plan(n_test=8, gpgd_steps=10, bpda_steps=5, bpda_long_steps=10, exact_steps=2, eot=2, n_check=8,
+                  check_steps=3, square_queries=10, check_gradients=(), batch_size=8),
         full=Plan(n_test=256, n_check=32, check_steps=10, check_gradients=("bpda", "exact"), square_queries=100,
                   batch_size=256))
 
