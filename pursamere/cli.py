@@ -221,11 +221,16 @@ def cmd_ensemble(args) -> int:
 
         if args.best:
             raise ValueError(f"--best does not apply to --preset {preset.name}: its purifier rows are fixed (--part key|rest)")
+        unknown = [e for e in eps if not any(abs(e - v) < 1e-9 for v in preset.ensemble.eps)]
+        if unknown:
+            raise ValueError(f"--preset {preset.name} attacks at ℓ∞ {', '.join(f'{v:.6g}' for v in preset.ensemble.eps)} only, "
+                             f"not {', '.join(f'{e:g}' for e in unknown)}")
         protocol = cifar10_cpu.table_protocol(preset, args.part, n=args.n or plan.n_test, budget=budget,
                                               have=cifar10_cpu.shipped_roles())
         protocol = dataclasses.replace(protocol, batch_size=plan.batch_size,
                                        defences=tuple(protocols.select_defences(protocol.defences, _items(args.only))),
-                                       threats=tuple(t for t in protocol.threats if t.norm != "inf" or t.eps in eps))
+                                       threats=tuple(t for t in protocol.threats
+                                                     if t.norm != "inf" or any(abs(t.eps - e) < 1e-9 for e in eps)))
         _engine(args, protocol, f"ensemble-{args.part}")
         return 0
     best = json.loads(args.best) if args.best else None

@@ -19,14 +19,33 @@ from pursamere.io import atomic_write_json
 
 TABLES = {
     "cifar10-cpu-table": ("cifar-", "CIFAR-10 (cifar10-cpu, shipped CPU-trained models): the key rows, worst case per image"),
+    "cifar10-cpu-rest": ("cifar-rest-", "CIFAR-10 (cifar10-cpu): the other rows, on the first 128 of the same images"),
     "digits-whole-test": ("digits-", "digits, every table image (n = 476), the ensemble at 80 steps × 1 restart"),
 }
+
+
+def expected_groups(table: str) -> list:
+    """The (defence, norm, eps) groups a table is meant to hold: its protocol's defences × the threats each meets."""
+    from pursamere.experiments import cifar10_cpu, protocols
+    from pursamere.experiments.presets import CIFAR10_CPU, DIGITS
+
+    if table == "digits-whole-test":
+        plan = DIGITS.ensemble.__class__(n_test=476, eps=(0.1, 0.15, 0.2), budget=protocols.budget_at(80, 1))
+        pr = protocols.ensemble(DIGITS, plan)
+        return [(d.label, str(t.norm), t.eps) for d in pr.defences for t in pr.threats]
+    part = "rest" if table == "cifar10-cpu-rest" else "key"
+    # the table as recorded: purifiers in front of the clean classifier (no eq.-17 classifier yet)
+    pr = cifar10_cpu.table_protocol(CIFAR10_CPU, part, have=("plain", "adversarial"))
+    return [(d.label, str(t.norm), t.eps) for d in pr.defences for t in pr.threats
+            if d.attacks is None or d.attacks.get(str(t.norm))]
 ORDER = ("undefended", "adversarial training (N-FGSM)", "PGD-AT", "TRADES")
 
 
 def folders(root: Path, prefix: str) -> list[Path]:
-    """Finished job folders of one table (smoke runs and the convergence checks excluded)."""
-    return sorted(p for p in root.glob(f"{prefix}*") if (p / "results.json").is_file() and "strong" not in p.name)
+    """Finished job folders of one table (smoke runs, the convergence checks and other tables' jobs excluded)."""
+    longer = [q for q, _ in TABLES.values() if q != prefix and q.startswith(prefix)]
+    return sorted(p for p in root.glob(f"{prefix}*") if (p / "results.json").is_file() and "strong" not in p.name
+                  and not any(p.name.startswith(q) for q in longer))
 
 
 def cifar_examples(path: Path, n: int = 8) -> Path:
@@ -85,6 +104,9 @@ def markdown_table(results: dict) -> str:
         clean[w["defence"]] = f"{100 * w['clean_acc']:.1f}"
     lines = ["| defence | clean | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     lines += [f"| {d} | {clean[d]} | " + " | ".join(row.get(c, "–") for c in cols) + " |" for d, row in cells.items()]
+    missing = results.get("not_run") or []
+    if missing:
+        lines += ["", "Not run yet: " + "; ".join(f"{m['defence']} at {norm_label(m['norm'], m['eps'])}" for m in missing) + "."]
     return "\n".join(lines)
 
 
@@ -114,7 +136,8 @@ def main(argv=None) -> int:
         rows = [r for p in parts for r in read_results(p)["rows"]]
         order = list(ORDER) + sorted({r["defence"] for r in rows} - set(ORDER))
         out = Path(args.book) / table
-        res = merge_results([p / "results.json" for p in parts], out, title=title, order=order)
+        res = merge_results([p / "results.json" for p in parts], out, title=title, order=order,
+                            expected=expected_groups(table))
         gpu = set()
         if args.gpu_root:
             gpu = {r["key"] for g in args.gpu_root for p in folders(Path(g), prefix) for r in read_results(p)["rows"]}
@@ -122,7 +145,8 @@ def main(argv=None) -> int:
                 "machine": {r["key"]: ("gpu" if r["key"] in gpu else "cpu") for r in res["rows"]} if args.gpu_root else None,
                 "device": Path(args.device_log).read_text().strip() if args.device_log else None,
                 "note": "rows computed on the lent GPU by scripts/device_evaluate.sh and, where a job ran out of time, "
-                        "finished on the CPU with the same command and --resume (finished rows reused)"}
+                        "continued on the CPU with the same command and --resume (finished rows reused); 'machine' "
+                        "says which ran where"}
         atomic_write_json(out / "provenance.json", prov)
         print(f"{table}: {len(res['rows'])} rows from {len(parts)} jobs → {out}")
         print(markdown_table(res))

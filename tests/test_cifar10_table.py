@@ -86,6 +86,7 @@ def test_cli_runs_the_table_on_the_shipped_models(tmp_path, monkeypatch):
     (["--steps", "0"], "whole number"),
     (["--restarts", "2"], "--restarts needs --steps"),
     (["--minutes", "0"], "--minutes must be > 0"),
+    (["--preset", "cifar10-cpu", "--eps", "0.03"], "attacks at ℓ∞"),
 ])
 def test_ensemble_budget_options_refuse_bad_values(args, message, capsys):
     from pursamere.cli import main
@@ -128,6 +129,10 @@ def test_merged_tables_keep_unfinished_rows_marked(tmp_path):
     wc = {w["defence"]: w for w in res["worst_case"]}
     assert wc["A"]["complete"] and not wc["B"]["complete"] and [r["defence"] for r in res["rows"]][0] == "B"
     assert "incomplete: 1 of 2 attacks" in (tmp_path / "m" / "table.md").read_text()
+    # a planned group with no finished row is listed, not dropped
+    res = merge_results([a, b], tmp_path / "m2", expected=[("A", "inf", 0.1), ("C", "inf", 0.1)])
+    assert res["not_run"] == [{"defence": "C", "norm": "inf", "eps": 0.1}]
+    assert "Not run yet" in (tmp_path / "m2" / "table.md").read_text()
 
 
 def test_chapter_frames_on_the_recorded_table():
@@ -145,13 +150,20 @@ def test_chapter_frames_on_the_recorded_table():
     assert set(paper.index.get_level_values(0)) == {"paper", "ours"}
     assert (paper.loc["ours"].clean <= 100).all()
     pairs = chapter.paired_rows(res)
-    for _, p in pairs.iterrows():
-        assert p["A keeps, B loses"] - p["B keeps, A loses"] == p["A robust"] - p["B robust"]
+    worst = {w["defence"]: w for w in res["worst_case"] if w["norm"] == "inf"}
+    for (_, fa, _, fb), (_, p) in zip([k for k in chapter.key_pairs if chapter._find(res, **k[1]) and chapter._find(res, **k[3])],
+                                      pairs.iterrows()):
+        a, b = worst[chapter._find(res, **fa)["defence"]], worst[chapter._find(res, **fb)["defence"]]
+        # recomputed here from the per-image flags of the two rows
+        assert p["A keeps, B loses"] == sum(x and not y for x, y in zip(a["survived"], b["survived"]))
+        assert p["B keeps, A loses"] == sum(y and not x for x, y in zip(a["survived"], b["survived"]))
+        assert p["both rows complete"] == (a.get("complete", True) and b.get("complete", True))
 
 
 def test_demo_part_is_the_key_rows_at_linf_without_checks():
     pr = C.table_protocol(CIFAR10_CPU, "demo", have=("plain", "adversarial"))
-    assert [t.norm for t in pr.threats] == ["inf"] and pr.check_plan is None or not any(d.checks for d in pr.defences)
+    assert [t.norm for t in pr.threats] == ["inf"]
+    assert pr.check_plan is None and not any(d.checks or d.examples for d in pr.defences)
     assert {d.kind() for d in pr.defences} == {Family.UNDEFENDED, Family.ADVERSARIAL_TRAINING, Family.PURSAMERE,
                                                Family.ERE_DESCENT}
     assert CIFAR10_CPU.demo.n_test <= 16 and CIFAR10_CPU.demo.check_gradients == ()

@@ -84,7 +84,7 @@ def paired_rows(results: dict):
         complete = a.get("complete", True) and b.get("complete", True)
         lines.append({"A": name_a, "B": name_b, "n": cmp["n"], "A robust": cmp["a_robust"], "B robust": cmp["b_robust"],
                       "A keeps, B loses": cmp["a_keeps_b_loses"], "B keeps, A loses": cmp["b_keeps_a_loses"],
-                      "sign-test p": round(cmp["p"], 4), "both rows complete": complete})
+                      "sign-test p": float(f"{cmp['p']:.3g}"), "both rows complete": complete})
     return pd.DataFrame(lines)
 
 

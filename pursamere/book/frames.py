@@ -93,6 +93,8 @@ def headline(results: dict):
         if w.get("complete") is False:  # a run stopped by its time budget: an upper bound, not the worst case
             cell = f"≤ {cell} (only {len(w['attacks'])} of {len(w['planned'])} attacks ran)"
         line[f"worst case, {norm_label(w['norm'], w['eps'])}"] = cell
+    for m in results.get("not_run") or []:  # planned groups where no attack finished (merged tables)
+        lines.setdefault(m["defence"], {"clean": "–"})[f"worst case, {norm_label(m['norm'], m['eps'])}"] = "not run yet"
     return pd.DataFrame.from_dict(lines, orient="index").fillna("–"), numbers
 
 
@@ -377,6 +379,7 @@ def paired_frame(results: dict, pairs) -> "object":
     import pandas as pd
 
     lines = []
+    complete = {(w["defence"], w["eps"]): w.get("complete", True) for w in _worst(results)}
     for fa, fb in pairs:
         a, b = find_defence(results, **fa), find_defence(results, **fb)
         if a is None or b is None:
@@ -388,7 +391,8 @@ def paired_frame(results: dict, pairs) -> "object":
                 continue
             lines.append({"A": a, "B": b, "ε": e, "n": cmp["n"], "A robust": cmp["a_robust"], "B robust": cmp["b_robust"],
                           "A keeps, B loses": cmp["a_keeps_b_loses"], "B keeps, A loses": cmp["b_keeps_a_loses"],
-                          "sign-test p": round(cmp["p"], 4)})
+                          "sign-test p": float(f"{cmp['p']:.3g}"),
+                          "both rows complete": complete.get((a, e), True) and complete.get((b, e), True)})
     return pd.DataFrame(lines)
 
 

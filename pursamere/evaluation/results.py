@@ -267,13 +267,20 @@ def render_table(results: dict, title: str = "") -> str:
                  f"incomplete: {len(w['attacks'])} of {len(w['planned'])} attacks ({100 * w['robust_acc']:.1f})")
         lines.append(f"| {w['defence']} | {norm_label(w['norm'], w['eps'])} | {100 * w['clean_acc']:.1f} | "
                      + " | ".join(cells) + f" | {worst} |")
+    missing = results.get("not_run") or []
+    if missing:
+        lines += ["", "**Not run yet** (planned, no attack finished): "
+                  + "; ".join(f"{m['defence']} at {norm_label(m['norm'], m['eps'])}" for m in missing) + "."]
     return "\n".join(lines).lstrip() + "\n"
 
 
-def merge_results(paths: Sequence, out_dir, title: str = "", order: Sequence[str] = ()) -> dict:
+def merge_results(paths: Sequence, out_dir, title: str = "", order: Sequence[str] = (),
+                  expected: Sequence = ()) -> dict:
     """Join several ``results.json`` made on the same images (for example runs split by defence).
 
     ``order``: defence names in the order the tables should list them (others follow, as found).
+    ``expected``: the table's intended groups ``(defence, norm, eps)``; those without any finished row
+    are listed under ``"not_run"`` (and in ``table.md``), so a table never loses a row silently.
     Writes ``results.json`` and ``table.md`` into ``out_dir``.
     """
     from ..io import atomic_write_json, atomic_write_text
@@ -296,6 +303,9 @@ def merge_results(paths: Sequence, out_dir, title: str = "", order: Sequence[str
                if "planned" in w}
     res = {"meta": dict(parts[0]["meta"], merged_from=[str(p) for p in paths]), "rows": rows,
            "worst_case": worst_case(rows, planned or None)}
+    have = {(r["defence"], str(r["norm"]), float(r["eps"])) for r in rows}
+    res["not_run"] = [{"defence": d, "norm": str(nm), "eps": float(e)} for d, nm, e in expected
+                      if (d, str(nm), float(e)) not in have]
     out = Path(out_dir)
     atomic_write_json(out / "results.json", res)
     atomic_write_text(out / "table.md", render_table(res, title))

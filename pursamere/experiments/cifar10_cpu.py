@@ -184,7 +184,7 @@ def load_score_net(root=None) -> ScoreNet:
 
 
 # --------------------------------------------------------------------------- the recorded evaluation
-#: Shipped classifiers by the id the defences use: the clean net, FGSM-RS adversarial training, eq. 17.
+#: Shipped classifiers by the id the defences use: the clean net, N-FGSM adversarial training, eq. 17.
 CLASSIFIER_IDS = {"plain": "classifier", "adversarial": "adversarial", "eq17": "eq17"}
 
 
