@@ -127,7 +127,8 @@ def findings(results: dict) -> list[str]:
                    + ("purification does not beat adversarial training here either."
                       if at["robust_acc"] >= ere["robust_acc"] else "here purification is ahead, unlike on the digits."))
     elif ere:
-        out.append("Adversarial training: its row is not in this table yet, so purification cannot be compared with it here.")
+        out.append("There is no adversarial-training row in this table (no adversarially trained CIFAR-10 classifier is "
+                   "shipped), so purification is not compared with adversarial training here.")
     if sam:
         gap = PAPER_CIFAR10["table2_bpda20"][1][1] - 100 * (_attack_acc(results, sam["defence"], "bpda") or 0.0)
         out.append(f"Against the paper: BPDA20-det alone leaves PurSAMERE at "
