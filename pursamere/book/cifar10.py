@@ -13,7 +13,8 @@ from .frames import PAPER_CIFAR10, pct, rows_frame
 
 __all__ = ["against_paper", "findings", "key_pairs", "attack_frame", "paired_rows", "timing_frame"]
 
-#: The comparisons the chapter makes on the same images: (A, B) selectors of ``find`` (family, classifier).
+#: The paired comparisons the chapter makes on the same images, each as (name of A, fields of A, name of B,
+#: fields of B); the fields select one defence of the table (family, classifier).
 key_pairs = (
     ("PurSAMERE (paper's SAM)", dict(family=Family.PURSAMERE.value), "ERE descent (SAM off)", dict(family=Family.ERE_DESCENT.value, classifier="plain")),
     ("ERE descent (SAM off)", dict(family=Family.ERE_DESCENT.value, classifier="plain"), "adversarial training", dict(family=Family.ADVERSARIAL_TRAINING.value)),

@@ -5,7 +5,7 @@ same ``{train,test}.tar.gz`` layout). Decoding them takes about a minute, so the
 arrays are cached in one ``.npz`` per split, keyed by the archive's SHA-256 (a changed archive
 is decoded afresh). The cache is derived data and lives outside git (``runs/``).
 
-The trained models ship as safetensors under ``weights/cifar10/`` (see :mod:`.weights`);
+The trained models ship as safetensors under ``weights/cifar10/`` (see :mod:`pursamere.experiments.weights`);
 :func:`load_classifier` and :func:`load_score_net` rebuild them from the manifest's
 architecture and verify their checksums.
 """
