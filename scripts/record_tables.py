@@ -66,10 +66,14 @@ def cifar_examples(path: Path, n: int = 8) -> Path:
     return example_figure(CIFAR10_CPU, arts.defence(spec), x, y, path, steps=20)
 
 
-def cifar_checks(path: Path, n: int, steps: int = 10, square_queries: int = 100) -> Path:
+def cifar_checks(path: Path, n: int, families: tuple = ("ERE descent", "PurSAMERE"), steps: int = 10,
+                 square_queries: int = 100) -> Path:
     """The obfuscation checks (:func:`pursamere.evaluation.checks.obfuscation_checks`, BPDA gradient) of the
-    table's ERE-descent row on the first ``n`` table images, as the engine records them (``checks.json``).
-    On a CPU the exact-gradient checks cost about five times more, so only BPDA runs here."""
+    table's purifier rows of ``families`` on the first ``n`` table images, as the engine records them
+    (``checks.json``; entries for other rows already in the file are kept). On a CPU the exact-gradient
+    checks cost about five times more, so only BPDA runs here."""
+    import json
+
     from pursamere.evaluation.attacks import Threat
     from pursamere.evaluation.checks import obfuscation_checks
     from pursamere.experiments import cifar10_cpu
@@ -78,12 +82,17 @@ def cifar_checks(path: Path, n: int, steps: int = 10, square_queries: int = 100)
     from pursamere.experiments.protocols import Images
 
     arts = cifar10_cpu.load_artifacts()
-    spec = next(d for d in cifar10_cpu.table_protocol(CIFAR10_CPU, "key").defences if d.examples)
-    d = arts.defence(spec)
     x, y, _ = select_images(CIFAR10_CPU, arts.split, Images("table", n))
-    cs = obfuscation_checks(d, Threat("inf", CIFAR10_CPU.threats["inf"]), x, y, gradient="bpda", steps=steps,
-                            square_queries=square_queries)
-    atomic_write_json(path, [{"defence": d.name, "gradient": "bpda", "n": n, "checks": [c.as_dict() for c in cs]}])
+    entries = json.loads(path.read_text()) if path.exists() else []
+    for spec in cifar10_cpu.table_protocol(CIFAR10_CPU, "key").defences:
+        if not spec.checks or spec.kind().value not in families:
+            continue
+        d = arts.defence(spec)
+        cs = obfuscation_checks(d, Threat("inf", CIFAR10_CPU.threats["inf"]), x, y, gradient="bpda", steps=steps,
+                                square_queries=square_queries)
+        entries = [e for e in entries if not (e["defence"] == d.name and e["gradient"] == "bpda")]
+        entries.append({"defence": d.name, "gradient": "bpda", "n": n, "checks": [c.as_dict() for c in cs]})
+        atomic_write_json(path, entries)
     return path
 
 
@@ -119,14 +128,16 @@ def main(argv=None) -> int:
                     help="the results folders as they came back from the GPU: rows found there are marked 'gpu', the "
                          "others 'cpu' (the machine behind each row's seconds)")
     ap.add_argument("--checks", type=int, default=0, metavar="N",
-                    help="also run the obfuscation checks (BPDA gradient) of the CIFAR-10 table's ERE-descent row on N images")
+                    help="also run the obfuscation checks (BPDA gradient) of the CIFAR-10 table's purifier rows on N images")
+    ap.add_argument("--checks-rows", default="ERE descent,PurSAMERE", help="which purifier rows' checks (families)")
     ap.add_argument("--examples", action="store_true",
                     help="also draw the CIFAR-10 table's example images (clean, BPDA20, purified) on the CPU")
     args = ap.parse_args(argv)
     if args.examples:
         cifar_examples(Path(args.book) / "cifar10-cpu-table" / "examples.png")
     if args.checks:
-        cifar_checks(Path(args.book) / "cifar10-cpu-table" / "checks.json", args.checks)
+        cifar_checks(Path(args.book) / "cifar10-cpu-table" / "checks.json", args.checks,
+                     tuple(f.strip() for f in args.checks_rows.split(",")))
     root = Path(args.root)
     for table, (prefix, title) in TABLES.items():
         parts = folders(root, prefix)

@@ -1,17 +1,15 @@
 """The cifar10-cpu preset's table: its protocol, the CLI around it, merged tables and the chapter's frames."""
-import io
 import json
-import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pursamere.evaluation.defences import Family
 from pursamere.evaluation.suite import Role
 from pursamere.experiments import cifar10_cpu as C
-from pursamere.experiments.data import CIFAR10_CLASSES
 from pursamere.experiments.presets import CIFAR10_CPU, get_preset
+
+from fake_data import fake_cifar  # tests/fake_data.py
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,26 +49,11 @@ def test_rows_without_their_classifier_are_left_out_and_said():
         C.table_protocol(CIFAR10_CPU, "all")
 
 
-def _archive(folder: Path, per_class: int = 14):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(folder / "test.tar.gz", "w:gz") as tf:
-        for c in CIFAR10_CLASSES:
-            for i in range(per_class):
-                buf = io.BytesIO()
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
-                info = tarfile.TarInfo(f"test/{c}/{i:04d}.png")
-                info.size = len(buf.getvalue())
-                tf.addfile(info, io.BytesIO(buf.getvalue()))
-
-
 @pytest.mark.skipif(not (ROOT / "weights" / "cifar10" / "score.safetensors").exists(), reason="CIFAR-10 score model not shipped")
 def test_cli_runs_the_table_on_the_shipped_models(tmp_path, monkeypatch):
     from pursamere.cli import main
 
-    _archive(tmp_path / "data")  # 140 images: 128 validation, 12 for the table
+    fake_cifar(tmp_path / "data", {"test": 14})  # 140 images: 128 validation, 12 for the table
     monkeypatch.chdir(tmp_path)  # the decoded-image cache goes to ./runs
     out = tmp_path / "table"
     rc = main(["ensemble", "--preset", "cifar10-cpu", "--data-root", str(tmp_path / "data"), "--n", "3", "--steps", "1",

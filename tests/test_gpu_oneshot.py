@@ -1,33 +1,19 @@
 """The one-shot GPU script, end to end on the CPU at tiny sizes: it trains, evaluates and keeps its time budget."""
 import importlib.util
-import io
 import json
-import tarfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from pursamere.experiments.data import CIFAR10_CLASSES
+
+from fake_data import fake_cifar  # tests/fake_data.py
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_oneshot.py"
 
 
 def _fake_cifar(root: Path, per_class: dict):
-    """``{split}.tar.gz`` of ``split/<class>/NNNN.jpg`` like the shared CIFAR-10 (JPEG) copy, random pictures."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True)
-    for split, n in per_class.items():
-        with tarfile.open(root / f"{split}.tar.gz", "w:gz") as tf:
-            for c in CIFAR10_CLASSES:
-                for i in range(n):
-                    buf = io.BytesIO()
-                    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="JPEG")
-                    info = tarfile.TarInfo(f"{split}/{c}/{i:04d}.jpg")
-                    info.size = len(buf.getvalue())
-                    tf.addfile(info, io.BytesIO(buf.getvalue()))
+    fake_cifar(root, per_class)
 
 
 @pytest.fixture(scope="module")
