@@ -30,7 +30,7 @@ def expected_groups(table: str) -> list:
     from pursamere.experiments.presets import CIFAR10_CPU, DIGITS
 
     if table == "digits-whole-test":
-        plan = DIGITS.ensemble.__class__(n_test=476, eps=(0.1, 0.15, 0.2), budget=protocols.budget_at(80, 1))
+        plan = protocols.EnsemblePlan(n_test=476, eps=(0.1, 0.15, 0.2), budget=protocols.budget_at(80, 1))
         pr = protocols.ensemble(DIGITS, plan)
         return [(d.label, str(t.norm), t.eps) for d in pr.defences for t in pr.threats]
     part = "rest" if table == "cifar10-cpu-rest" else "key"

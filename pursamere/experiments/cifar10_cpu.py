@@ -204,7 +204,8 @@ def load_artifacts(data_root=None, cache=DEFAULT_CACHE, log=print, root=None):
     from .data import CIFAR10_CLASSES, Split
 
     score = load_score_net(root)
-    classifiers = {cid: load_classifier(role, root) for cid, role in CLASSIFIER_IDS.items() if cid in shipped_roles(root)}
+    have = shipped_roles(root)
+    classifiers = {cid: load_classifier(role, root) for cid, role in CLASSIFIER_IDS.items() if cid in have}
     x, y = cifar10_float("test", data_root or DEFAULT_ROOT, cache)
     empty = torch.zeros((0, *x.shape[1:]))
     log(f"cifar10-cpu: shipped models loaded and verified (score net + {', '.join(classifiers)}); retrain them with "
