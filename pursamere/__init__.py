@@ -9,8 +9,18 @@ from importlib.metadata import PackageNotFoundError, version
 
 try:
     __version__ = version("pursamere")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+unknown"
+except PackageNotFoundError:  # a source tree without installation (e.g. a copied checkout): its pyproject.toml
+    def _source_version() -> str:
+        import tomllib
+        from pathlib import Path
+
+        try:
+            with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as f:
+                return tomllib.load(f)["project"]["version"] + "+source"
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "0.0.0+unknown"
+
+    __version__ = _source_version()
 
 from .evaluation.attacks import Threat, pgd
 from .evaluation.defended import Defended

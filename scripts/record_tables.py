@@ -38,7 +38,7 @@ def expected_groups(table: str) -> list:
     pr = cifar10_cpu.table_protocol(CIFAR10_CPU, part, have=("plain", "adversarial"))
     return [(d.label, str(t.norm), t.eps) for d in pr.defences for t in pr.threats
             if d.attacks is None or d.attacks.get(str(t.norm))]
-ORDER = ("undefended", "adversarial training (N-FGSM)", "PGD-AT", "TRADES")
+ORDER = ("undefended", "adversarial training (FGSM-RS)", "PGD-AT", "TRADES")
 
 
 def folders(root: Path, prefix: str) -> list[Path]:

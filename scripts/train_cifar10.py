@@ -3,7 +3,7 @@
 Subcommands (one per shipped model; each resumes from its checkpoint in ``--runs``)::
 
     python scripts/train_cifar10.py classifier      # fast clean classifier  → weights/cifar10/classifier
-    python scripts/train_cifar10.py adversarial     # N-FGSM at ℓ∞ 8/255     → weights/cifar10/adversarial
+    python scripts/train_cifar10.py adversarial     # FGSM-RS at ℓ∞ 8/255    → weights/cifar10/adversarial
     python scripts/train_cifar10.py score           # DSM score model        → weights/cifar10/score
     python scripts/train_cifar10.py purify-train    # ERE-descent purified training images (eq. 17), in shards
     python scripts/train_cifar10.py eq17            # classifier on clean + purified images → weights/cifar10/eq17
@@ -380,7 +380,7 @@ def main(argv=None):
     ap.add_argument("--stop-at", type=int, default=None, help="stop after this step (resume later)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("classifier", help="the fast clean classifier")
-    sub.add_parser("adversarial", help="N-FGSM adversarial training at ℓ∞ 8/255")
+    sub.add_parser("adversarial", help="FGSM-RS adversarial training at ℓ∞ 8/255")
     sw = sub.add_parser("sweep", help="the purification schedule sweep on validation images")
     sw.add_argument("--n", type=int, default=64)
     sw.add_argument("--steps", type=int, default=20, help="BPDA-det steps")

@@ -39,7 +39,7 @@ def test_key_rows_and_which_norms_they_meet():
 def test_rows_without_their_classifier_are_left_out_and_said():
     pr = C.table_protocol(CIFAR10_CPU, "key", have=("plain",))
     assert all(d.classifier == "plain" for d in pr.defences)
-    assert "adversarial training (N-FGSM)" in pr.plan["left_out"] and "Left out" in pr.describe
+    assert "adversarial training (FGSM-RS)" in pr.plan["left_out"] and "Left out" in pr.describe
     rest = C.table_protocol(CIFAR10_CPU, "rest", have=("plain", "adversarial"))
     labels = [d.label for d in rest.defences]
     assert sum(d.kind() == Family.PURSAMERE for d in rest.defences) == 2  # ε_pur 8 and 16 /255

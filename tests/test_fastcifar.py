@@ -104,4 +104,20 @@ def test_n_fgsm_is_not_clipped_to_the_ball_and_fgsm_rs_is():
     rs = FastCifarConfig(widths=(8, 16, 16), adv_eps=eps, adv_method="fgsm-rs")
     assert float((_fgsm_rs(net, x, y, rs, torch.Generator().manual_seed(0)) - x).abs().max()) <= eps + 1e-6
     with pytest.raises(ValueError, match="adv_method"):
-        FastCifarConfig(adv_method="pgd")
+        FastCifarConfig(adv_method="pgd-2")
+    with pytest.raises(ValueError, match="adv_steps"):
+        FastCifarConfig(adv_method="fgsm-rs", adv_steps=2)
+
+
+def test_pgd_training_attack_stays_in_the_ball_and_raises_the_loss_more_than_its_start():
+    """PGD-AT's attack (Madry et al.): clipped to the ε-ball and the box; two steps beat the random start."""
+    torch.manual_seed(0)
+    net = FastCifarNet(FastCifarConfig(widths=(8, 16, 16))).eval()
+    x, y, eps = torch.rand(16, 3, 32, 32), torch.arange(16) % 10, 8 / 255
+    c = FastCifarConfig(widths=(8, 16, 16), adv_eps=eps, adv_method="pgd", adv_steps=2, adv_step=0.5)
+    xa = _fgsm_rs(net, x, y, c, torch.Generator().manual_seed(0))
+    assert float((xa - x).abs().max()) <= eps + 1e-6 and float(xa.min()) >= 0 and float(xa.max()) <= 1
+    start = (x + (torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1) * eps).clamp(0, 1)
+    with torch.no_grad():
+        loss = lambda z: float(torch.nn.functional.cross_entropy(net(z), y))  # noqa: E731
+        assert loss(xa) > loss(start) > 0

@@ -180,7 +180,7 @@ CIFAR10_NCSNV2 = replace(
 )
 
 # CIFAR-10 trained on a CPU (issue 13): all 50,000 JPEG training images, an airbench-style classifier,
-# N-FGSM adversarial training and a 0.70M-parameter score net on a σ ladder focused on purification's
+# FGSM-RS adversarial training and a 0.70M-parameter score net on a σ ladder focused on purification's
 # range (0.5 → 0.01, 20 levels), all trained by scripts/train_cifar10.py and SHIPPED (weights/cifar10/):
 # this preset never trains, it loads them. Purification schedule: the sweep's (cifar10_cpu.PURIFY);
 # attacks: the standard ensemble at the paper's step counts (gPGD20, BPDA20, APGD20; exact 10 ours).

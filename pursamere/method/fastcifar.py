@@ -75,6 +75,9 @@ class FastCifarConfig:
     adv_method: str = "fgsm-rs"  # "fgsm-rs" (uniform start in the ε-ball, step, clip to the ball) or
     # "n-fgsm" (de Jorge et al. 2022: noise from [-adv_noise·ε, adv_noise·ε], step, no clipping to the ball)
     adv_noise: float = 2.0  # N-FGSM's noise radius as a multiple of adv_eps (their k = 2)
+    # "pgd" (Madry et al. 2018): uniform start in the ε-ball, adv_steps signed steps of adv_step·ε, each
+    # clipped to the ball; adv_steps + 1 passes per training step instead of fgsm's 2
+    adv_steps: int = 1
     seed: int = 0
 
     def __post_init__(self):
@@ -84,8 +87,10 @@ class FastCifarConfig:
             raise ValueError("FastCifarConfig: epochs and batch_size must be positive")
         if not 0 <= self.adv_eps < 1:
             raise ValueError(f"FastCifarConfig: adv_eps must be in [0, 1), got {self.adv_eps}")
-        if self.adv_method not in ("fgsm-rs", "n-fgsm"):
-            raise ValueError(f"FastCifarConfig: adv_method must be 'fgsm-rs' or 'n-fgsm', got {self.adv_method!r}")
+        if self.adv_method not in ("fgsm-rs", "n-fgsm", "pgd"):
+            raise ValueError(f"FastCifarConfig: adv_method must be 'fgsm-rs', 'n-fgsm' or 'pgd', got {self.adv_method!r}")
+        if self.adv_steps < 1 or (self.adv_steps > 1 and self.adv_method != "pgd"):
+            raise ValueError(f"FastCifarConfig: adv_steps must be 1, or more with adv_method='pgd', got {self.adv_steps}")
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -209,21 +214,25 @@ class _Lookahead:
 
 
 def _fgsm_rs(net: nn.Module, x: torch.Tensor, y: torch.Tensor, c: FastCifarConfig, gen: torch.Generator) -> torch.Tensor:
-    """One-step training attack from a random start: one signed step of adv_step·ε.
+    """The training attack from a random start: ``adv_steps`` signed steps of adv_step·ε.
 
-    ``fgsm-rs`` (Wong et al. 2020): start uniform in the ε-ball, clip the result back into it.
-    ``n-fgsm`` (de Jorge et al. 2022): start uniform in the (adv_noise·ε)-ball, no clipping to the
-    ε-ball; the larger noise and the missing clip are what keep it from catastrophic overfitting.
+    ``fgsm-rs`` (Wong et al. 2020): start uniform in the ε-ball, one step, clip back into the ball.
+    ``n-fgsm`` (de Jorge et al. 2022): start uniform in the (adv_noise·ε)-ball, one step, no clipping
+    to the ε-ball; the larger noise and the missing clip are what keep it from catastrophic overfitting.
+    ``pgd`` (Madry et al. 2018): start uniform in the ε-ball, ``adv_steps`` steps, each clipped.
     """
     eps = c.adv_eps
     radius = eps * (c.adv_noise if c.adv_method == "n-fgsm" else 1.0)
     delta = ((torch.rand(x.shape, generator=gen) * 2 - 1) * radius).to(x.device)
-    delta = ((x + delta).clamp(0, 1) - x).requires_grad_(True)
-    loss = F.cross_entropy(net(x + delta), y, label_smoothing=c.label_smoothing, reduction="sum")
-    (g,) = torch.autograd.grad(loss, delta)
-    delta = delta.detach() + c.adv_step * eps * g.sign()
-    if c.adv_method == "fgsm-rs":
-        delta = delta.clamp(-eps, eps)
+    delta = (x + delta).clamp(0, 1) - x
+    for _ in range(c.adv_steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(net(x + delta), y, label_smoothing=c.label_smoothing, reduction="sum")
+        (g,) = torch.autograd.grad(loss, delta)
+        delta = delta.detach() + c.adv_step * eps * g.sign()
+        if c.adv_method != "n-fgsm":
+            delta = delta.clamp(-eps, eps)
+        delta = (x + delta).clamp(0, 1) - x
     return (x + delta).clamp(0, 1)
 
 
