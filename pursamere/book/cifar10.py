@@ -17,6 +17,7 @@ __all__ = ["against_paper", "findings", "key_pairs", "attack_frame", "paired_row
 key_pairs = (
     ("PurSAMERE (paper's SAM)", dict(family=Family.PURSAMERE.value), "ERE descent (SAM off)", dict(family=Family.ERE_DESCENT.value, classifier="plain")),
     ("ERE descent (SAM off)", dict(family=Family.ERE_DESCENT.value, classifier="plain"), "adversarial training", dict(family=Family.ADVERSARIAL_TRAINING.value)),
+    ("PurSAMERE (paper's SAM)", dict(family=Family.PURSAMERE.value), "adversarial training", dict(family=Family.ADVERSARIAL_TRAINING.value)),
     ("ERE descent (SAM off)", dict(family=Family.ERE_DESCENT.value, classifier="plain"), "DiffPure-style", dict(family=Family.DIFFPURE.value, deterministic=False)),
 )
 
@@ -124,8 +125,16 @@ def findings(results: dict) -> list[str]:
         p = pair("ERE descent (SAM off)", "adversarial training")
         out.append(f"Purification against adversarial training: ERE descent {pct(ere['robust_acc'])}% vs adversarial "
                    f"training {pct(at['robust_acc'])}% (sign test p = {p['sign-test p']:.3g}): "
-                   + ("purification does not beat adversarial training here either."
-                      if at["robust_acc"] >= ere["robust_acc"] else "here purification is ahead, unlike on the digits."))
+                   + ("purification does not beat adversarial training here either"
+                      if at["robust_acc"] >= ere["robust_acc"] else "here purification is ahead, unlike on the digits")
+                   + (f"; adversarial training pays {pct(ere['clean_acc'] - at['clean_acc'])} points of clean accuracy for it."
+                      if at["clean_acc"] < ere["clean_acc"] else "."))
+        q = pair("PurSAMERE (paper's SAM)", "adversarial training") if sam else None
+        if q is not None:
+            out.append(f"PurSAMERE against adversarial training on the same images: {q['A keeps, B loses']} images kept "
+                       f"only by PurSAMERE, {q['B keeps, A loses']} only by adversarial training (sign test p = "
+                       f"{q['sign-test p']:.3g})" + ("" if q["both rows complete"] else " — PurSAMERE's row is incomplete, "
+                                                     "so the first count can only fall and the second only rise") + ".")
     elif ere:
         out.append("There is no adversarial-training row in this table (no adversarially trained CIFAR-10 classifier is "
                    "shipped), so purification is not compared with adversarial training here.")
