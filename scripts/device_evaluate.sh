@@ -18,7 +18,12 @@
 #      then the rest on 128 (a prefix of the same images), by defence group;
 #    - digits (shipped weights): every key row on all 476 table images at ℓ∞ 0.2 / 0.1 / 0.15 with
 #      the ensemble at 80 steps × 1 restart (chapter 7's ladder), by ε and defence group;
-#    - last, the convergence checks: the doubled budgets of the two ERE-descent jobs.
+#    the unfinished work first (as recorded on 2026-11-30), then the convergence checks (doubled
+#    budgets), then the jobs already recorded (quick no-ops with RESUME_FROM, full re-runs without).
+#
+# RESUME_FROM=DIR (e.g. results/whole, carried to the machine): a job whose folder DIR/NAME holds a
+# results.json starts from a copy of it with --resume (finished rows reused, only what is missing runs).
+# DRY=1: print each job's command line instead of running it (checks the queue without a machine).
 set -u
 OUT=${1:?OUT}; SECONDS_TOTAL=${2:?SECONDS}; DATA=${3:?CIFAR_DATA}; TINY=${4:-}
 export DEVICE=${DEVICE:-cuda} PARALLEL=${PARALLEL:-8}
@@ -38,8 +43,13 @@ ens() {  # ens NAME ARGS...: one ensemble job until DEADLINE (epoch seconds), it
     local name=$1; shift
     local left=$(( DEADLINE - $(date +%s) ))
     if [ "$left" -lt 20 ]; then say "$name: skipped (no time left)"; return; fi
-    say "$name: start ($left s left)"
-    timeout $(( left + 90 )) $PY -m pursamere ensemble "$@" --device "$DEVICE" --quiet \
+    local resume=""
+    if [ -n "${RESUME_FROM:-}" ] && [ -f "$RESUME_FROM/$name/results.json" ]; then
+        rm -rf "${W:?}/$name"; cp -r "$RESUME_FROM/$name" "$W/$name"; resume="--resume"
+    fi
+    say "$name: start ($left s left)${resume:+, resuming}"
+    if [ "${DRY:-}" = 1 ]; then say "$name: $PY -m pursamere ensemble $* --device $DEVICE $resume --out $W/$name"; return; fi
+    timeout $(( left + 90 )) $PY -m pursamere ensemble "$@" --device "$DEVICE" --quiet $resume \
         --minutes "$(awk "BEGIN {print $left / 60}")" --out "$W/$name" > "$W/logs/$name.log" 2>&1
     say "$name: exit $?"
 }
@@ -77,23 +87,18 @@ fi
 C="--preset cifar10-cpu --data-root $DATA --batch-size 128"
 D="--preset digits --weights shipped --n $DN --batch-size 512"
 cat > "$W/jobs.txt" <<JOBS
-ens cifar-ere $C --n $CN --part key $CS --only 'ERE descent'
-ens cifar-plain $C --n $CN --part key $CS --only 'undefended,adversarial'
-ens digits-0.2-ere $D $DS --eps 0.2 --only 'ERE descent'
 ens cifar-pursamere $C --n $CN --part key $CS --only PurSAMERE
-ens digits-0.2-pursamere $D $DS --eps 0.2 --only PurSAMERE
-ens digits-0.2-plain $D $DS --eps 0.2 --only 'undefended,adversarial training,TRADES'
-ens cifar-diffpure $C --n $CN --part key $CS --only DiffPure-style
+ens digits-0.2-diffpure $D $DS --eps 0.2 --only DiffPure-style
+ens digits-0.2-adp $D $DS --eps 0.2 --only ADP
+ens cifar-rest-at $C --n $CR --part rest $CS --only adversarial
+ens cifar-ere $C --n $CN --part key $CS --only 'ERE descent'
 ens digits-0.1-ere $D $DS --eps 0.1 --only 'ERE descent'
 ens digits-0.15-ere $D $DS --eps 0.15 --only 'ERE descent'
 ens digits-0.1-pursamere $D $DS --eps 0.1 --only PurSAMERE
 ens digits-0.15-pursamere $D $DS --eps 0.15 --only PurSAMERE
-ens digits-0.1-plain $D $DS --eps 0.1 --only 'undefended,adversarial training,TRADES'
-ens digits-0.15-plain $D $DS --eps 0.15 --only 'undefended,adversarial training,TRADES'
-ens cifar-rest-at $C --n $CR --part rest $CS --only adversarial
+ens digits-0.1-at-ere $D $DS --eps 0.1 --only 'PGD-AT + ERE descent (no SAM) ε_pur=0.3'
+ens digits-0.15-at-ere $D $DS --eps 0.15 --only 'PGD-AT + ERE descent (no SAM) ε_pur=0.3'
 ens cifar-rest-pursamere $C --n $CR --part rest $CS --only PurSAMERE
-ens digits-0.2-diffpure $D $DS --eps 0.2 --only DiffPure-style
-ens digits-0.2-adp $D $DS --eps 0.2 --only ADP
 ens cifar-rest-baselines $C --n $CR --part rest $CS --only 'ADP,DiffPure-style'
 ens digits-0.1-diffpure $D $DS --eps 0.1 --only DiffPure-style
 ens digits-0.15-diffpure $D $DS --eps 0.15 --only DiffPure-style
@@ -101,6 +106,16 @@ ens digits-0.1-adp $D $DS --eps 0.1 --only ADP
 ens digits-0.15-adp $D $DS --eps 0.15 --only ADP
 ens digits-0.2-ere-strong $D $DSS --eps 0.2 --only 'ERE descent'
 ens cifar-ere-strong $C --n $CN --part key $CSS --only 'ERE descent'
+ens cifar-at-strong $C --n $CN --part key $CSS --only adversarial
+ens cifar-plain $C --n $CN --part key $CS --only undefended
+ens cifar-at $C --n $CN --part key $CS --only adversarial
+ens cifar-diffpure $C --n $CN --part key $CS --only DiffPure-style
+ens digits-0.2-ere $D $DS --eps 0.2 --only 'ERE descent'
+ens digits-0.2-pursamere $D $DS --eps 0.2 --only PurSAMERE
+ens digits-0.2-plain $D $DS --eps 0.2 --only 'undefended,adversarial training,TRADES'
+ens digits-0.2-at-ere $D $DS --eps 0.2 --only 'PGD-AT + ERE descent (no SAM) ε_pur=0.3'
+ens digits-0.1-plain $D $DS --eps 0.1 --only 'undefended,adversarial training,TRADES'
+ens digits-0.15-plain $D $DS --eps 0.15 --only 'undefended,adversarial training,TRADES'
 JOBS
 xargs -P "$PARALLEL" -d '\n' -I{} bash -c '{}' < "$W/jobs.txt"
 [ -n "${SMI:-}" ] && kill "$SMI" 2> /dev/null
