@@ -15,7 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from pursamere.method.fastcifar import FastCifarConfig, FastCifarNet, _fgsm_rs
+from pursamere.method.fastcifar import FastCifarConfig, FastCifarNet, _training_attack
 from pursamere.method.nets import count_parameters
 
 
@@ -35,7 +35,7 @@ def main(argv=None):
         times = []
         for i in range(a.steps + 1):
             t0 = time.perf_counter()
-            xb = _fgsm_rs(net, x, y, cfg, torch.Generator().manual_seed(i)) if a.adv else x
+            xb = _training_attack(net, x, y, cfg, torch.Generator().manual_seed(i)) if a.adv else x
             loss = F.cross_entropy(net(xb), y, label_smoothing=0.2, reduction="sum")
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from pursamere.method.fastcifar import FastCifarConfig, FastCifarNet, _fgsm_rs, train_fastcifar
+from pursamere.method.fastcifar import FastCifarConfig, FastCifarNet, _training_attack, train_fastcifar
 
 TINY = FastCifarConfig(widths=(8, 16, 16), batch_size=32, epochs=2.5, ema_start_epochs=1, whiten_images=64,
                        whiten_bias_epochs=1)
@@ -75,7 +75,7 @@ def test_fgsm_random_start_stays_in_the_ball_and_the_box():
     x = torch.rand(8, 3, 32, 32)
     x[0] = 0.0
     eps = 8 / 255
-    xa = _fgsm_rs(net, x, torch.arange(8) % 10, FastCifarConfig(widths=(8, 16, 16), adv_eps=eps), torch.Generator().manual_seed(0))
+    xa = _training_attack(net, x, torch.arange(8) % 10, FastCifarConfig(widths=(8, 16, 16), adv_eps=eps), torch.Generator().manual_seed(0))
     assert float((xa - x).abs().max()) <= eps + 1e-6
     assert float(xa.min()) >= 0 and float(xa.max()) <= 1
     assert float((xa - x).abs().mean()) > eps / 4  # it moved
@@ -98,11 +98,11 @@ def test_n_fgsm_is_not_clipped_to_the_ball_and_fgsm_rs_is():
     net = FastCifarNet(FastCifarConfig(widths=(8, 16, 16))).eval()
     x, y, eps = torch.rand(16, 3, 32, 32) * 0.5 + 0.25, torch.arange(16) % 10, 8 / 255
     nf = FastCifarConfig(widths=(8, 16, 16), adv_eps=eps, adv_step=1.0, adv_method="n-fgsm", adv_noise=2.0)
-    xa = _fgsm_rs(net, x, y, nf, torch.Generator().manual_seed(0))
+    xa = _training_attack(net, x, y, nf, torch.Generator().manual_seed(0))
     d = (xa - x).abs().max()
     assert eps * 1.5 < float(d) <= 3 * eps + 1e-6  # beyond the ε-ball, within noise + step
     rs = FastCifarConfig(widths=(8, 16, 16), adv_eps=eps, adv_method="fgsm-rs")
-    assert float((_fgsm_rs(net, x, y, rs, torch.Generator().manual_seed(0)) - x).abs().max()) <= eps + 1e-6
+    assert float((_training_attack(net, x, y, rs, torch.Generator().manual_seed(0)) - x).abs().max()) <= eps + 1e-6
     with pytest.raises(ValueError, match="adv_method"):
         FastCifarConfig(adv_method="pgd-2")
     with pytest.raises(ValueError, match="adv_steps"):
@@ -115,7 +115,7 @@ def test_pgd_training_attack_stays_in_the_ball_and_raises_the_loss_more_than_its
     net = FastCifarNet(FastCifarConfig(widths=(8, 16, 16))).eval()
     x, y, eps = torch.rand(16, 3, 32, 32), torch.arange(16) % 10, 8 / 255
     c = FastCifarConfig(widths=(8, 16, 16), adv_eps=eps, adv_method="pgd", adv_steps=2, adv_step=0.5)
-    xa = _fgsm_rs(net, x, y, c, torch.Generator().manual_seed(0))
+    xa = _training_attack(net, x, y, c, torch.Generator().manual_seed(0))
     assert float((xa - x).abs().max()) <= eps + 1e-6 and float(xa.min()) >= 0 and float(xa.max()) <= 1
     start = (x + (torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1) * eps).clamp(0, 1)
     with torch.no_grad():

@@ -6,14 +6,9 @@ from pathlib import Path
 
 import pytest
 
-
 from fake_data import fake_cifar  # tests/fake_data.py
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_oneshot.py"
-
-
-def _fake_cifar(root: Path, per_class: dict):
-    fake_cifar(root, per_class)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +20,7 @@ def script():
 
 
 def test_runs_end_to_end_and_keeps_its_time_budget(script, tmp_path):
-    _fake_cifar(tmp_path / "data", {"train": 30, "test": 6})
+    fake_cifar(tmp_path / "data", {"train": 30, "test": 6})
     out = tmp_path / "out"
     t = time.monotonic()
     minutes = 0.75
@@ -57,7 +52,7 @@ def test_the_paper_models_preset_runs_the_engine_on_an_ncsnv2_checkpoint_and_a_u
     from pursamere.experiments.user_models import ClassifierSpec
     from pursamere.method.ncsnv2 import NCSNV2_CONFIGS, NCSNv2
 
-    _fake_cifar(tmp_path / "data", {"train": 2, "test": 3})
+    fake_cifar(tmp_path / "data", {"train": 2, "test": 3})
     narrow = NCSNV2_CONFIGS["cifar10"].replace(ngf=8)
     torch.manual_seed(0)
     torch.save(NCSNv2(narrow).state_dict(), tmp_path / "ncsnv2.pth")

@@ -103,7 +103,8 @@ def test_shipped_classifiers_are_accurate(role, floor):
 
 
 def test_shipped_adversarial_classifier_resists_pgd_where_the_clean_one_does_not():
-    """The FGSM-RS model is robust, not masked: PGD-10 (ℓ∞ 8/255) leaves it far more than the clean net."""
+    """The FGSM-RS model is robust: PGD-10 (ℓ∞ 8/255) leaves it far more than the clean net (the table's
+    APGD and Square rows are the check against masked gradients)."""
     from pursamere.evaluation.attacks import Threat, pgd
     from pursamere.experiments import cifar10_cpu as C
 

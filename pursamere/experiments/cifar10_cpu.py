@@ -94,9 +94,9 @@ CLASSIFIER = FastCifarConfig(widths=(64, 128, 128), epochs=14.0)
 #: The adversarially trained baseline: the same net, FGSM with a random start (Wong et al. 2020) at
 #: ℓ∞ 8/255 with a step of ε (not their 1.25ε), no label smoothing, and a first layer that does not whiten.
 #: Why: airbench's whitening layer (ε = 5e-4 on the patch covariance's eigenvalues) scales the
-#: highest-frequency patch directions by up to 39× (the mean-colour one by 0.29), where natural images have little energy; after it
-#: an 8/255 sign perturbation is 2–10× the images' own signal in those channels (measured on 2,000 test
-#: images). Three single-step attempts with it failed (book/data/cifar10-cpu-adversarial-attempts/:
+#: highest-frequency patch directions by up to 39× (the mean-colour one by 0.29), where natural images
+#: have little energy; after it an 8/255 sign perturbation is 2–10× the images' own signal in those
+#: channels (measured on 2,000 test images). Three single-step attempts with it failed (book/data/cifar10-cpu-adversarial-attempts/:
 #: FGSM-RS at the clean rate, PGD-10 0.0% after one epoch; N-FGSM at rates 11.5 and 2.3, which trains on
 #: noise up to 3ε and ended with clean accuracy 12–32%). With whiten_eps = 1 every eigen-direction is
 #: scaled by at most 1/√(λ+1) ≤ 1, i.e. a fixed orthogonal-like projection; a 2-epoch probe on 20,480

@@ -213,7 +213,7 @@ class _Lookahead:
                 v.copy_(self.ema[k])
 
 
-def _fgsm_rs(net: nn.Module, x: torch.Tensor, y: torch.Tensor, c: FastCifarConfig, gen: torch.Generator) -> torch.Tensor:
+def _training_attack(net: nn.Module, x: torch.Tensor, y: torch.Tensor, c: FastCifarConfig, gen: torch.Generator) -> torch.Tensor:
     """The training attack from a random start: ``adv_steps`` signed steps of adv_step·ε.
 
     ``fgsm-rs`` (Wong et al. 2020): start uniform in the ε-ball, one step, clip back into the ball.
@@ -362,7 +362,7 @@ def train_fastcifar(
             yb = labels[idx].to(device)
             with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
                 if c.adv_eps > 0:
-                    xb = _fgsm_rs(net, xb, yb, c, torch.Generator().manual_seed(c.seed * 1_000_003 + step))
+                    xb = _training_attack(net, xb, yb, c, torch.Generator().manual_seed(c.seed * 1_000_003 + step))
                 out = net(xb)
                 loss = F.cross_entropy(out.float(), yb, label_smoothing=c.label_smoothing, reduction="sum")
             for group in opt.param_groups:
