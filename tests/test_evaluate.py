@@ -69,6 +69,11 @@ def test_evaluate_rows_worst_case_resume_and_outputs(tmp_path, digits_clf):
     assert [r["seconds"] for r in res2["rows"]] == [r["seconds"] for r in res["rows"]]
     table = render_table(res2, "tiny")
     assert "worst case" in table and "undefended" in table and "rounding" in table
+    # a BPDA column over a row without a purifier says that there it is plain PGD; purifier rows alone do not
+    assert "For rows without a purifier, bpda5" in table and "plain PGD" in table
+    only_purifier = dict(res2, rows=[r for r in res2["rows"] if r["defence"] == "rounding"],
+                         worst_case=[w for w in res2["worst_case"] if w["defence"] == "rounding"])
+    assert "plain PGD" not in render_table(only_purifier)
     assert plot_results(res2, tmp_path / "acc.png").stat().st_size > 1000
 
 

@@ -7,7 +7,7 @@ from pursamere.cli import main
 from pursamere.experiments.presets import DIGITS, TINY, get_preset, ncsnv2_gamma, ncsnv2_ladder
 
 
-def test_tiny_end_to_end_through_the_cli(tmp_path, capsys):
+def test_tiny_end_to_end_through_the_cli(tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     rc = main(["demo", "--preset", "tiny", "--workdir", str(tmp_path / "work"), "--out", str(out)])
     assert rc == 0
@@ -53,6 +53,23 @@ def test_tiny_end_to_end_through_the_cli(tmp_path, capsys):
     # a finished run is never overwritten silently
     assert main(["demo", "--preset", "tiny", "--workdir", str(tmp_path / "work"), "--out", str(out)]) == 2
     assert "already holds" in capsys.readouterr().err
+    # --resume reuses the finished rows and the recorded obfuscation checks (never runs them again) ...
+    from pursamere.experiments import engine
+
+    checks = json.loads((out / "checks.json").read_text())
+    assert all(c["defence_fingerprint"] and c["data_fingerprint"] and c["steps"] >= 1 for c in checks)
+
+    def no_recompute(*a, **k):
+        raise AssertionError("a recorded obfuscation check was run again")
+
+    monkeypatch.setattr(engine, "obfuscation_checks", no_recompute)
+    again = ["demo", "--preset", "tiny", "--workdir", str(tmp_path / "work"), "--out", str(out), "--resume"]
+    assert main(again) == 0
+    assert json.loads((out / "checks.json").read_text()) == checks and "Obfuscation checks" in (out / "table.md").read_text()
+    # ... but a check recorded with other settings (here: its step count) is run again
+    (out / "checks.json").write_text(json.dumps([dict(c, steps=c["steps"] + 1) for c in checks]))
+    with pytest.raises(AssertionError, match="run again"):
+        main(again)
 
 
 def _png_declaring(path, width, height):

@@ -254,6 +254,13 @@ def render_table(results: dict, title: str = "") -> str:
     cascaded = {r["attack"] for r in rows if r.get("cascade")}
     note = (" † = run only on the images that survived every attack before it (the columns to its left, "
             "AutoAttack's cascade): its number is the cumulative accuracy after it." if cascaded else "")
+    from .defences import Family
+
+    plain = [a for a in attacks if any(r["attack"] == a and r.get("role") == "bpda" and r.get("family") in
+                                       {f.value for f in Family} and not Family(r["family"]).purifies for r in rows)]
+    if plain:  # BPDA through the identity is the classifier's own gradient
+        note += (f" For rows without a purifier, {', '.join(plain)} {'is' if len(plain) == 1 else 'are'} plain PGD "
+                 "(BPDA's identity backward pass through no purifier is the classifier's own gradient).")
     lines = [f"## {title}" if title else "", "",
              f"n = {results['meta']['n']} images; robust accuracy in % (95% Wilson interval in the JSON); "
              "worst case = robust to every attack in the row." + note, "",

@@ -28,11 +28,11 @@ from typing import Callable, Optional
 import torch
 
 from ..evaluation.attacks import Threat
-from ..evaluation.checks import format_checks, obfuscation_checks
+from ..evaluation.checks import CheckResult, format_checks, obfuscation_checks
 from ..evaluation.results import render_table
 from ..evaluation.runner import evaluate
 from ..evaluation.sharding import DistContext, collective
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, fingerprint
 from .artifacts import Artifacts, prepare
 from .data import table_indices, validation_indices
 from .protocols import Protocol
@@ -117,6 +117,18 @@ def _json_safe(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
+def _recorded_checks(out: Path) -> list:
+    """The obfuscation checks a previous run wrote to ``out`` (a resumed run reuses exact matches)."""
+    path = out / "checks.json"
+    if not path.is_file():
+        return []
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []  # unreadable: the checks run again and the file is rewritten
+    return [c for c in old if isinstance(c, dict) and isinstance(c.get("checks"), list)] if isinstance(old, list) else []
+
+
 def run(preset, protocol: Protocol, out: str | Path, options: Options = Options(),
         artifacts: Optional[Artifacts] = None) -> Run:
     """Run ``protocol`` on ``preset``'s images and write the results folder ``out`` (see the module docstring).
@@ -165,12 +177,22 @@ def run(preset, protocol: Protocol, out: str | Path, options: Options = Options(
     if plan is not None:
         lin = Threat("inf", preset.threats["inf"])
         nc = min(plan.n_check, len(x))
+        done = _recorded_checks(out) if o.resume else []
         for d, s in zip(defences, protocol.defences):
             for grad in (plan.check_gradients if s.checks else ()):
-                cs = obfuscation_checks(d, lin, x[:nc], y[:nc], gradient=grad, steps=plan.check_steps,
-                                        square_queries=plan.square_queries)
+                # everything a check's verdicts depend on: a resumed run reuses only an exact match
+                ident = {"defence": d.name, "gradient": grad, "n": nc, "defence_fingerprint": d.fingerprint(),
+                         "data_fingerprint": fingerprint(x[:nc].cpu(), y[:nc].cpu()), "eps": lin.eps,
+                         "steps": plan.check_steps, "square_queries": plan.square_queries}
+                old = next((c for c in done if all(c.get(k) == v for k, v in ident.items())), None)
+                if old is not None:
+                    cs = [CheckResult(**c) for c in old["checks"]]
+                    o.log(f"checks: {d.name} ({grad} gradient) reused from {out / 'checks.json'}")
+                else:
+                    cs = obfuscation_checks(d, lin, x[:nc], y[:nc], gradient=grad, steps=plan.check_steps,
+                                            square_queries=plan.square_queries)
                 check_md += format_checks(f"{d.name}, {grad} gradient, ℓ∞ ε={lin.eps:.4g}, n={nc}", cs) + "\n"
-                run_.checks.append({"defence": d.name, "gradient": grad, "n": nc, "checks": [c.as_dict() for c in cs]})
+                run_.checks.append({**ident, "checks": [c.as_dict() for c in cs]})
         atomic_write_json(out / "checks.json", run_.checks)  # an empty list when the plan runs no checks
 
     header = f"# {protocol.title} — what ran\n\n{what} (n = {len(x)}). {protocol.describe}\n"
