@@ -51,8 +51,11 @@ def _command(argv) -> str:
 
 
 def train_classifier_model(name: str, config: FastCifarConfig, args, argv, extra_images=None, extra_labels=None,
-                           extra_meta=None) -> dict:
-    """Train one FastCifarNet, score it on the test set, ship it as ``cifar10/<name>``."""
+                           extra_meta=None, more_metrics=None) -> dict:
+    """Train one FastCifarNet, score it on the test set, ship it as ``cifar10/<name>``.
+
+    ``more_metrics(net, log) -> dict``: further measurements of the trained net, added to its metrics.
+    """
     runs = Path(args.runs)
     log = _log_to(runs / f"{name}.log")
     x, y = C.cifar10_uint8("train", args.data, args.cache)
@@ -92,6 +95,8 @@ def train_classifier_model(name: str, config: FastCifarConfig, args, argv, extra
                "mean_load_during_training": round(float(np.mean([e.get("load", 0) for e in record["epochs"]])), 2)}
     if config.adv_eps > 0:
         metrics.update(adversarial_metrics(net, xt, yt, config.adv_eps, log))
+    if more_metrics is not None:
+        metrics.update(more_metrics(net, log))
     log(f"{name}: " + json.dumps(metrics))
     atomic_write_json(runs / f"{name}.json", {"metrics": metrics, "record": record})
     if not args.no_ship:
@@ -351,14 +356,55 @@ def load_purified(runs: Path):
     return np.concatenate(idx), np.concatenate(img)
 
 
+PURIFIED_TEST = 1000  # test images purified once to compare the classifiers on what a purifier hands them
+
+
+def purified_test_images(runs: Path, args, log, n: int = PURIFIED_TEST):
+    """``n`` fixed test images (seed 1 permutation), their ERE-descent purification with ``cifar10_cpu.PURIFY``
+    (from the clean image: what the classifier sees behind the purifier without an attack), and labels.
+    Cached in ``runs`` (about 7 minutes on one core for 1,000 images)."""
+    from pursamere.io import atomic_write_bytes
+    from pursamere.method.purify import Purifier
+
+    xt, yt = C.cifar10_uint8("test", args.data, args.cache)
+    idx = torch.randperm(len(xt), generator=torch.Generator().manual_seed(1))[:n].numpy()
+    config = json.dumps(C.PURIFY.__dict__, default=str)
+    path = runs / f"purified-test-{n}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["config"]) == config and np.array_equal(z["index"], idx):
+                return torch.from_numpy(xt[idx]), torch.from_numpy(z["images"]), torch.from_numpy(yt[idx]).long()
+    t0 = time.perf_counter()
+    pur = Purifier(C.load_score_net(), C.PURIFY)
+    xb = torch.from_numpy(xt[idx]).float() / 255.0
+    xp = torch.cat([pur(xb[i:i + 50]) for i in range(0, len(xb), 50)])
+    img = torch.round(xp * 255).clamp(0, 255).to(torch.uint8).numpy()
+    buf = __import__("io").BytesIO()
+    np.savez(buf, index=idx, images=img, config=np.array(config))
+    atomic_write_bytes(path, buf.getvalue())
+    log(f"purified {n} test images in {time.perf_counter() - t0:.0f} s")
+    return torch.from_numpy(xt[idx]), torch.from_numpy(img), torch.from_numpy(yt[idx]).long()
+
+
 def cmd_eq17(args, argv):
     runs = Path(args.runs)
     idx, img = load_purified(runs)
     _, y = C.cifar10_uint8("train", args.data, args.cache)
     share = len(idx) / len(y)
+
+    def on_purified(net, log):
+        """Eq. 17's purpose: accuracy on purified images. Both classifiers on the same purified test images."""
+        xc, xp, yp = purified_test_images(runs, args, log)
+        out = {"purified_test_n": len(yp)}
+        for name, model in (("eq17", net), ("classifier", C.load_classifier("classifier"))):
+            out[f"{name}_clean_accuracy_same_images"] = evaluate_accuracy(model, xc, yp)
+            out[f"{name}_purified_accuracy"] = evaluate_accuracy(model, xp, yp)
+        return out
+
     return train_classifier_model("eq17", C.EQ17, args, argv, extra_images=img, extra_labels=y[idx],
                                   extra_meta={"purified_training_images": int(len(idx)), "purified_share": share,
-                                              "purify": {k: (list(v) if isinstance(v, tuple) else v) for k, v in C.PURIFY.__dict__.items()}})
+                                              "purify": {k: (list(v) if isinstance(v, tuple) else v) for k, v in C.PURIFY.__dict__.items()}},
+                                  more_metrics=on_purified)
 
 
 def cmd_classifier(args, argv):
