@@ -395,7 +395,7 @@ def cmd_eq17(args, argv):
     def on_purified(net, log):
         """Eq. 17's purpose: accuracy on purified images. Both classifiers on the same purified test images."""
         xc, xp, yp = purified_test_images(runs, args, log)
-        out = {"purified_test_n": len(yp)}
+        out = {"purified_training_images": int(len(idx)), "purified_share": round(share, 4), "purified_test_n": len(yp)}
         for name, model in (("eq17", net), ("classifier", C.load_classifier("classifier"))):
             out[f"{name}_clean_accuracy_same_images"] = evaluate_accuracy(model, xc, yp)
             out[f"{name}_purified_accuracy"] = evaluate_accuracy(model, xp, yp)
