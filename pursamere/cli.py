@@ -214,6 +214,9 @@ def cmd_ensemble(args) -> int:
         raise ValueError("--restarts needs --steps (the convergence curve's budget: steps × restarts)")
     budget = budget if args.square_queries is None else dataclasses.replace(budget, square_queries=args.square_queries)
     budget = budget.doubled() if args.strong else budget
+    if args.purifier_classifier and preset.models != "shipped":
+        raise ValueError(f"--purifier-classifier applies to --preset cifar10-cpu, not {preset.name} (its purifier rows "
+                         "name their classifier)")
     plan = dataclasses.replace(plan, n_test=args.n or plan.n_test, eps=eps, budget=budget,
                                batch_size=args.batch_size or plan.batch_size)
     if preset.models == "shipped":  # cifar10-cpu: its own table (the classifiers it ships), in two parts
@@ -225,8 +228,13 @@ def cmd_ensemble(args) -> int:
         if unknown:
             raise ValueError(f"--preset {preset.name} attacks at ℓ∞ {', '.join(f'{v:.6g}' for v in preset.ensemble.eps)} only, "
                              f"not {', '.join(f'{e:g}' for e in unknown)}")
-        protocol = cifar10_cpu.table_protocol(preset, args.part, n=args.n or plan.n_test, budget=budget,
-                                              have=cifar10_cpu.shipped_roles())
+        have = cifar10_cpu.shipped_roles()
+        if args.purifier_classifier == "eq17" and "eq17" not in have:
+            raise ValueError("--purifier-classifier eq17: the eq.-17 classifier is not shipped in weights/cifar10/ "
+                             "(train it with scripts/train_cifar10.py purify-train, then eq17)")
+        if args.purifier_classifier == "clean":
+            have = tuple(r for r in have if r != "eq17")
+        protocol = cifar10_cpu.table_protocol(preset, args.part, n=args.n or plan.n_test, budget=budget, have=have)
         protocol = dataclasses.replace(protocol, batch_size=plan.batch_size,
                                        defences=tuple(protocols.select_defences(protocol.defences, _items(args.only))),
                                        threats=tuple(t for t in protocol.threats
@@ -389,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--only", default="", help="comma-separated families, classifiers or exact labels (default: all)")
     en.add_argument("--part", choices=("key", "rest"), default="key",
                     help="--preset cifar10-cpu: the key rows (≥ 256 images) or the rest (≥ 128, the same images' prefix)")
+    en.add_argument("--purifier-classifier", choices=("eq17", "clean"), default=None,
+                    help="--preset cifar10-cpu: the classifier behind the purifiers (default: the eq.-17 one when it is "
+                         "shipped; 'clean' re-runs the recorded table's rows)")
     en.set_defaults(func=cmd_ensemble)
 
     st = sub.add_parser("study", help="the SAM study or the attack study on the validation images")

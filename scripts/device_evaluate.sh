@@ -21,6 +21,9 @@
 #    the unfinished work first (as recorded on 2026-11-30), then the convergence checks (doubled
 #    budgets), then the jobs already recorded (quick no-ops with RESUME_FROM, full re-runs without).
 #
+# The CIFAR-10 purifier jobs of the recorded table say --purifier-classifier clean (its rows were made in front of
+# the clean classifier, before the eq.-17 one shipped); the cifar-eq17-* jobs run the paper's pairing beside them.
+#
 # RESUME_FROM=DIR (e.g. results/whole, carried to the machine): a job whose folder DIR/NAME holds a
 # results.json starts from a copy of it with --resume (finished rows reused, only what is missing runs).
 # DRY=1: print each job's command line instead of running it (checks the queue without a machine).
@@ -87,29 +90,31 @@ fi
 C="--preset cifar10-cpu --data-root $DATA --batch-size 128"
 D="--preset digits --weights shipped --n $DN --batch-size 512"
 cat > "$W/jobs.txt" <<JOBS
-ens cifar-pursamere $C --n $CN --part key $CS --only PurSAMERE
+ens cifar-pursamere $C --n $CN --part key $CS --only PurSAMERE --purifier-classifier clean
 ens digits-0.2-diffpure $D $DS --eps 0.2 --only DiffPure-style
 ens digits-0.2-adp $D $DS --eps 0.2 --only ADP
 ens cifar-rest-at $C --n $CR --part rest $CS --only adversarial
-ens cifar-ere $C --n $CN --part key $CS --only 'ERE descent'
+ens cifar-ere $C --n $CN --part key $CS --only 'ERE descent' --purifier-classifier clean
+ens cifar-eq17-ere $C --n $CN --part key $CS --only 'ERE descent' --purifier-classifier eq17
+ens cifar-eq17-pursamere $C --n $CN --part key $CS --only PurSAMERE --purifier-classifier eq17
 ens digits-0.1-ere $D $DS --eps 0.1 --only 'ERE descent'
 ens digits-0.15-ere $D $DS --eps 0.15 --only 'ERE descent'
 ens digits-0.1-pursamere $D $DS --eps 0.1 --only PurSAMERE
 ens digits-0.15-pursamere $D $DS --eps 0.15 --only PurSAMERE
 ens digits-0.1-at-ere $D $DS --eps 0.1 --only 'PGD-AT + ERE descent (no SAM) ε_pur=0.3'
 ens digits-0.15-at-ere $D $DS --eps 0.15 --only 'PGD-AT + ERE descent (no SAM) ε_pur=0.3'
-ens cifar-rest-pursamere $C --n $CR --part rest $CS --only PurSAMERE
-ens cifar-rest-baselines $C --n $CR --part rest $CS --only 'ADP,DiffPure-style'
+ens cifar-rest-pursamere $C --n $CR --part rest $CS --only PurSAMERE --purifier-classifier clean
+ens cifar-rest-baselines $C --n $CR --part rest $CS --only 'ADP,DiffPure-style' --purifier-classifier clean
 ens digits-0.1-diffpure $D $DS --eps 0.1 --only DiffPure-style
 ens digits-0.15-diffpure $D $DS --eps 0.15 --only DiffPure-style
 ens digits-0.1-adp $D $DS --eps 0.1 --only ADP
 ens digits-0.15-adp $D $DS --eps 0.15 --only ADP
 ens digits-0.2-ere-strong $D $DSS --eps 0.2 --only 'ERE descent'
-ens cifar-ere-strong $C --n $CN --part key $CSS --only 'ERE descent'
+ens cifar-ere-strong $C --n $CN --part key $CSS --only 'ERE descent' --purifier-classifier clean
 ens cifar-at-strong $C --n $CN --part key $CSS --only adversarial
 ens cifar-plain $C --n $CN --part key $CS --only undefended
 ens cifar-at $C --n $CN --part key $CS --only adversarial
-ens cifar-diffpure $C --n $CN --part key $CS --only DiffPure-style
+ens cifar-diffpure $C --n $CN --part key $CS --only DiffPure-style --purifier-classifier clean
 ens digits-0.2-ere $D $DS --eps 0.2 --only 'ERE descent'
 ens digits-0.2-pursamere $D $DS --eps 0.2 --only PurSAMERE
 ens digits-0.2-plain $D $DS --eps 0.2 --only 'undefended,adversarial training,TRADES'

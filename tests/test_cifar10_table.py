@@ -70,6 +70,7 @@ def test_cli_runs_the_table_on_the_shipped_models(tmp_path, monkeypatch):
     (["--restarts", "2"], "--restarts needs --steps"),
     (["--minutes", "0"], "--minutes must be > 0"),
     (["--preset", "cifar10-cpu", "--eps", "0.03"], "attacks at ℓ∞"),
+    (["--purifier-classifier", "clean"], "applies to --preset cifar10-cpu, not tiny"),
 ])
 def test_ensemble_budget_options_refuse_bad_values(args, message, capsys):
     from pursamere.cli import main
@@ -79,6 +80,16 @@ def test_ensemble_budget_options_refuse_bad_values(args, message, capsys):
         assert rc != 0
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_purifier_classifier_eq17_needs_the_shipped_weights(capsys, monkeypatch):
+    from pursamere.cli import main
+    from pursamere.experiments import cifar10_cpu
+
+    monkeypatch.setattr(cifar10_cpu, "shipped_roles", lambda root=None: ("plain", "adversarial"))
+    assert main(["ensemble", "--preset", "cifar10-cpu", "--purifier-classifier", "eq17", "--out", "/nonexistent/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "eq.-17 classifier is not shipped" in err
 
 
 class _no_raise:
