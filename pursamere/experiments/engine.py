@@ -29,7 +29,7 @@ import torch
 
 from ..evaluation.attacks import Threat
 from ..evaluation.checks import CheckResult, format_checks, obfuscation_checks
-from ..evaluation.results import render_table
+from ..evaluation.results import ATTACK_REVISION, render_table
 from ..evaluation.runner import evaluate
 from ..evaluation.sharding import DistContext, collective
 from ..io import atomic_write_json, atomic_write_text, fingerprint
@@ -183,7 +183,7 @@ def run(preset, protocol: Protocol, out: str | Path, options: Options = Options(
                 # everything a check's verdicts depend on: a resumed run reuses only an exact match
                 ident = {"defence": d.name, "gradient": grad, "n": nc, "defence_fingerprint": d.fingerprint(),
                          "data_fingerprint": fingerprint(x[:nc].cpu(), y[:nc].cpu()), "eps": lin.eps,
-                         "steps": plan.check_steps, "square_queries": plan.square_queries}
+                         "steps": plan.check_steps, "square_queries": plan.square_queries, "revision": ATTACK_REVISION}
                 old = next((c for c in done if all(c.get(k) == v for k, v in ident.items())), None)
                 if old is not None:
                     cs = [CheckResult(**c) for c in old["checks"]]
