@@ -323,7 +323,8 @@ def cmd_purify_train(args, argv):
     shards = Path(args.runs) / "purified"
     x, _ = C.cifar10_uint8("train", args.data, args.cache)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(C.CIFAR10_CPU.data_seed + 2)).numpy()
-    pur = Purifier(C.load_score_net(), C.PURIFY)
+    score = C.load_score_net()
+    pur = Purifier(score, C.PURIFY)
     for start in range(0, args.limit, 500):
         path = shards / f"shard-{start:05d}.npz"
         if path.exists():
@@ -334,11 +335,19 @@ def cmd_purify_train(args, argv):
         xp = torch.cat([pur(xb[i:i + 50]) for i in range(0, len(xb), 50)])
         img = torch.round(xp * 255).clamp(0, 255).to(torch.uint8).numpy()
         buf = __import__("io").BytesIO()
-        np.savez(buf, index=idx, images=img, config=np.array(json.dumps(C.PURIFY.__dict__, default=str)))
+        np.savez(buf, index=idx, images=img, config=np.array(json.dumps(C.PURIFY.__dict__, default=str)),
+                 score=np.array(_score_fingerprint(score)))
         from pursamere.io import atomic_write_bytes
         atomic_write_bytes(path, buf.getvalue())
         dt = time.perf_counter() - t0
         log(f"purified {start + len(idx)}/{args.limit} ({len(idx) / dt:.2f} images/s, max |Δ| {float((xp - xb).abs().max()) * 255:.2f}/255)")
+
+
+def _score_fingerprint(score=None) -> str:
+    """The fingerprint of the (shipped) score model's weights: purified images are valid for this model only."""
+    from pursamere.io import fingerprint
+
+    return fingerprint(*(score or C.load_score_net()).state_dict().values())
 
 
 def load_purified(runs: Path):
@@ -347,10 +356,14 @@ def load_purified(runs: Path):
     if not files:
         raise FileNotFoundError(f"no purified shards in {runs / 'purified'}: run the purify-train subcommand first")
     idx, img = [], []
+    score = _score_fingerprint()
     for f in files:
         with np.load(f, allow_pickle=False) as z:
             if json.loads(str(z["config"])) != json.loads(json.dumps(C.PURIFY.__dict__, default=str)):
                 raise ValueError(f"{f} was purified with another schedule than cifar10_cpu.PURIFY; delete the shards and re-run purify-train")
+            if "score" not in z.files or str(z["score"]) != score:
+                raise ValueError(f"{f} was purified with another score model than weights/cifar10/score; delete the shards "
+                                 "and re-run purify-train")
             idx.append(z["index"])
             img.append(z["images"])
     return np.concatenate(idx), np.concatenate(img)
@@ -370,17 +383,20 @@ def purified_test_images(runs: Path, args, log, n: int = PURIFIED_TEST):
     idx = torch.randperm(len(xt), generator=torch.Generator().manual_seed(1))[:n].numpy()
     config = json.dumps(C.PURIFY.__dict__, default=str)
     path = runs / f"purified-test-{n}.npz"
+    score = C.load_score_net()
+    fp = _score_fingerprint(score)
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
-            if str(z["config"]) == config and np.array_equal(z["index"], idx):
+            if (str(z["config"]) == config and np.array_equal(z["index"], idx) and "score" in z.files
+                    and str(z["score"]) == fp):
                 return torch.from_numpy(xt[idx]), torch.from_numpy(z["images"]), torch.from_numpy(yt[idx]).long()
     t0 = time.perf_counter()
-    pur = Purifier(C.load_score_net(), C.PURIFY)
+    pur = Purifier(score, C.PURIFY)
     xb = torch.from_numpy(xt[idx]).float() / 255.0
     xp = torch.cat([pur(xb[i:i + 50]) for i in range(0, len(xb), 50)])
     img = torch.round(xp * 255).clamp(0, 255).to(torch.uint8).numpy()
     buf = __import__("io").BytesIO()
-    np.savez(buf, index=idx, images=img, config=np.array(config))
+    np.savez(buf, index=idx, images=img, config=np.array(config), score=np.array(fp))
     atomic_write_bytes(path, buf.getvalue())
     log(f"purified {n} test images in {time.perf_counter() - t0:.0f} s")
     return torch.from_numpy(xt[idx]), torch.from_numpy(img), torch.from_numpy(yt[idx]).long()

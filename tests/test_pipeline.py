@@ -66,10 +66,18 @@ def test_tiny_end_to_end_through_the_cli(tmp_path, capsys, monkeypatch):
     again = ["demo", "--preset", "tiny", "--workdir", str(tmp_path / "work"), "--out", str(out), "--resume"]
     assert main(again) == 0
     assert json.loads((out / "checks.json").read_text()) == checks and "Obfuscation checks" in (out / "table.md").read_text()
-    # ... but a check recorded with other settings (here: its step count) is run again
-    (out / "checks.json").write_text(json.dumps([dict(c, steps=c["steps"] + 1) for c in checks]))
-    with pytest.raises(AssertionError, match="run again"):
-        main(again)
+    # a reused failure warns as a fresh one does
+    from pursamere.evaluation.checks import ObfuscationWarning
+
+    failed = [dict(c, checks=[dict(k, passed=False) if j == 0 else k for j, k in enumerate(c["checks"])]) for c in checks]
+    (out / "checks.json").write_text(json.dumps(failed))
+    with pytest.warns(ObfuscationWarning, match="obfuscation check FAILED"):
+        assert main(again) == 0
+    # ... but a check recorded with other settings (its step count) or unreadable is run again
+    for bad in ([dict(c, steps=c["steps"] + 1) for c in checks], [dict(c, checks=[{"name": "x"}]) for c in checks]):
+        (out / "checks.json").write_text(json.dumps(bad))
+        with pytest.raises(AssertionError, match="run again"):
+            main(again)
 
 
 def _png_declaring(path, width, height):

@@ -23,7 +23,10 @@ from .defences import Defence
 from .runner import attack_flags
 from .suite import AttackSpec
 
-__all__ = ["CheckResult", "obfuscation_checks", "format_checks", "ObfuscationWarning"]
+__all__ = ["CheckResult", "obfuscation_checks", "format_checks", "warn_failed", "ObfuscationWarning", "CHECKS_REVISION"]
+
+#: Revision of the checks themselves (their tests and thresholds): a resumed run reuses only verdicts of this one.
+CHECKS_REVISION = 1
 
 
 class ObfuscationWarning(UserWarning):
@@ -129,11 +132,16 @@ def obfuscation_checks(defence: Defence, threat: Threat, x: torch.Tensor, y: tor
                                "a gradient-free attack beating gradient attacks means the gradients are lying",
                                "the gradient attack is masked: use BPDA/exact gradients, EoT, the margin loss"))
     if warn:
-        for r in res:
-            if not r.passed:
-                warnings.warn(f"[{defence.name}] obfuscation check FAILED: {r.name} ({r.detail}). "
-                              f"Likely cause: {r.cause}. Fix: {r.fix}.", ObfuscationWarning, stacklevel=2)
+        warn_failed(defence.name, res, stacklevel=3)
     return res
+
+
+def warn_failed(name: str, checks: list[CheckResult], stacklevel: int = 2) -> None:
+    """An :class:`ObfuscationWarning` for each failed check of the defence ``name`` (computed now or reused)."""
+    for r in checks:
+        if not r.passed:
+            warnings.warn(f"[{name}] obfuscation check FAILED: {r.name} ({r.detail}). "
+                          f"Likely cause: {r.cause}. Fix: {r.fix}.", ObfuscationWarning, stacklevel=stacklevel)
 
 
 def format_checks(name: str, checks: list[CheckResult]) -> str:

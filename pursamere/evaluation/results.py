@@ -256,7 +256,7 @@ def render_table(results: dict, title: str = "") -> str:
             "AutoAttack's cascade): its number is the cumulative accuracy after it." if cascaded else "")
     from .defences import Family
 
-    plain = [a for a in attacks if any(r["attack"] == a and r.get("role") == "bpda" and r.get("family") in
+    plain = [a for a in attacks if any(r["attack"] == a and r.get("role") in ("bpda", "bpda-long") and r.get("family") in
                                        {f.value for f in Family} and not Family(r["family"]).purifies for r in rows)]
     if plain:  # BPDA through the identity is the classifier's own gradient
         note += (f" For rows without a purifier, {', '.join(plain)} {'is' if len(plain) == 1 else 'are'} plain PGD "

@@ -19,6 +19,7 @@ are reused, not recomputed).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from typing import Callable, Optional
 import torch
 
 from ..evaluation.attacks import Threat
-from ..evaluation.checks import CheckResult, format_checks, obfuscation_checks
+from ..evaluation.checks import CHECKS_REVISION, CheckResult, format_checks, obfuscation_checks, warn_failed
 from ..evaluation.results import ATTACK_REVISION, render_table
 from ..evaluation.runner import evaluate
 from ..evaluation.sharding import DistContext, collective
@@ -126,7 +127,13 @@ def _recorded_checks(out: Path) -> list:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         return []  # unreadable: the checks run again and the file is rewritten
-    return [c for c in old if isinstance(c, dict) and isinstance(c.get("checks"), list)] if isinstance(old, list) else []
+    fields = {f.name for f in dataclasses.fields(CheckResult)}
+
+    def whole(entry) -> bool:  # an entry a resumed run can rebuild; anything else runs again
+        return (isinstance(entry, dict) and isinstance(entry.get("checks"), list) and
+                all(isinstance(c, dict) and set(c) == fields for c in entry["checks"]))
+
+    return [c for c in old if whole(c)] if isinstance(old, list) else []
 
 
 def run(preset, protocol: Protocol, out: str | Path, options: Options = Options(),
@@ -183,11 +190,13 @@ def run(preset, protocol: Protocol, out: str | Path, options: Options = Options(
                 # everything a check's verdicts depend on: a resumed run reuses only an exact match
                 ident = {"defence": d.name, "gradient": grad, "n": nc, "defence_fingerprint": d.fingerprint(),
                          "data_fingerprint": fingerprint(x[:nc].cpu(), y[:nc].cpu()), "eps": lin.eps,
-                         "steps": plan.check_steps, "square_queries": plan.square_queries, "revision": ATTACK_REVISION}
+                         "steps": plan.check_steps, "square_queries": plan.square_queries, "revision": ATTACK_REVISION,
+                         "checks_revision": CHECKS_REVISION}
                 old = next((c for c in done if all(c.get(k) == v for k, v in ident.items())), None)
                 if old is not None:
                     cs = [CheckResult(**c) for c in old["checks"]]
                     o.log(f"checks: {d.name} ({grad} gradient) reused from {out / 'checks.json'}")
+                    warn_failed(d.name, cs)  # a reused failure warns as loudly as a fresh one
                 else:
                     cs = obfuscation_checks(d, lin, x[:nc], y[:nc], gradient=grad, steps=plan.check_steps,
                                             square_queries=plan.square_queries)
