@@ -16,6 +16,7 @@ at any time; the same command continues where it stopped and ends with the same 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -315,32 +316,9 @@ def cmd_sweep(args, argv):
 
 # ------------------------------------------------------------------------------------------ eq. 17
 
-def cmd_purify_train(args, argv):
-    """Purify training images (clean, by ERE descent with the preset's schedule) in shards of 500; resumable."""
-    from pursamere.method.purify import Purifier
-
-    log = _log_to(Path(args.runs) / "purify-train.log")
-    shards = Path(args.runs) / "purified"
-    x, _ = C.cifar10_uint8("train", args.data, args.cache)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(C.CIFAR10_CPU.data_seed + 2)).numpy()
-    score = C.load_score_net()
-    pur = Purifier(score, C.PURIFY)
-    for start in range(0, args.limit, 500):
-        path = shards / f"shard-{start:05d}.npz"
-        if path.exists():
-            continue
-        idx = order[start:min(start + 500, args.limit)]
-        t0 = time.perf_counter()
-        xb = torch.from_numpy(x[idx]).float() / 255.0
-        xp = torch.cat([pur(xb[i:i + 50]) for i in range(0, len(xb), 50)])
-        img = torch.round(xp * 255).clamp(0, 255).to(torch.uint8).numpy()
-        buf = __import__("io").BytesIO()
-        np.savez(buf, index=idx, images=img, config=np.array(json.dumps(C.PURIFY.__dict__, default=str)),
-                 score=np.array(_score_fingerprint(score)))
-        from pursamere.io import atomic_write_bytes
-        atomic_write_bytes(path, buf.getvalue())
-        dt = time.perf_counter() - t0
-        log(f"purified {start + len(idx)}/{args.limit} ({len(idx) / dt:.2f} images/s, max |Δ| {float((xp - xb).abs().max()) * 255:.2f}/255)")
+def _purify_config() -> str:
+    """The purification schedule as recorded beside purified images (``cifar10_cpu.PURIFY``)."""
+    return json.dumps(C.PURIFY.__dict__, default=str)
 
 
 def _score_fingerprint(score=None) -> str:
@@ -348,6 +326,47 @@ def _score_fingerprint(score=None) -> str:
     from pursamere.io import fingerprint
 
     return fingerprint(*(score or C.load_score_net()).state_dict().values())
+
+
+def _purify_and_save(path: Path, score, images: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """ERE-descent purification (``cifar10_cpu.PURIFY``) of uint8 ``images`` in batches of 50, saved atomically to
+    ``path`` with their indices, the schedule and the score model's fingerprint; returns the uint8 result."""
+    from pursamere.io import atomic_write_bytes
+    from pursamere.method.purify import Purifier
+
+    pur = Purifier(score, C.PURIFY)
+    xb = torch.from_numpy(images).float() / 255.0
+    xp = torch.cat([pur(xb[i:i + 50]) for i in range(0, len(xb), 50)])
+    out = torch.round(xp * 255).clamp(0, 255).to(torch.uint8).numpy()
+    buf = io.BytesIO()
+    np.savez(buf, index=index, images=out, config=np.array(_purify_config()), score=np.array(_score_fingerprint(score)))
+    atomic_write_bytes(path, buf.getvalue())
+    return out
+
+
+def _matches(z, score_fp: str) -> bool:
+    """A saved purification made with today's schedule and score model."""
+    return (json.loads(str(z["config"])) == json.loads(_purify_config()) and "score" in z.files
+            and str(z["score"]) == score_fp)
+
+
+def cmd_purify_train(args, argv):
+    """Purify training images (clean, by ERE descent with the preset's schedule) in shards of 500; resumable."""
+    log = _log_to(Path(args.runs) / "purify-train.log")
+    shards = Path(args.runs) / "purified"
+    x, _ = C.cifar10_uint8("train", args.data, args.cache)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(C.CIFAR10_CPU.data_seed + 2)).numpy()
+    score = C.load_score_net()
+    for start in range(0, args.limit, 500):
+        path = shards / f"shard-{start:05d}.npz"
+        if path.exists():
+            continue
+        idx = order[start:min(start + 500, args.limit)]
+        t0 = time.perf_counter()
+        img = _purify_and_save(path, score, x[idx], idx)
+        dt = time.perf_counter() - t0
+        delta = np.abs(img.astype(np.int16) - x[idx].astype(np.int16)).max()
+        log(f"purified {start + len(idx)}/{args.limit} ({len(idx) / dt:.2f} images/s, max |Δ| {delta}/255)")
 
 
 def load_purified(runs: Path):
@@ -359,11 +378,9 @@ def load_purified(runs: Path):
     score = _score_fingerprint()
     for f in files:
         with np.load(f, allow_pickle=False) as z:
-            if json.loads(str(z["config"])) != json.loads(json.dumps(C.PURIFY.__dict__, default=str)):
-                raise ValueError(f"{f} was purified with another schedule than cifar10_cpu.PURIFY; delete the shards and re-run purify-train")
-            if "score" not in z.files or str(z["score"]) != score:
-                raise ValueError(f"{f} was purified with another score model than weights/cifar10/score; delete the shards "
-                                 "and re-run purify-train")
+            if not _matches(z, score):
+                raise ValueError(f"{f} was purified with another schedule than cifar10_cpu.PURIFY or another score model "
+                                 "than weights/cifar10/score; delete the shards and re-run purify-train")
             idx.append(z["index"])
             img.append(z["images"])
     return np.concatenate(idx), np.concatenate(img)
@@ -376,29 +393,19 @@ def purified_test_images(runs: Path, args, log, n: int = PURIFIED_TEST):
     """``n`` fixed test images (seed 1 permutation), their ERE-descent purification with ``cifar10_cpu.PURIFY``
     (from the clean image: what the classifier sees behind the purifier without an attack), and labels.
     Cached in ``runs`` (about 7 minutes on one core for 1,000 images)."""
-    from pursamere.io import atomic_write_bytes
-    from pursamere.method.purify import Purifier
-
     xt, yt = C.cifar10_uint8("test", args.data, args.cache)
     idx = torch.randperm(len(xt), generator=torch.Generator().manual_seed(1))[:n].numpy()
-    config = json.dumps(C.PURIFY.__dict__, default=str)
     path = runs / f"purified-test-{n}.npz"
     score = C.load_score_net()
-    fp = _score_fingerprint(score)
+    img = None
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
-            if (str(z["config"]) == config and np.array_equal(z["index"], idx) and "score" in z.files
-                    and str(z["score"]) == fp):
-                return torch.from_numpy(xt[idx]), torch.from_numpy(z["images"]), torch.from_numpy(yt[idx]).long()
-    t0 = time.perf_counter()
-    pur = Purifier(score, C.PURIFY)
-    xb = torch.from_numpy(xt[idx]).float() / 255.0
-    xp = torch.cat([pur(xb[i:i + 50]) for i in range(0, len(xb), 50)])
-    img = torch.round(xp * 255).clamp(0, 255).to(torch.uint8).numpy()
-    buf = __import__("io").BytesIO()
-    np.savez(buf, index=idx, images=img, config=np.array(config), score=np.array(fp))
-    atomic_write_bytes(path, buf.getvalue())
-    log(f"purified {n} test images in {time.perf_counter() - t0:.0f} s")
+            if _matches(z, _score_fingerprint(score)) and np.array_equal(z["index"], idx):
+                img = z["images"]
+    if img is None:
+        t0 = time.perf_counter()
+        img = _purify_and_save(path, score, xt[idx], idx)
+        log(f"purified {n} test images in {time.perf_counter() - t0:.0f} s")
     return torch.from_numpy(xt[idx]), torch.from_numpy(img), torch.from_numpy(yt[idx]).long()
 
 

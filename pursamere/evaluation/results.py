@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 
 from .attacks import Threat
+from .defences import Family
 
 __all__ = ["SCHEMA", "wilson", "row_key", "make_row", "effective_settings", "suite_context", "read_results",
            "load_done", "reusable", "pending", "cumulative", "worst_case", "robust_flags", "sign_test", "paired",
@@ -254,10 +255,9 @@ def render_table(results: dict, title: str = "") -> str:
     cascaded = {r["attack"] for r in rows if r.get("cascade")}
     note = (" † = run only on the images that survived every attack before it (the columns to its left, "
             "AutoAttack's cascade): its number is the cumulative accuracy after it." if cascaded else "")
-    from .defences import Family
-
-    plain = [a for a in attacks if any(r["attack"] == a and r.get("role") in ("bpda", "bpda-long") and r.get("family") in
-                                       {f.value for f in Family} and not Family(r["family"]).purifies for r in rows)]
+    no_purifier = {f.value for f in Family if not f.purifies}
+    plain = [a for a in attacks if any(r["attack"] == a and r.get("role") in ("bpda", "bpda-long")
+                                       and r.get("family") in no_purifier for r in rows)]
     if plain:  # BPDA through the identity is the classifier's own gradient
         note += (f" For rows without a purifier, {', '.join(plain)} {'is' if len(plain) == 1 else 'are'} plain PGD "
                  "(BPDA's identity backward pass through no purifier is the classifier's own gradient).")

@@ -185,11 +185,12 @@ def run(preset, protocol: Protocol, out: str | Path, options: Options = Options(
         lin = Threat("inf", preset.threats["inf"])
         nc = min(plan.n_check, len(x))
         done = _recorded_checks(out) if o.resume else []
+        checked = fingerprint(x[:nc].cpu(), y[:nc].cpu())
         for d, s in zip(defences, protocol.defences):
             for grad in (plan.check_gradients if s.checks else ()):
                 # everything a check's verdicts depend on: a resumed run reuses only an exact match
                 ident = {"defence": d.name, "gradient": grad, "n": nc, "defence_fingerprint": d.fingerprint(),
-                         "data_fingerprint": fingerprint(x[:nc].cpu(), y[:nc].cpu()), "eps": lin.eps,
+                         "data_fingerprint": checked, "eps": lin.eps,
                          "steps": plan.check_steps, "square_queries": plan.square_queries, "revision": ATTACK_REVISION,
                          "checks_revision": CHECKS_REVISION}
                 old = next((c for c in done if all(c.get(k) == v for k, v in ident.items())), None)
