@@ -26,6 +26,8 @@
 #
 # RESUME_FROM=DIR (e.g. results/whole, carried to the machine): a job whose folder DIR/NAME holds a
 # results.json starts from a copy of it with --resume (finished rows reused, only what is missing runs).
+# On a fresh checkout, `python scripts/record_tables.py results/whole --restore` first writes the recorded
+# rows of book/data/ back into those folders.
 # DRY=1: print each job's command line instead of running it (checks the queue without a machine).
 set -u
 OUT=${1:?OUT}; SECONDS_TOTAL=${2:?SECONDS}; DATA=${3:?CIFAR_DATA}; TINY=${4:-}

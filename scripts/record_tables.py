@@ -1,16 +1,23 @@
 """Join the results folders of split evaluation jobs into the book's recorded tables.
 
     python scripts/record_tables.py results/whole            # → book/data/cifar10-cpu-table, book/data/digits-whole-test
+    python scripts/record_tables.py results/whole --restore  # the reverse: the recorded rows back into their job folders
 
 The jobs of ``scripts/device_evaluate.sh`` (and their CPU continuations with ``--resume``) each wrote one
 results folder per defence group (and per ε on digits), all on the same images. This script merges
 them with :func:`pursamere.evaluation.results.merge_results` (refused when the images differ, or when
 a row appears twice) in the tables' defence order, and writes where each row was computed
-(``provenance.json``: the GPU logs' device line and each job's folder).
+(``provenance.json``: the GPU logs' device line, each job's folder and which job made each row).
+
+Results folders live on the machine that ran them; the book's tables are what is committed. ``--restore``
+writes each recorded row back into its job's folder under ROOT (``job_of`` in ``provenance.json``), so a
+later session, on a fresh machine, continues an unfinished job with the same command and ``--resume``:
+finished rows are reused, only the missing attacks run. It never overwrites a folder that holds results.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -101,6 +108,55 @@ def cifar_checks(path: Path, n: int, families: tuple = ("ERE descent", "PurSAMER
     return path
 
 
+def restore(book: Path, root: Path) -> list:
+    """Write every recorded table's rows back into ``root/<job>/results.json`` (the job that made each row,
+    from ``provenance.json``'s ``job_of``), with the table's meta and the groups' worst cases (an unfinished
+    group keeps its plan, so it stays marked incomplete). Refuses, before writing anything, when a target
+    folder already holds a results file or a table has no ``job_of``. Returns the folders written."""
+    from pursamere.io import atomic_write_json
+
+    todo = {}
+    for table in TABLES:
+        src = Path(book) / table
+        if not (src / "results.json").is_file():
+            continue
+        prov_path = src / "provenance.json"
+        prov = json.loads(prov_path.read_text()) if prov_path.is_file() else {}
+        job_of = prov.get("job_of")
+        res = read_results(src)
+        if not isinstance(job_of, dict) or any(r["key"] not in job_of for r in res["rows"]):
+            raise ValueError(f"{prov_path} does not say which job made each row ('job_of'): cannot restore {table}")
+        meta = {k: v for k, v in res["meta"].items() if k != "merged_from"}
+        for job in sorted(set(job_of.values())):
+            rows = [r for r in res["rows"] if job_of.get(r["key"]) == job]
+            groups = {(r["defence"], r["norm"], r["eps"]) for r in rows}
+            worst = [w for w in res["worst_case"] if (w["defence"], w["norm"], w["eps"]) in groups]
+            todo[Path(root) / job] = {"meta": meta, "rows": rows, "worst_case": worst}
+    taken = [str(p) for p in todo if (p / "results.json").exists()]
+    if taken:
+        raise FileExistsError(f"already hold results (not overwritten): {', '.join(taken)}")
+    for folder, res in todo.items():
+        atomic_write_json(folder / "results.json", res)
+    return list(todo)
+
+
+def provenance(parts: list, res: dict, old: dict, old_rows: dict, gpu: set, gpu_roots: bool, device_log) -> dict:
+    """Where each row of a merged table came from: its job folder and its machine. A row unchanged since the
+    last recording keeps its recorded machine (the folders a lent GPU returned do not outlive the session);
+    a new or re-run row is 'gpu' when found in ``gpu`` (rows of the GPU's folders), else 'cpu'."""
+    job_of = {r["key"]: p.name for p in parts for r in read_results(p)["rows"]}
+    machine = None
+    if gpu_roots or old.get("machine"):
+        before = old.get("machine") or {}
+        machine = {r["key"]: (before[r["key"]] if r["key"] in before and old_rows.get(r["key"]) == r
+                              else "gpu" if r["key"] in gpu else "cpu") for r in res["rows"]}
+    return {"jobs": [p.name for p in parts], "rows": len(res["rows"]), "job_of": job_of, "machine": machine,
+            "device": Path(device_log).read_text().strip() if device_log else old.get("device"),
+            "note": "rows computed on the lent GPU by scripts/device_evaluate.sh and, where a job ran out of time, "
+                    "continued on the CPU with the same command and --resume (finished rows reused); 'machine' "
+                    "says which ran where, 'job_of' which job folder (scripts/record_tables.py --restore)"}
+
+
 def markdown_table(results: dict) -> str:
     """The README's compact table of a merged results file: defence × threat, worst case with its 95% interval;
     a group that did not run every planned attack shows "≤" and how many ran (an upper bound)."""
@@ -137,7 +193,17 @@ def main(argv=None) -> int:
     ap.add_argument("--checks-rows", default="ERE descent,PurSAMERE", help="which purifier rows' checks (families)")
     ap.add_argument("--examples", action="store_true",
                     help="also draw the CIFAR-10 table's example images (clean, BPDA20, purified) on the CPU")
+    ap.add_argument("--restore", action="store_true",
+                    help="the reverse: write the recorded rows back into their job folders under ROOT (to --resume them)")
     args = ap.parse_args(argv)
+    if args.restore:
+        try:
+            written = restore(Path(args.book), Path(args.root))
+        except (ValueError, FileExistsError) as e:
+            print(f"record_tables: {e}", file=sys.stderr)
+            return 2
+        print(f"restored {len(written)} job folders under {args.root}: {', '.join(p.name for p in written)}")
+        return 0
     if args.examples:
         cifar_examples(Path(args.book) / "cifar10-cpu-table" / "examples.png")
     if args.checks:
@@ -152,17 +218,14 @@ def main(argv=None) -> int:
         rows = [r for p in parts for r in read_results(p)["rows"]]
         order = list(ORDER) + sorted({r["defence"] for r in rows} - set(ORDER))
         out = Path(args.book) / table
+        old = json.loads((out / "provenance.json").read_text()) if (out / "provenance.json").is_file() else {}
+        old_rows = {r["key"]: r for r in read_results(out)["rows"]} if (out / "results.json").is_file() else {}
         res = merge_results([p / "results.json" for p in parts], out, title=title, order=order,
                             expected=expected_groups(table))
         gpu = set()
         if args.gpu_root:
             gpu = {r["key"] for g in args.gpu_root for p in folders(Path(g), prefix) for r in read_results(p)["rows"]}
-        prov = {"jobs": [p.name for p in parts], "rows": len(res["rows"]),
-                "machine": {r["key"]: ("gpu" if r["key"] in gpu else "cpu") for r in res["rows"]} if args.gpu_root else None,
-                "device": Path(args.device_log).read_text().strip() if args.device_log else None,
-                "note": "rows computed on the lent GPU by scripts/device_evaluate.sh and, where a job ran out of time, "
-                        "continued on the CPU with the same command and --resume (finished rows reused); 'machine' "
-                        "says which ran where"}
+        prov = provenance(parts, res, old, old_rows, gpu, bool(args.gpu_root), args.device_log)
         atomic_write_json(out / "provenance.json", prov)
         print(f"{table}: {len(res['rows'])} rows from {len(parts)} jobs → {out}")
         print(markdown_table(res))

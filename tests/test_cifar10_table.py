@@ -161,3 +161,51 @@ def test_demo_part_is_the_key_rows_at_linf_without_checks():
     assert {d.kind() for d in pr.defences} == {Family.UNDEFENDED, Family.ADVERSARIAL_TRAINING, Family.PURSAMERE,
                                                Family.ERE_DESCENT}
     assert CIFAR10_CPU.demo.n_test <= 16 and CIFAR10_CPU.demo.check_gradients == ()
+
+
+def test_recorded_tables_restore_into_their_job_folders_and_merge_back(tmp_path):
+    """The committed tables are all that outlives a machine: --restore writes each row back into the job folder
+    that made it (so a later session --resumes the unfinished ones), never over results, and recording those
+    folders again gives the same tables, machine marks included."""
+    import importlib.util
+    import shutil
+
+    from pursamere.evaluation.results import load_done, read_results
+
+    spec = importlib.util.spec_from_file_location("record_tables", ROOT / "scripts" / "record_tables.py")
+    rt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rt)
+    book = tmp_path / "book"
+    for t in ("digits-whole-test", "cifar10-cpu-table"):
+        shutil.copytree(ROOT / "book" / "data" / t, book / t)
+    assert rt.main([str(tmp_path / "jobs"), "--book", str(book), "--restore"]) == 0
+    recorded = read_results(book / "digits-whole-test")
+    job_of = json.loads((book / "digits-whole-test" / "provenance.json").read_text())["job_of"]
+    job = next(iter(sorted(set(job_of.values()))))
+    done = load_done(tmp_path / "jobs" / job / "results.json", recorded["meta"]["n"], recorded["meta"]["data_fingerprint"])
+    assert sorted(done) == sorted(k for k, j in job_of.items() if j == job)
+    assert rt.main([str(tmp_path / "jobs"), "--book", str(book), "--restore"]) == 2  # refused: folders hold results
+    before = {t: {f: (book / t / f).read_text() for f in ("results.json", "table.md")} for t in ("digits-whole-test", "cifar10-cpu-table")}
+    prov = {t: json.loads((book / t / "provenance.json").read_text()) for t in before}
+    assert rt.main([str(tmp_path / "jobs"), "--book", str(book)]) == 0
+    for t in before:
+        assert read_results(book / t)["rows"] == json.loads(before[t]["results.json"])["rows"]
+        assert (book / t / "table.md").read_text() == before[t]["table.md"]
+        again = json.loads((book / t / "provenance.json").read_text())
+        assert {k: again[k] for k in ("jobs", "job_of", "machine")} == {k: prov[t][k] for k in ("jobs", "job_of", "machine")}
+
+
+def test_restore_refuses_a_table_that_does_not_say_which_job_made_a_row(tmp_path, capsys):
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("record_tables", ROOT / "scripts" / "record_tables.py")
+    rt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rt)
+    book = tmp_path / "book"
+    shutil.copytree(ROOT / "book" / "data" / "cifar10-cpu-table", book / "cifar10-cpu-table")
+    prov = book / "cifar10-cpu-table" / "provenance.json"
+    prov.write_text(json.dumps({k: v for k, v in json.loads(prov.read_text()).items() if k != "job_of"}))
+    assert rt.main([str(tmp_path / "jobs"), "--book", str(book), "--restore"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "job_of" in err and len(err.splitlines()) == 1 and not (tmp_path / "jobs").exists()
