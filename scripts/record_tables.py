@@ -2,6 +2,7 @@
 
     python scripts/record_tables.py results/whole            # → book/data/cifar10-cpu-table, book/data/digits-whole-test
     python scripts/record_tables.py results/whole --restore  # the reverse: the recorded rows back into their job folders
+                                                             # (recording refuses a root that lacks a recorded job)
 
 The jobs of ``scripts/device_evaluate.sh`` (and their CPU continuations with ``--resume``) each wrote one
 results folder per defence group (and per ε on digits), all on the same images. This script merges
@@ -210,6 +211,16 @@ def main(argv=None) -> int:
         cifar_checks(Path(args.book) / "cifar10-cpu-table" / "checks.json", args.checks,
                      tuple(f.strip() for f in args.checks_rows.split(",")))
     root = Path(args.root)
+    lost = []  # recorded rows whose job folder is not under root: merging without them would drop them
+    for table, (prefix, _) in TABLES.items():
+        prov_path = Path(args.book) / table / "provenance.json"
+        recorded = (json.loads(prov_path.read_text()).get("jobs") or []) if prov_path.is_file() else []
+        have = {p.name for p in folders(root, prefix)}
+        lost += [f"{table}: {job}" for job in recorded if job not in have]
+    if lost:
+        print(f"record_tables: recorded jobs missing under {root} ({'; '.join(lost)}): their rows would be dropped; "
+              f"run `python scripts/record_tables.py {root} --restore` first", file=sys.stderr)
+        return 2
     for table, (prefix, title) in TABLES.items():
         parts = folders(root, prefix)
         if not parts:

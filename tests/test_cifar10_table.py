@@ -185,6 +185,11 @@ def test_recorded_tables_restore_into_their_job_folders_and_merge_back(tmp_path)
     done = load_done(tmp_path / "jobs" / job / "results.json", recorded["meta"]["n"], recorded["meta"]["data_fingerprint"])
     assert sorted(done) == sorted(k for k, j in job_of.items() if j == job)
     assert rt.main([str(tmp_path / "jobs"), "--book", str(book), "--restore"]) == 2  # refused: folders hold results
+    shutil.move(tmp_path / "jobs" / job, tmp_path / job)  # recording without one job's folder would drop its rows
+    before_prov = (book / "digits-whole-test" / "provenance.json").read_text()
+    assert rt.main([str(tmp_path / "jobs"), "--book", str(book)]) == 2
+    assert (book / "digits-whole-test" / "provenance.json").read_text() == before_prov
+    shutil.move(tmp_path / job, tmp_path / "jobs" / job)
     before = {t: {f: (book / t / f).read_text() for f in ("results.json", "table.md")} for t in ("digits-whole-test", "cifar10-cpu-table")}
     prov = {t: json.loads((book / t / "provenance.json").read_text()) for t in before}
     assert rt.main([str(tmp_path / "jobs"), "--book", str(book)]) == 0
