@@ -53,7 +53,7 @@ ens() {  # ens NAME ARGS...: one ensemble job until DEADLINE (epoch seconds), it
         rm -rf "${W:?}/$name"; cp -r "$RESUME_FROM/$name" "$W/$name"; resume="--resume"
     fi
     say "$name: start ($left s left)${resume:+, resuming}"
-    if [ "${DRY:-}" = 1 ]; then say "$name: $PY -m pursamere ensemble $* --device $DEVICE $resume --out $W/$name"; return; fi
+    if [ "${DRY:-}" = 1 ]; then say "$name: $PY -m pursamere ensemble $(printf "%q " "$@")--device $DEVICE $resume --out $W/$name"; return; fi
     timeout $(( left + 90 )) $PY -m pursamere ensemble "$@" --device "$DEVICE" --quiet $resume \
         --minutes "$(awk "BEGIN {print $left / 60}")" --out "$W/$name" > "$W/logs/$name.log" 2>&1
     say "$name: exit $?"
@@ -99,8 +99,8 @@ ens cifar-rest-at $C --n $CR --part rest $CS --only adversarial
 ens cifar-ere $C --n $CN --part key $CS --only 'ERE descent' --purifier-classifier clean
 ens cifar-eq17-ere $C --n $CN --part key $CS --only 'ERE descent' --purifier-classifier eq17
 ens cifar-eq17-pursamere $C --n $CN --part key $CS --only PurSAMERE --purifier-classifier eq17
-ens digits-0.1-ere $D $DS --eps 0.1 --only 'ERE descent'
-ens digits-0.15-ere $D $DS --eps 0.15 --only 'ERE descent'
+ens digits-0.1-ere $D $DS --eps 0.1 --only 'ERE descent (no SAM) ε_pur=0.3'
+ens digits-0.15-ere $D $DS --eps 0.15 --only 'ERE descent (no SAM) ε_pur=0.3'
 ens digits-0.1-pursamere $D $DS --eps 0.1 --only PurSAMERE
 ens digits-0.15-pursamere $D $DS --eps 0.15 --only PurSAMERE
 ens digits-0.1-at-ere $D $DS --eps 0.1 --only 'PGD-AT + ERE descent (no SAM) ε_pur=0.3'
@@ -111,13 +111,13 @@ ens digits-0.1-diffpure $D $DS --eps 0.1 --only DiffPure-style
 ens digits-0.15-diffpure $D $DS --eps 0.15 --only DiffPure-style
 ens digits-0.1-adp $D $DS --eps 0.1 --only ADP
 ens digits-0.15-adp $D $DS --eps 0.15 --only ADP
-ens digits-0.2-ere-strong $D $DSS --eps 0.2 --only 'ERE descent'
+ens digits-0.2-ere-strong $D $DSS --eps 0.2 --only 'ERE descent (no SAM) ε_pur=0.3'
 ens cifar-ere-strong $C --n $CN --part key $CSS --only 'ERE descent' --purifier-classifier clean
 ens cifar-at-strong $C --n $CN --part key $CSS --only adversarial
 ens cifar-plain $C --n $CN --part key $CS --only undefended
 ens cifar-at $C --n $CN --part key $CS --only adversarial
 ens cifar-diffpure $C --n $CN --part key $CS --only DiffPure-style --purifier-classifier clean
-ens digits-0.2-ere $D $DS --eps 0.2 --only 'ERE descent'
+ens digits-0.2-ere $D $DS --eps 0.2 --only 'ERE descent (no SAM) ε_pur=0.3'
 ens digits-0.2-pursamere $D $DS --eps 0.2 --only PurSAMERE
 ens digits-0.2-plain $D $DS --eps 0.2 --only 'undefended,adversarial training,TRADES'
 ens digits-0.2-at-ere $D $DS --eps 0.2 --only 'PGD-AT + ERE descent (no SAM) ε_pur=0.3'

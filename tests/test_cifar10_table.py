@@ -214,3 +214,51 @@ def test_restore_refuses_a_table_that_does_not_say_which_job_made_a_row(tmp_path
     assert rt.main([str(tmp_path / "jobs"), "--book", str(book), "--restore"]) == 2
     err = capsys.readouterr().err.strip()
     assert "job_of" in err and len(err.splitlines()) == 1 and not (tmp_path / "jobs").exists()
+
+
+def test_device_queue_runs_each_recorded_row_in_exactly_one_job(tmp_path, monkeypatch):
+    """scripts/device_evaluate.sh's jobs, as its dry run prints them and the CLI resolves them: no (table, defence,
+    threat) group is run by two jobs of one table (merging them would fail: `--only 'ERE descent'` once also picked
+    the PGD-AT + ERE descent row), and every group a recorded table expects is run by some job."""
+    import importlib.util
+    import os
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    from pursamere import cli
+
+    env = dict(os.environ, DRY="1", SKIP_SMOKE="1", PY=sys.executable, DEVICE="cpu", LC_ALL="C.UTF-8")
+    subprocess.run(["bash", str(ROOT / "scripts" / "device_evaluate.sh"), str(tmp_path / "out"), "100000",
+                    str(tmp_path / "data")], cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300)
+    lines = (tmp_path / "device-work" / "logs" / "status").read_text().splitlines()
+    jobs = {}
+    for line in lines:
+        m = re.match(r"^\[\d+ s\] (\S+): \S+ -m pursamere ensemble (.*)--device cpu +--out \S+$", line)
+        if m and not m.group(1).startswith("smoke") and "strong" not in m.group(1):
+            jobs[m.group(1)] = shlex.split(m.group(2))
+    assert len(jobs) >= 20, lines
+
+    spec = importlib.util.spec_from_file_location("record_tables", ROOT / "scripts" / "record_tables.py")
+    rt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rt)
+    prefixes = sorted(((p, t) for t, (p, _) in rt.TABLES.items()), key=lambda pt: -len(pt[0]))
+    seen, groups = {}, {}
+    for name, argv in sorted(jobs.items()):
+        box = {}
+        monkeypatch.setattr(cli, "_engine", lambda args, protocol, kind, **kw: box.update(p=protocol))
+        assert cli.main(["ensemble", *argv]) == 0, (name, argv)
+        table = next(t for p, t in prefixes if name.startswith(p))
+        pr = box["p"]
+        for d in pr.defences:
+            for t in pr.threats:
+                if d.attacks is not None and not d.attacks.get(str(t.norm)):
+                    continue
+                key = (table, d.label, str(t.norm), round(t.eps, 9))
+                assert key not in seen, f"{key} is run by both {seen[key]} and {name}"
+                seen[key] = name
+        groups.setdefault(table, set()).update(k[1:] for k in seen if k[0] == table)
+    for table in rt.TABLES:
+        want = {(d, str(n), round(e, 9)) for d, n, e in rt.expected_groups(table)}
+        assert want <= groups.get(table, set()), (table, sorted(want - groups.get(table, set())))
