@@ -394,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--strong", action="store_true", help="double every step count, query budget and restart count: "
                                                        "a converged suite must not lose more than 1 image in 100 to it")
     en.add_argument("--best", default="", help='purifier overrides chosen by the SAM study, as JSON, e.g. \'{"rho": 0.0}\'')
-    en.add_argument("--only", default="", help="comma-separated families, classifiers or exact labels (default: all)")
+    en.add_argument("--only", default="", help="comma-separated families, classifiers or exact labels (default: all); a "
+                    "family selects every row of that purifier: 'ERE descent' also picks 'PGD-AT + ERE descent …', an "
+                    "exact label only its row")
     en.add_argument("--part", choices=("key", "rest"), default="key",
                     help="--preset cifar10-cpu: the key rows (≥ 256 images) or the rest (≥ 128, the same images' prefix)")
     en.add_argument("--purifier-classifier", choices=("eq17", "clean"), default=None,
