@@ -2,7 +2,7 @@
 
     python scripts/record_tables.py results/whole            # → book/data/cifar10-cpu-table, book/data/digits-whole-test
     python scripts/record_tables.py results/whole --restore  # the reverse: the recorded rows back into their job folders
-                                                             # (recording refuses a root that lacks a recorded job)
+                                                             # (recording refuses a root that lacks recorded rows)
 
 The jobs of ``scripts/device_evaluate.sh`` (and their CPU continuations with ``--resume``) each wrote one
 results folder per defence group (and per ε on digits), all on the same images. This script merges
@@ -54,11 +54,31 @@ def expected_groups(table: str) -> list:
 ORDER = ("undefended", "adversarial training (FGSM-RS)", "PGD-AT", "TRADES")
 
 
-def folders(root: Path, prefix: str) -> list[Path]:
-    """Finished job folders of one table (smoke runs, the convergence checks and other tables' jobs excluded)."""
+def belongs(name: str, prefix: str) -> bool:
+    """Whether a job folder named ``name`` is one of the table's (smoke runs, the convergence checks and other
+    tables' jobs, whose prefixes are longer, excluded)."""
     longer = [q for q, _ in TABLES.values() if q != prefix and q.startswith(prefix)]
-    return sorted(p for p in root.glob(f"{prefix}*") if (p / "results.json").is_file() and "strong" not in p.name
-                  and not any(p.name.startswith(q) for q in longer))
+    return (name.startswith(prefix) and "strong" not in name and not any(name.startswith(q) for q in longer)
+            and Path(name).name == name and name not in (".", ".."))
+
+
+def folders(root: Path, prefix: str) -> list[Path]:
+    """Finished job folders of one table."""
+    return sorted(p for p in root.glob(f"{prefix}*") if (p / "results.json").is_file() and belongs(p.name, prefix))
+
+
+def read_provenance(table_dir: Path) -> dict:
+    """A recorded table's ``provenance.json`` (empty when there is none); one clear error when unreadable."""
+    path = Path(table_dir) / "provenance.json"
+    if not path.is_file():
+        return {}
+    try:
+        prov = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(prov, dict):
+        raise ValueError(f"{path} is not a provenance record (not a JSON object)")
+    return prov
 
 
 def cifar_examples(path: Path, n: int = 8) -> Path:
@@ -109,36 +129,59 @@ def cifar_checks(path: Path, n: int, families: tuple = ("ERE descent", "PurSAMER
     return path
 
 
-def restore(book: Path, root: Path) -> list:
+def restore(book: Path, root: Path) -> tuple:
     """Write every recorded table's rows back into ``root/<job>/results.json`` (the job that made each row,
-    from ``provenance.json``'s ``job_of``), with the table's meta and the groups' worst cases (an unfinished
-    group keeps its plan, so it stays marked incomplete). Refuses, before writing anything, when a target
-    folder already holds a results file or a table has no ``job_of``. Returns the folders written."""
+    from ``provenance.json``'s ``job_of``) with the groups' worst cases (an unfinished group keeps its plan,
+    so it stays marked incomplete). A folder that already holds results is left as it is (it may hold newer
+    rows; recording checks that no recorded row is lost). Checks every table before writing anything.
+    Returns ``(folders written, folders kept)``."""
     from pursamere.io import atomic_write_json
 
     todo = {}
-    for table in TABLES:
+    for table, (prefix, _) in TABLES.items():
         src = Path(book) / table
         if not (src / "results.json").is_file():
             continue
-        prov_path = src / "provenance.json"
-        prov = json.loads(prov_path.read_text()) if prov_path.is_file() else {}
-        job_of = prov.get("job_of")
+        job_of = read_provenance(src).get("job_of")
         res = read_results(src)
         if not isinstance(job_of, dict) or any(r["key"] not in job_of for r in res["rows"]):
-            raise ValueError(f"{prov_path} does not say which job made each row ('job_of'): cannot restore {table}")
-        meta = {k: v for k, v in res["meta"].items() if k != "merged_from"}
+            raise ValueError(f"{src / 'provenance.json'} does not say which job made each row ('job_of'): "
+                             f"cannot restore {table}")
+        bad = sorted({j for j in job_of.values() if not isinstance(j, str) or not belongs(j, prefix)}, key=str)
+        if bad:
+            raise ValueError(f"{src / 'provenance.json'}: {bad[0]!r} is not a job folder name of {table} "
+                             f"(a plain name starting with {prefix!r})")
+        # the table's meta, less what belongs to one job (its plan, threats, stop) or to the merge: the resumed
+        # run writes its own
+        meta = {k: v for k, v in res["meta"].items() if k not in ("merged_from", "plan", "threats", "stopped")}
         for job in sorted(set(job_of.values())):
             rows = [r for r in res["rows"] if job_of.get(r["key"]) == job]
             groups = {(r["defence"], r["norm"], r["eps"]) for r in rows}
             worst = [w for w in res["worst_case"] if (w["defence"], w["norm"], w["eps"]) in groups]
-            todo[Path(root) / job] = {"meta": meta, "rows": rows, "worst_case": worst}
-    taken = [str(p) for p in todo if (p / "results.json").exists()]
-    if taken:
-        raise FileExistsError(f"already hold results (not overwritten): {', '.join(taken)}")
+            todo[Path(root) / job] = {"meta": {**meta, "restored_from": str(src)}, "rows": rows, "worst_case": worst}
+    written, kept = [], []
     for folder, res in todo.items():
+        if (folder / "results.json").exists():
+            kept.append(folder)
+            continue
         atomic_write_json(folder / "results.json", res)
-    return list(todo)
+        written.append(folder)
+    return written, kept
+
+
+def lost_rows(book: Path, root: Path) -> list:
+    """Recorded rows that no job folder of their table under ``root`` holds (``"table: key (job)"``):
+    re-recording without them would drop them from the table."""
+    lost = []
+    for table, (prefix, _) in TABLES.items():
+        src = Path(book) / table
+        if not (src / "results.json").is_file():
+            continue
+        job_of = read_provenance(src).get("job_of") or {}
+        have = {r["key"] for p in folders(Path(root), prefix) for r in read_results(p)["rows"]}
+        lost += [f"{table}: {r['key']} ({job_of.get(r['key'], 'job not recorded')})"
+                 for r in read_results(src)["rows"] if r["key"] not in have]
+    return lost
 
 
 def provenance(parts: list, res: dict, old: dict, old_rows: dict, gpu: set, gpu_roots: bool, device_log) -> dict:
@@ -196,14 +239,23 @@ def main(argv=None) -> int:
                     help="also draw the CIFAR-10 table's example images (clean, BPDA20, purified) on the CPU")
     ap.add_argument("--restore", action="store_true",
                     help="the reverse: write the recorded rows back into their job folders under ROOT (to --resume them)")
+    ap.add_argument("--allow-dropped", action="store_true",
+                    help="record even when recorded rows are in no job folder under ROOT (they leave the table)")
     args = ap.parse_args(argv)
+    try:
+        return _main(args)
+    except (ValueError, OSError) as e:  # one line, no traceback: a bad file or folder is named in the message
+        print(f"record_tables: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(args) -> int:
     if args.restore:
-        try:
-            written = restore(Path(args.book), Path(args.root))
-        except (ValueError, FileExistsError) as e:
-            print(f"record_tables: {e}", file=sys.stderr)
-            return 2
-        print(f"restored {len(written)} job folders under {args.root}: {', '.join(p.name for p in written)}")
+        written, kept = restore(Path(args.book), Path(args.root))
+        print(f"restored {len(written)} job folders under {args.root}"
+              + (f": {', '.join(p.name for p in written)}" if written else "")
+              + (f"; left {len(kept)} that already hold results as they are: {', '.join(p.name for p in kept)}"
+                 if kept else ""))
         return 0
     if args.examples:
         cifar_examples(Path(args.book) / "cifar10-cpu-table" / "examples.png")
@@ -211,16 +263,11 @@ def main(argv=None) -> int:
         cifar_checks(Path(args.book) / "cifar10-cpu-table" / "checks.json", args.checks,
                      tuple(f.strip() for f in args.checks_rows.split(",")))
     root = Path(args.root)
-    lost = []  # recorded rows whose job folder is not under root: merging without them would drop them
-    for table, (prefix, _) in TABLES.items():
-        prov_path = Path(args.book) / table / "provenance.json"
-        recorded = (json.loads(prov_path.read_text()).get("jobs") or []) if prov_path.is_file() else []
-        have = {p.name for p in folders(root, prefix)}
-        lost += [f"{table}: {job}" for job in recorded if job not in have]
-    if lost:
-        print(f"record_tables: recorded jobs missing under {root} ({'; '.join(lost)}): their rows would be dropped; "
-              f"run `python scripts/record_tables.py {root} --restore` first", file=sys.stderr)
-        return 2
+    lost = lost_rows(Path(args.book), root)
+    if lost and not args.allow_dropped:
+        raise ValueError(f"{len(lost)} recorded rows are in no job folder under {root} (first: {lost[0]}): recording "
+                         f"would drop them; run `python scripts/record_tables.py {root} --restore` first, or pass "
+                         "--allow-dropped to drop them on purpose")
     for table, (prefix, title) in TABLES.items():
         parts = folders(root, prefix)
         if not parts:
@@ -229,7 +276,7 @@ def main(argv=None) -> int:
         rows = [r for p in parts for r in read_results(p)["rows"]]
         order = list(ORDER) + sorted({r["defence"] for r in rows} - set(ORDER))
         out = Path(args.book) / table
-        old = json.loads((out / "provenance.json").read_text()) if (out / "provenance.json").is_file() else {}
+        old = read_provenance(out)
         old_rows = {r["key"]: r for r in read_results(out)["rows"]} if (out / "results.json").is_file() else {}
         res = merge_results([p / "results.json" for p in parts], out, title=title, order=order,
                             expected=expected_groups(table))

@@ -184,12 +184,23 @@ def test_recorded_tables_restore_into_their_job_folders_and_merge_back(tmp_path)
     job = next(iter(sorted(set(job_of.values()))))
     done = load_done(tmp_path / "jobs" / job / "results.json", recorded["meta"]["n"], recorded["meta"]["data_fingerprint"])
     assert sorted(done) == sorted(k for k, j in job_of.items() if j == job)
-    assert rt.main([str(tmp_path / "jobs"), "--book", str(book), "--restore"]) == 2  # refused: folders hold results
-    shutil.move(tmp_path / "jobs" / job, tmp_path / job)  # recording without one job's folder would drop its rows
+    one = tmp_path / "jobs" / job / "results.json"
+    held = one.read_text()
+    # a folder that holds results is left as it is (it may hold newer rows), the others are written
+    shutil.rmtree(tmp_path / "jobs" / sorted(set(job_of.values()))[-1])
+    assert rt.main([str(tmp_path / "jobs"), "--book", str(book), "--restore"]) == 0
+    assert one.read_text() == held and (tmp_path / "jobs" / sorted(set(job_of.values()))[-1] / "results.json").is_file()
+    # recording from folders that lack recorded rows (a job re-run from scratch, a folder missing) would drop them
     before_prov = (book / "digits-whole-test" / "provenance.json").read_text()
+    short = json.loads(held)
+    short["rows"] = short["rows"][:1]
+    one.write_text(json.dumps(short))
+    assert rt.main([str(tmp_path / "jobs"), "--book", str(book)]) == 2
+    shutil.rmtree(tmp_path / "jobs" / job)
     assert rt.main([str(tmp_path / "jobs"), "--book", str(book)]) == 2
     assert (book / "digits-whole-test" / "provenance.json").read_text() == before_prov
-    shutil.move(tmp_path / job, tmp_path / "jobs" / job)
+    one.parent.mkdir()
+    one.write_text(held)
     before = {t: {f: (book / t / f).read_text() for f in ("results.json", "table.md")} for t in ("digits-whole-test", "cifar10-cpu-table")}
     prov = {t: json.loads((book / t / "provenance.json").read_text()) for t in before}
     assert rt.main([str(tmp_path / "jobs"), "--book", str(book)]) == 0
@@ -214,6 +225,16 @@ def test_restore_refuses_a_table_that_does_not_say_which_job_made_a_row(tmp_path
     assert rt.main([str(tmp_path / "jobs"), "--book", str(book), "--restore"]) == 2
     err = capsys.readouterr().err.strip()
     assert "job_of" in err and len(err.splitlines()) == 1 and not (tmp_path / "jobs").exists()
+    # a job name that is not one of the table's folders (here: outside ROOT) is refused before anything is written
+    rec = json.loads(prov.read_text())
+    keys = [r["key"] for r in json.loads((book / "cifar10-cpu-table" / "results.json").read_text())["rows"]]
+    prov.write_text(json.dumps({**rec, "job_of": {k: "cifar-plain" if i else "../x" for i, k in enumerate(keys)}}))
+    assert rt.main([str(tmp_path / "jobs"), "--book", str(book), "--restore"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'../x'" in err and len(err.splitlines()) == 1 and not (tmp_path / "jobs").exists()
+    prov.write_text("{not json")
+    assert rt.main([str(tmp_path / "jobs"), "--book", str(book), "--restore"]) == 2
+    assert "provenance.json is not valid JSON" in capsys.readouterr().err
 
 
 def test_device_queue_runs_each_recorded_row_in_exactly_one_job(tmp_path, monkeypatch):
@@ -262,3 +283,9 @@ def test_device_queue_runs_each_recorded_row_in_exactly_one_job(tmp_path, monkey
     for table in rt.TABLES:
         want = {(d, str(n), round(e, 9)) for d, n, e in rt.expected_groups(table)}
         assert want <= groups.get(table, set()), (table, sorted(want - groups.get(table, set())))
+        # every recorded row sits in the folder of the job that runs its group (a restored job keeps its rows)
+        src = ROOT / "book" / "data" / table
+        if (src / "provenance.json").is_file():
+            job_of = json.loads((src / "provenance.json").read_text()).get("job_of", {})
+            for r in json.loads((src / "results.json").read_text())["rows"]:
+                assert seen[(table, r["defence"], str(r["norm"]), round(r["eps"], 9))] == job_of[r["key"]], r["key"]

@@ -392,3 +392,44 @@ def test_ladder_union_counts_an_image_broken_at_any_budget():
     assert ladder_union([], "d") == {}
     with pytest.raises(ValueError, match="different numbers"):
         ladder_union([point(10, [1, 1]), point(20, [1, 1, 1])], "d")
+
+
+def test_a_stopped_run_keeps_the_plans_of_the_unfinished_groups_it_did_not_reach(tmp_path):
+    """A results folder with an unfinished group (restored from a recorded table, say) resumed by a run that stops
+    before reaching it, or does not plan it at all: the file keeps that group incomplete, so a merged table never
+    shows it as a worst case."""
+    import time
+
+    from pursamere.evaluation.results import merge_results
+
+    torch.manual_seed(0)
+    x = torch.rand(10, 1, 4, 4)
+    nets = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval() for _ in range(3)]
+    y = nets[0](x).argmax(1)
+    specs = [AttackSpec("a", steps=2), AttackSpec("b", steps=2, cascade=True)]
+    threat = [Threat("inf", 0.1)]
+    evaluate([Defence("d1", nets[0]), Defence("d2", nets[1])], specs, threat, x, y, tmp_path, progress=False)
+    path = tmp_path / "results.json"
+    res = json.loads(path.read_text())  # d2 as if its job had stopped after attack "a"
+    res["rows"] = [r for r in res["rows"] if r["key"] != "d2|b|inf|0.1"]
+    for w in res["worst_case"]:
+        if w["defence"] == "d2":
+            w["attacks"], w["complete"] = ["a"], False
+    path.write_text(json.dumps(res))
+    for defences in ([Defence("d1", nets[2]), Defence("d2", nets[1])], [Defence("d1", nets[2])]):
+        cut = evaluate(defences, specs, threat, x, y, tmp_path, progress=False, deadline=time.monotonic() - 1)
+        assert cut["meta"]["stopped"]
+        on_disk = json.loads(path.read_text())
+        (w,) = [w for w in on_disk["worst_case"] if w["defence"] == "d2"]
+        assert w["planned"] == ["a", "b"] and not w["complete"]
+        merged = merge_results([path], tmp_path / "m")
+        assert not next(w for w in merged["worst_case"] if w["defence"] == "d2")["complete"]
+    # a part whose group has rows but no recorded plan cannot be merged as if it were complete
+    on_disk["worst_case"] = [w for w in on_disk["worst_case"] if w["defence"] != "d2"]
+    path.write_text(json.dumps(on_disk))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.json").write_text(json.dumps({**on_disk, "rows": [], "worst_case": [
+        {**on_disk["worst_case"][0], "defence": "d9"}]}))
+    with pytest.raises(ValueError, match="cannot tell whether d2"):
+        merge_results([path, other / "results.json"], tmp_path / "m2")

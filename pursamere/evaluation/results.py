@@ -21,7 +21,7 @@ from .attacks import Threat
 from .defences import Family
 
 __all__ = ["SCHEMA", "wilson", "row_key", "make_row", "effective_settings", "suite_context", "read_results",
-           "load_done", "reusable", "pending", "cumulative", "worst_case", "robust_flags", "sign_test", "paired",
+           "load_done", "load_plans", "reusable", "pending", "cumulative", "worst_case", "robust_flags", "sign_test", "paired",
            "render_table", "norm_label", "merge_results"]
 
 #: Version of the results format (2: structured identities, per-image outcomes as lists).
@@ -136,6 +136,15 @@ def load_done(path: Path, n: int, data: Optional[str] = None) -> dict:
         raise ValueError(f"{path} holds results on other images (another preset, subset or n): "
                          "choose another output folder")
     return {r["key"]: r for r in old.get("rows", []) if r.get("n") == n}
+
+
+def load_plans(path: Path) -> dict:
+    """The attack plans ``{(defence, norm, eps): [attack names]}`` recorded in a previous run's worst cases at
+    ``path`` (none when there is no file)."""
+    if not Path(path).exists():
+        return {}
+    return {(w["defence"], w["norm"], w["eps"]): w["planned"] for w in read_results(path).get("worst_case", [])
+            if "planned" in w}
 
 
 def reusable(done: dict, key: str, spec, threat: Threat, defence, seed: int, context: Optional[dict] = None) -> bool:
@@ -308,6 +317,11 @@ def merge_results(paths: Sequence, out_dir, title: str = "", order: Sequence[str
     # the parts' plans travel: a group one part left unfinished stays marked incomplete in the merged table
     planned = {(w["defence"], w["norm"], w["eps"]): w["planned"] for p in parts for w in p.get("worst_case", [])
                if "planned" in w}
+    unplanned = sorted({(r["defence"], r["norm"], r["eps"]) for r in rows} - set(planned), key=str) if planned else []
+    if unplanned:  # without its plan a group would count as complete, whatever ran
+        d, nm, e = unplanned[0]
+        raise ValueError(f"cannot tell whether {d} at {norm_label(nm, e)} ran its whole suite: no part records its plan "
+                         f"({len(unplanned)} such groups); re-run its job with --resume")
     res = {"meta": dict(parts[0]["meta"], merged_from=[str(p) for p in paths]), "rows": rows,
            "worst_case": worst_case(rows, planned or None)}
     have = {(r["defence"], str(r["norm"]), float(r["eps"])) for r in rows}

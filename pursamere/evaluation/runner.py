@@ -22,7 +22,7 @@ from .attacks import Threat, pgd
 from .square import square
 from .starts import image_seeds
 from .defences import Defence, Family
-from .results import SCHEMA, cumulative, load_done, make_row, pending, suite_context, worst_case
+from .results import SCHEMA, cumulative, load_done, load_plans, make_row, pending, suite_context, worst_case
 from .sharding import DistContext, broadcast_from_rank0, map_batches
 from .suite import AttackSpec
 
@@ -210,6 +210,8 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
                         "world_size": 1 if shards is None else shards.world_size, **(meta or {})}, "rows": []}
     done = broadcast_from_rank0(shards, load_done(path, n, data_fp) if (rank0 and path is not None) else {})
     planned = {(d.name, str(t.norm), t.eps): list(suite_context(d, t, attacks, applies)) for d in defences for t in threats}
+    # the old file's plans: rows of it this run does not reach stay in it, and so must their groups' plans
+    old_plans = load_plans(path) if (rank0 and path is not None) else {}
     for d in defences:
         check_classes(d, [a for t in threats for a in attacks if applies is None or applies(d, a, t)], x)
     cleans: dict = {}
@@ -223,7 +225,11 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
             # crashing never loses a finished row
             written = {r["key"] for r in results["rows"]}
             kept = [] if final else [r for k, r in done.items() if k not in written]
-            atomic_write_json(path, {**results, "rows": results["rows"] + kept} if kept else results)
+            if not kept:
+                atomic_write_json(path, results)
+                return
+            rows = results["rows"] + kept  # its worst cases cover the kept groups too, each with its own plan
+            atomic_write_json(path, {**results, "rows": rows, "worst_case": worst_case(rows, {**old_plans, **planned})})
 
     def run(d, spec, threat, todo, x_init=None, tick=None):
         """``(survived, end points)`` over all n images; only the ``todo`` ones are attacked."""
