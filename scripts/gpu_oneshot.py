@@ -165,14 +165,17 @@ def main(argv=None):
         probe = ScoreTrainConfig(steps=10, batch_size=128, lr=2e-4 if not args.tiny else 1e-3, ema_rate=0.999)
         torch.manual_seed(0)
         t_probe = time.monotonic()
-        train_score(ScoreNet(net_cfg).to(dev), data, sigmas, probe, device=args.device, amp=dev.type == "cuda")
-        rate = 10 / max(time.monotonic() - t_probe, 1e-9)
-        steps = max(10, int(rate * (args.score_share * budget_s - (time.monotonic() - t_s))))
-        torch.manual_seed(0)
-        score, losses = train_score(ScoreNet(net_cfg).to(dev), data, sigmas,
-                                    ScoreTrainConfig(steps=steps, batch_size=128, lr=probe.lr, ema_rate=0.999,
-                                                     checkpoint_every=steps),
-                                    device=args.device, amp=dev.type == "cuda")
+        probed = train_score(ScoreNet(net_cfg).to(dev), data, sigmas, probe, device=args.device, amp=dev.type == "cuda")
+        rate = probe.steps / max(time.monotonic() - t_probe, 1e-9)
+        steps = int(rate * (args.score_share * budget_s - (time.monotonic() - t_s)))
+        if steps <= probe.steps:  # no time for more (a slow or busy machine): the probe's run is the same training
+            steps, (score, losses) = probe.steps, probed
+        else:
+            torch.manual_seed(0)
+            score, losses = train_score(ScoreNet(net_cfg).to(dev), data, sigmas,
+                                        ScoreTrainConfig(steps=steps, batch_size=128, lr=probe.lr, ema_rate=0.999,
+                                                         checkpoint_every=steps),
+                                        device=args.device, amp=dev.type == "cuda")
         report["score"] = {"source": "trained in this run", "steps": steps, "config": dataclasses.asdict(net_cfg),
                            "final_loss": sum(losses[-20:]) / len(losses[-20:])}
     score = score.eval()
