@@ -319,17 +319,20 @@ def test_an_images_outcome_does_not_depend_on_its_batch(tmp_path):
     assert 0 < sum(a["rows"][0]["survived"]) < 16
 
 
+def _small_case(k: int):
+    """Ten 4×4 images, ``k`` random linear nets (labels from the first), two PGD attacks (the second cascaded)."""
+    torch.manual_seed(0)
+    x = torch.rand(10, 1, 4, 4)
+    nets = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval() for _ in range(k)]
+    return x, nets[0](x).argmax(1), nets, [AttackSpec("a", steps=2), AttackSpec("b", steps=2, cascade=True)], [Threat("inf", 0.1)]
+
+
 def test_a_stopped_resume_never_loses_a_finished_row(tmp_path):
     """Two defences finished; the first is retrained and the rerun stops at once: both old rows stay on disk;
     a rerun with time recomputes the first only and marks nothing incomplete."""
     import time
 
-    torch.manual_seed(0)
-    x = torch.rand(10, 1, 4, 4)
-    nets = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval() for _ in range(2)]
-    y = nets[0](x).argmax(1)
-    specs = [AttackSpec("a", steps=2), AttackSpec("b", steps=2, cascade=True)]
-    threat = [Threat("inf", 0.1)]
+    x, y, nets, specs, threat = _small_case(2)
     first = evaluate([Defence("d1", nets[0]), Defence("d2", nets[1])], specs, threat, x, y, tmp_path, progress=False)
     retrained = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
     cut = evaluate([Defence("d1", retrained), Defence("d2", nets[1])], specs, threat, x, y, tmp_path, progress=False,
@@ -402,12 +405,7 @@ def test_a_stopped_run_keeps_the_plans_of_the_unfinished_groups_it_did_not_reach
 
     from pursamere.evaluation.results import merge_results
 
-    torch.manual_seed(0)
-    x = torch.rand(10, 1, 4, 4)
-    nets = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval() for _ in range(3)]
-    y = nets[0](x).argmax(1)
-    specs = [AttackSpec("a", steps=2), AttackSpec("b", steps=2, cascade=True)]
-    threat = [Threat("inf", 0.1)]
+    x, y, nets, specs, threat = _small_case(3)
     evaluate([Defence("d1", nets[0]), Defence("d2", nets[1])], specs, threat, x, y, tmp_path, progress=False)
     path = tmp_path / "results.json"
     res = json.loads(path.read_text())  # d2 as if its job had stopped after attack "a"
