@@ -154,8 +154,10 @@ def restore(book: Path, root: Path) -> tuple:
         # the table's meta, less what belongs to one job (its plan, threats, stop) or to the merge: the resumed
         # run writes its own
         meta = {k: v for k, v in res["meta"].items() if k not in ("merged_from", "plan", "threats", "stopped")}
-        for job in sorted(set(job_of.values())):
-            rows = [r for r in res["rows"] if job_of.get(r["key"]) == job]
+        by_job = {}
+        for r in res["rows"]:
+            by_job.setdefault(job_of[r["key"]], []).append(r)
+        for job, rows in sorted(by_job.items()):
             groups = {(r["defence"], r["norm"], r["eps"]) for r in rows}
             worst = [w for w in res["worst_case"] if (w["defence"], w["norm"], w["eps"]) in groups]
             todo[Path(root) / job] = {"meta": {**meta, "restored_from": str(src)}, "rows": rows, "worst_case": worst}
@@ -184,17 +186,18 @@ def lost_rows(book: Path, root: Path) -> list:
     return lost
 
 
-def provenance(parts: list, res: dict, old: dict, old_rows: dict, gpu: set, gpu_roots: bool, device_log) -> dict:
-    """Where each row of a merged table came from: its job folder and its machine. A row unchanged since the
-    last recording keeps its recorded machine (the folders a lent GPU returned do not outlive the session);
-    a new or re-run row is 'gpu' when found in ``gpu`` (rows of the GPU's folders), else 'cpu'."""
-    job_of = {r["key"]: p.name for p in parts for r in read_results(p)["rows"]}
+def provenance(part_rows: dict, res: dict, old: dict, old_rows: dict, gpu: set, gpu_roots: bool, device_log) -> dict:
+    """Where each row of a merged table came from: its job folder (``part_rows``: folder → its rows) and its
+    machine. A row unchanged since the last recording keeps its recorded machine (the folders a lent GPU
+    returned do not outlive the session); a new or re-run row is 'gpu' when found in ``gpu`` (rows of the
+    GPU's folders), else 'cpu'."""
+    job_of = {r["key"]: p.name for p, rows in part_rows.items() for r in rows}
     machine = None
     if gpu_roots or old.get("machine"):
         before = old.get("machine") or {}
         machine = {r["key"]: (before[r["key"]] if r["key"] in before and old_rows.get(r["key"]) == r
                               else "gpu" if r["key"] in gpu else "cpu") for r in res["rows"]}
-    return {"jobs": [p.name for p in parts], "rows": len(res["rows"]), "job_of": job_of, "machine": machine,
+    return {"jobs": [p.name for p in part_rows], "rows": len(res["rows"]), "job_of": job_of, "machine": machine,
             "device": Path(device_log).read_text().strip() if device_log else old.get("device"),
             "note": "rows computed on the lent GPU by scripts/device_evaluate.sh and, where a job ran out of time, "
                     "continued on the CPU with the same command and --resume (finished rows reused); 'machine' "
@@ -273,8 +276,8 @@ def _main(args) -> int:
         if not parts:
             print(f"{table}: no job folders {prefix}* in {root}", file=sys.stderr)
             continue
-        rows = [r for p in parts for r in read_results(p)["rows"]]
-        order = list(ORDER) + sorted({r["defence"] for r in rows} - set(ORDER))
+        part_rows = {p: read_results(p)["rows"] for p in parts}
+        order = list(ORDER) + sorted({r["defence"] for rows in part_rows.values() for r in rows} - set(ORDER))
         out = Path(args.book) / table
         old = read_provenance(out)
         old_rows = {r["key"]: r for r in read_results(out)["rows"]} if (out / "results.json").is_file() else {}
@@ -283,7 +286,7 @@ def _main(args) -> int:
         gpu = set()
         if args.gpu_root:
             gpu = {r["key"] for g in args.gpu_root for p in folders(Path(g), prefix) for r in read_results(p)["rows"]}
-        prov = provenance(parts, res, old, old_rows, gpu, bool(args.gpu_root), args.device_log)
+        prov = provenance(part_rows, res, old, old_rows, gpu, bool(args.gpu_root), args.device_log)
         atomic_write_json(out / "provenance.json", prov)
         print(f"{table}: {len(res['rows'])} rows from {len(parts)} jobs → {out}")
         print(markdown_table(res))

@@ -163,18 +163,25 @@ def test_demo_part_is_the_key_rows_at_linf_without_checks():
     assert CIFAR10_CPU.demo.n_test <= 16 and CIFAR10_CPU.demo.check_gradients == ()
 
 
-def test_recorded_tables_restore_into_their_job_folders_and_merge_back(tmp_path):
+@pytest.fixture(scope="module")
+def rt():
+    """scripts/record_tables.py as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("record_tables", ROOT / "scripts" / "record_tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_recorded_tables_restore_into_their_job_folders_and_merge_back(rt, tmp_path):
     """The committed tables are all that outlives a machine: --restore writes each row back into the job folder
     that made it (so a later session --resumes the unfinished ones), never over results, and recording those
     folders again gives the same tables, machine marks included."""
-    import importlib.util
     import shutil
 
     from pursamere.evaluation.results import load_done, read_results
 
-    spec = importlib.util.spec_from_file_location("record_tables", ROOT / "scripts" / "record_tables.py")
-    rt = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rt)
     book = tmp_path / "book"
     for t in ("digits-whole-test", "cifar10-cpu-table"):
         shutil.copytree(ROOT / "book" / "data" / t, book / t)
@@ -211,13 +218,9 @@ def test_recorded_tables_restore_into_their_job_folders_and_merge_back(tmp_path)
         assert {k: again[k] for k in ("jobs", "job_of", "machine")} == {k: prov[t][k] for k in ("jobs", "job_of", "machine")}
 
 
-def test_restore_refuses_a_table_that_does_not_say_which_job_made_a_row(tmp_path, capsys):
-    import importlib.util
+def test_restore_refuses_a_table_that_does_not_say_which_job_made_a_row(rt, tmp_path, capsys):
     import shutil
 
-    spec = importlib.util.spec_from_file_location("record_tables", ROOT / "scripts" / "record_tables.py")
-    rt = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rt)
     book = tmp_path / "book"
     shutil.copytree(ROOT / "book" / "data" / "cifar10-cpu-table", book / "cifar10-cpu-table")
     prov = book / "cifar10-cpu-table" / "provenance.json"
@@ -237,11 +240,10 @@ def test_restore_refuses_a_table_that_does_not_say_which_job_made_a_row(tmp_path
     assert "provenance.json is not valid JSON" in capsys.readouterr().err
 
 
-def test_device_queue_runs_each_recorded_row_in_exactly_one_job(tmp_path, monkeypatch):
+def test_device_queue_runs_each_recorded_row_in_exactly_one_job(rt, tmp_path, monkeypatch):
     """scripts/device_evaluate.sh's jobs, as its dry run prints them and the CLI resolves them: no (table, defence,
     threat) group is run by two jobs of one table (merging them would fail: `--only 'ERE descent'` once also picked
     the PGD-AT + ERE descent row), and every group a recorded table expects is run by some job."""
-    import importlib.util
     import os
     import re
     import shlex
@@ -261,11 +263,8 @@ def test_device_queue_runs_each_recorded_row_in_exactly_one_job(tmp_path, monkey
             jobs[m.group(1)] = shlex.split(m.group(2))
     assert len(jobs) >= 20, lines
 
-    spec = importlib.util.spec_from_file_location("record_tables", ROOT / "scripts" / "record_tables.py")
-    rt = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rt)
     prefixes = sorted(((p, t) for t, (p, _) in rt.TABLES.items()), key=lambda pt: -len(pt[0]))
-    seen, groups = {}, {}
+    seen = {}
     for name, argv in sorted(jobs.items()):
         box = {}
         monkeypatch.setattr(cli, "_engine", lambda args, protocol, kind, **kw: box.update(p=protocol))
@@ -279,7 +278,9 @@ def test_device_queue_runs_each_recorded_row_in_exactly_one_job(tmp_path, monkey
                 key = (table, d.label, str(t.norm), round(t.eps, 9))
                 assert key not in seen, f"{key} is run by both {seen[key]} and {name}"
                 seen[key] = name
-        groups.setdefault(table, set()).update(k[1:] for k in seen if k[0] == table)
+    groups = {}
+    for table, *group in seen:
+        groups.setdefault(table, set()).add(tuple(group))
     for table in rt.TABLES:
         want = {(d, str(n), round(e, 9)) for d, n, e in rt.expected_groups(table)}
         assert want <= groups.get(table, set()), (table, sorted(want - groups.get(table, set())))
