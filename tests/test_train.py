@@ -80,7 +80,7 @@ def test_dsm_training_learns_a_gaussian_score():
     net = _fresh_net()
     z = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     lv = sig[torch.arange(64) % 4]
-    before = float(dsm_loss(net, data[:64], lv, z))
+    before = float(dsm_loss(net, data[:64], lv, z).detach())
     ema, losses = train_score(net, data, sig, ScoreTrainConfig(steps=300, batch_size=64, lr=3e-3, ema_rate=0.9))
     after = float(dsm_loss(ema, data[:64], lv, z))
     # the optimum of eq. 6 here is d/2 × σ_data²/(σ_data² + σ²)-ish; untrained it is ≥ d/2

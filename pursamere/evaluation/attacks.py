@@ -37,7 +37,7 @@ from ..method.geometry import _per_item, canonical_norm, lp_norm, project
 from ..method.purify import InvalidInputError, check_images
 from .starts import finite_positive, image_seeds, start_points  # noqa: F401  (image_seeds: re-exported)
 
-__all__ = ["Threat", "pgd", "one_step", "default_step_size", "margin_loss", "robust_accuracy", "slide_direction",
+__all__ = ["Threat", "pgd", "one_step", "default_step_size", "margin_loss", "robust_accuracy", "slide_direction", "top_k_sign_direction",
            "image_seeds", "check_stop_early"]
 
 _LOSSES = ("ce", "margin")
@@ -123,11 +123,29 @@ def slide_direction(g: torch.Tensor, x: torch.Tensor, q: float = 0.95, box=_BOX)
         q: sparsity, the quantile of ``|g|`` above which coordinates move (0 < q < 1).
     """
     flat_g, flat_x = g.flatten(1), x.flatten(1)
-    blocked = ((flat_x <= box[0]) & (flat_g < 0)) | ((flat_x >= box[1]) & (flat_g > 0))
-    a = torch.where(blocked, torch.zeros_like(flat_g), flat_g.abs())
-    movable = (a > 0).sum(1)
+    a = _movable_magnitude(flat_g, flat_x, box)
     # k_i = number of coordinates above the q-quantile of the movable ones (>= 1)
-    k = torch.ceil((1 - q) * movable.to(g.dtype)).long().clamp_min(1)
+    k = torch.ceil((1 - q) * (a > 0).sum(1).to(g.dtype)).long()
+    return top_k_sign_direction(g, x, k, box)
+
+
+def _movable_magnitude(flat_g, flat_x, box):
+    """``|g|`` with 0 where the box stops the coordinate from moving along ``sign(g)``."""
+    blocked = ((flat_x <= box[0]) & (flat_g < 0)) | ((flat_x >= box[1]) & (flat_g > 0))
+    return torch.where(blocked, torch.zeros_like(flat_g), flat_g.abs())
+
+
+def top_k_sign_direction(g: torch.Tensor, x: torch.Tensor, k: torch.Tensor, box=_BOX) -> torch.Tensor:
+    """The sparse ℓ1 ascent direction: ``sign(g_i)`` on the ``k`` movable coordinates of largest ``|g|``
+    (ties at the k-th value all move), scaled to unit ℓ1 length; ``k`` is ``(B,)``, at least 1 is used.
+
+    Coordinates at a box face in the direction of ``sign(g)`` cannot move and are never chosen; an item
+    with no movable coordinate of non-zero gradient gets zeros. SLIDE (:func:`slide_direction`) and
+    ℓ1-APGD (:func:`pursamere.evaluation.apgd.apgd`) differ only in how they choose ``k``.
+    """
+    flat_g, flat_x = g.flatten(1), x.flatten(1)
+    a = _movable_magnitude(flat_g, flat_x, box)
+    k = k.to(torch.long).clamp(1, a.shape[1])
     top = a.sort(1, descending=True).values.gather(1, (k - 1)[:, None])
     e = torch.where((a >= top) & (a > 0), flat_g.sign(), torch.zeros_like(flat_g))
     n = e.abs().sum(1, keepdim=True)

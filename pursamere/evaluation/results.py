@@ -29,6 +29,9 @@ SCHEMA = 2
 #: Revision of the attack algorithms (3: our APGD and Square, per-image seeds salted by attack name).
 #: Part of every row's settings, so a resumed run never reuses a row an older algorithm made.
 ATTACK_REVISION = 3
+#: Revision of ℓ1-APGD (1: sparse steps, the 3ε → 2ε → ε schedule, a projected Gaussian start), recorded in
+#: the rows of APGD at ℓ1 only, so that adding it reused no ℓ∞ / ℓ2 row less than before.
+L1_APGD_REVISION = 1
 
 
 def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -54,6 +57,8 @@ def effective_settings(spec, threat: Threat, defence, context: Optional[dict] = 
     """
     d = json.loads(json.dumps(spec.settings(threat)))
     d["revision"] = ATTACK_REVISION
+    if spec.kind.startswith("apgd") and threat.norm == 1:
+        d["l1_revision"] = L1_APGD_REVISION
     if not defence.stochastic:
         d["eot"] = 1
     if context:

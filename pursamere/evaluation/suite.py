@@ -18,7 +18,8 @@ deterministic, no ``unrolled``    gPGD, BPDA-det, APGD-CE †, APGD-DLR †, APG
 stochastic purifier               BPDA+EoT, APGD-CE+EoT †, APGD-DLR+EoT †, APGD-T+EoT †, Square †
 ================================  ==============================================================
 
-BPDA-det and gPGD run on every clean-correct image, so their columns are ordinary per-attack
+At ℓ1 Square does not apply (it searches ℓ∞ and ℓ2 balls); APGD runs there as ℓ1-APGD (Croce & Hein
+2021). BPDA-det and gPGD run on every clean-correct image, so their columns are ordinary per-attack
 accuracies; the cascaded columns are cumulative (the worst case so far), as AutoAttack prints
 them. Cascading never changes the worst case: an image broken earlier is broken whatever runs
 after it.
@@ -197,6 +198,8 @@ def applies(defence, spec: AttackSpec, threat: Optional[Threat] = None) -> bool:
     Decided on the defence's fields: purifier or not, deterministic or not, and what its purifier
     supports (exact gradients through ``unrolled``, partial unrolling).
     """
+    if spec.kind == "square" and threat is not None and threat.norm == 1:
+        return False  # Square is an ℓ∞ / ℓ2 attack (Andriushchenko et al. 2020); ℓ1 relies on PGD and APGD
     if not defence.has_purifier:  # no purifier: every gradient rule is the white-box one
         return spec.gradient == "bpda" or spec.kind == "square"
     if defence.stochastic:

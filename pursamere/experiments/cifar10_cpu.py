@@ -236,7 +236,7 @@ def table_protocol(preset, part: str = "key", n: Optional[int] = None, budget=No
     on = "" if pur_clf == "eq17" else " (clean classifier)"
     every = (Role.GRAY_BOX, Role.BPDA, Role.APGD, Role.EXACT, Role.WARM_EXACT, Role.PARTIAL, Role.SQUARE)
     l2 = (Role.BPDA, Role.APGD, Role.EXACT, Role.WARM_EXACT, Role.PARTIAL, Role.SQUARE)
-    l1 = (Role.BPDA, Role.EXACT, Role.PARTIAL)  # ours: APGD and Square are ℓ∞/ℓ2 attacks
+    l1 = (Role.BPDA, Role.APGD, Role.EXACT, Role.WARM_EXACT, Role.PARTIAL)  # Square is an ℓ∞/ℓ2 attack
     three, linf = {"inf": every, "2": l2, "1": l1}, {"inf": every}
     fe = lambda e: f"{round(e * 255)}/255"  # noqa: E731
     if part == "demo":  # `pursamere demo --preset cifar10-cpu`: the key rows that fit minutes on a CPU, ℓ∞ only
