@@ -248,9 +248,11 @@ def test_l1_apgd_agrees_with_the_reference(cnn, digits):
         ours.append(robust_accuracy(cnn, apgd(cnn, x, y, Threat(1, 2.0), steps=50, seed=seed), y))
         ref = reference.APGDAttack(cnn, n_iter=50, norm="L1", eps=2.0, seed=seed, loss="ce", use_largereps=True,
                                    device="cpu")
-        theirs.append(robust_accuracy(cnn, ref.perturb(x, y), y))
+        with torch.random.fork_rng(devices=[]):  # the reference seeds the global RNG: leave it as it was
+            theirs.append(robust_accuracy(cnn, ref.perturb(x, y), y))
     assert 0.1 < sum(theirs) / 3 < 0.5  # a budget where the comparison means something
-    assert abs(sum(ours) / 3 - sum(theirs) / 3) <= 0.02, (ours, theirs)
+    # a mean of 3 single runs spreads about ±1.2 points (single runs: about 4 points): TOL_APGD as above
+    assert abs(sum(ours) / 3 - sum(theirs) / 3) <= TOL_APGD, (ours, theirs)
 
 
 # ------------------------------------------------------------------------------- bad inputs

@@ -30,7 +30,8 @@ SCHEMA = 2
 #: Part of every row's settings, so a resumed run never reuses a row an older algorithm made.
 ATTACK_REVISION = 3
 #: Revision of ℓ1-APGD (1: sparse steps, the 3ε → 2ε → ε schedule, a projected Gaussian start), recorded in
-#: the rows of APGD at ℓ1 only, so that adding it reused no ℓ∞ / ℓ2 row less than before.
+#: the ℓ1 rows of APGD and of every cascaded attack (they run on what APGD left), so that adding it reused
+#: no ℓ∞ / ℓ2 row less than before.
 L1_APGD_REVISION = 1
 
 
@@ -57,7 +58,7 @@ def effective_settings(spec, threat: Threat, defence, context: Optional[dict] = 
     """
     d = json.loads(json.dumps(spec.settings(threat)))
     d["revision"] = ATTACK_REVISION
-    if spec.kind.startswith("apgd") and threat.norm == 1:
+    if threat.norm == 1 and (spec.kind.startswith("apgd") or spec.cascade):  # APGD, and rows cascaded after it
         d["l1_revision"] = L1_APGD_REVISION
     if not defence.stochastic:
         d["eot"] = 1
