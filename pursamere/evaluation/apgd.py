@@ -51,7 +51,7 @@ from ..method.geometry import _per_item, project
 from ..method.purify import InvalidInputError
 from .attacks import (Threat, _ascent, _check_attack_args, _check_int, _check_labels, _check_logits, _surface,
                       check_stop_early, margin_loss, top_k_sign_direction)
-from .starts import check_seeds, finite_positive, image_seeds, start_points
+from .starts import check_seeds, finite_positive, image_seeds, per_image_draw, start_points
 
 __all__ = ["apgd", "dlr_loss", "dlr_targeted_loss", "top_targets", "apgd_checkpoints", "l1_stages"]
 
@@ -196,7 +196,9 @@ def apgd(
     seeds = image_seeds(x0, seed) if seeds is None else check_seeds(seeds, x0)
     stages = l1_stages(steps) if threat.norm == 1 and x_init is None and large_eps else []
     if stages:  # ℓ1: 3ε then 2ε, each stage started where the last one's loss was best; never counted as success
-        start = x0 + _gaussian(x0, seeds)  # a sparse start: a standard normal step projected onto the 3ε ball
+        # a sparse start: a standard normal step (each image's own draw) projected onto the 3ε ball
+        start = x0 + per_image_draw(x0, seeds, lambda xi, gen: torch.randn(xi.shape, generator=gen, dtype=xi.dtype)
+                                    ).to(x0.device)
         for mult, n_k in stages[:-1]:
             th = Threat(1, mult * threat.eps)
             init = project(start, x0, th.eps, 1, box=_BOX)
@@ -214,12 +216,6 @@ def l1_stages(steps: int) -> list[tuple[int, int]]:
     _check_int("steps", steps)
     a = -(-3 * steps // 10)  # ⌈0.3 N⌉
     return [(3, a), (2, a), (1, steps - 2 * a)] if steps - 2 * a >= 1 else []
-
-
-def _gaussian(x: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
-    """Standard normal noise shaped like ``x``, image ``i`` drawn from ``torch.Generator(seeds[i])`` alone."""
-    return torch.cat([torch.randn(x[i:i + 1].shape, generator=torch.Generator().manual_seed(int(s)), dtype=x.dtype)
-                      for i, s in enumerate(seeds.tolist())]).to(x.device) if len(x) else torch.zeros_like(x)
 
 
 def _run(surface, x0, y, target, threat, steps, loss, eot, seeds, x_init, stop_early, rho, momentum):

@@ -37,8 +37,8 @@ from ..method.geometry import _per_item, canonical_norm, lp_norm, project
 from ..method.purify import InvalidInputError, check_images
 from .starts import finite_positive, image_seeds, start_points  # noqa: F401  (image_seeds: re-exported)
 
-__all__ = ["Threat", "pgd", "one_step", "default_step_size", "margin_loss", "robust_accuracy", "slide_direction", "top_k_sign_direction",
-           "image_seeds", "check_stop_early"]
+__all__ = ["Threat", "pgd", "one_step", "default_step_size", "margin_loss", "robust_accuracy", "slide_direction",
+           "top_k_sign_direction", "image_seeds", "check_stop_early"]
 
 _LOSSES = ("ce", "margin")
 _BOX = (0.0, 1.0)
@@ -122,11 +122,11 @@ def slide_direction(g: torch.Tensor, x: torch.Tensor, q: float = 0.95, box=_BOX)
         x: current iterate (to find the box faces).
         q: sparsity, the quantile of ``|g|`` above which coordinates move (0 < q < 1).
     """
-    flat_g, flat_x = g.flatten(1), x.flatten(1)
-    a = _movable_magnitude(flat_g, flat_x, box)
+    flat_g = g.flatten(1)
+    a = _movable_magnitude(flat_g, x.flatten(1), box)
     # k_i = number of coordinates above the q-quantile of the movable ones (>= 1)
     k = torch.ceil((1 - q) * (a > 0).sum(1).to(g.dtype)).long()
-    return top_k_sign_direction(g, x, k, box)
+    return _top_k_sign(flat_g, a, k).view_as(g)
 
 
 def _movable_magnitude(flat_g, flat_x, box):
@@ -143,13 +143,16 @@ def top_k_sign_direction(g: torch.Tensor, x: torch.Tensor, k: torch.Tensor, box=
     with no movable coordinate of non-zero gradient gets zeros. SLIDE (:func:`slide_direction`) and
     ℓ1-APGD (:func:`pursamere.evaluation.apgd.apgd`) differ only in how they choose ``k``.
     """
-    flat_g, flat_x = g.flatten(1), x.flatten(1)
-    a = _movable_magnitude(flat_g, flat_x, box)
+    flat_g = g.flatten(1)
+    return _top_k_sign(flat_g, _movable_magnitude(flat_g, x.flatten(1), box), k).view_as(g)
+
+
+def _top_k_sign(flat_g, a, k):
+    """``sign(g)`` where ``a`` (the movable ``|g|``) is among its row's ``k`` largest and non-zero, unit ℓ1 rows."""
     k = k.to(torch.long).clamp(1, a.shape[1])
     top = a.sort(1, descending=True).values.gather(1, (k - 1)[:, None])
     e = torch.where((a >= top) & (a > 0), flat_g.sign(), torch.zeros_like(flat_g))
-    n = e.abs().sum(1, keepdim=True)
-    return (e / n.clamp_min(1)).view_as(g)
+    return e / e.abs().sum(1, keepdim=True).clamp_min(1)
 
 
 def _ascent(g, x, norm, alpha, q):

@@ -21,7 +21,7 @@ import torch
 from ..method.geometry import lp_norm
 from ..method.purify import InvalidInputError, check_images
 
-__all__ = ["image_seeds", "random_starts", "check_seeds", "start_points"]
+__all__ = ["image_seeds", "random_starts", "per_image_draw", "check_seeds", "start_points"]
 
 _BOX = (0.0, 1.0)
 _SEED_MASK = (1 << 63) - 1  # non-negative int64
@@ -100,9 +100,13 @@ def random_starts(x: torch.Tensor, threat, seed: int = 0, seeds: Optional[torch.
     """
     if seeds is None:
         return _uniform_ball(x, threat, torch.Generator().manual_seed(int(seed)))
-    seeds = check_seeds(seeds, x)
-    return torch.cat([_uniform_ball(x[i:i + 1], threat, torch.Generator().manual_seed(int(s)))
-                      for i, s in enumerate(seeds.tolist())])
+    return per_image_draw(x, check_seeds(seeds, x), lambda xi, gen: _uniform_ball(xi, threat, gen))
+
+
+def per_image_draw(x: torch.Tensor, seeds: torch.Tensor, draw) -> torch.Tensor:
+    """``draw(x[i:i+1], generator)`` for each image with ``torch.Generator(seeds[i])``, concatenated: each
+    image's random draw is its own, whatever else is in the batch."""
+    return torch.cat([draw(x[i:i + 1], torch.Generator().manual_seed(int(s))) for i, s in enumerate(seeds.tolist())])
 
 
 def start_points(x0: torch.Tensor, threat, x_init: Optional[torch.Tensor], random_start: bool = True,
