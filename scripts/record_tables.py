@@ -33,15 +33,15 @@ TABLES = {
 }
 
 
-def expected_groups(table: str) -> list:
-    """The (defence, norm, eps) groups a table is meant to hold: its protocol's defences × the threats each meets."""
+def _protocol(table: str) -> tuple:
+    """The protocol a table was recorded with and the defences it keeps."""
     from pursamere.experiments import cifar10_cpu, protocols
     from pursamere.experiments.presets import CIFAR10_CPU, DIGITS
 
     if table == "digits-whole-test":
         plan = protocols.EnsemblePlan(n_test=476, eps=(0.1, 0.15, 0.2), budget=protocols.budget_at(80, 1))
         pr = protocols.ensemble(DIGITS, plan)
-        return [(d.label, str(t.norm), t.eps) for d in pr.defences for t in pr.threats]
+        return pr, pr.defences
     part = "rest" if table == "cifar10-cpu-rest" else "key"
     if table == "cifar10-cpu-eq17":  # the paper's pairing: the key table's two Algorithm-1 rows, eq.-17 classifier
         pr = cifar10_cpu.table_protocol(CIFAR10_CPU, "key", have=("plain", "adversarial", "eq17"))
@@ -49,8 +49,33 @@ def expected_groups(table: str) -> list:
     else:  # the tables as recorded: purifiers in front of the clean classifier (before the eq.-17 one shipped)
         pr = cifar10_cpu.table_protocol(CIFAR10_CPU, part, have=("plain", "adversarial"))
         keep = pr.defences
+    return pr, keep
+
+
+def expected_groups(table: str) -> list:
+    """The (defence, norm, eps) groups a table is meant to hold: its protocol's defences × the threats each meets."""
+    pr, keep = _protocol(table)
     return [(d.label, str(t.norm), t.eps) for d in keep for t in pr.threats
             if d.attacks is None or d.attacks.get(str(t.norm))]
+
+
+def planned_attacks(table: str) -> set:
+    """The attack names of a table's budget (the names carry the step, restart and query counts)."""
+    return {a.name for a in _protocol(table)[0].attacks}
+
+
+def check_budget(table: str, part_rows: dict) -> None:
+    """Refuse a job folder holding a row whose attack the table's budget does not plan: a convergence check run
+    at another budget (``--strong``, ``--steps``, ``--restarts``) would otherwise be merged into the table."""
+    planned = planned_attacks(table)
+    for folder, rows in part_rows.items():
+        bad = next((r for r in rows if r["attack"] not in planned), None)
+        if bad is not None:
+            raise ValueError(f"{folder} holds a row of attack {bad['attack']!r}, which {table}'s budget does not plan "
+                             f"({', '.join(sorted(planned))}): a check at another budget? put 'strong' in its "
+                             "folder's name to keep it out of the table")
+
+
 ORDER = ("undefended", "adversarial training (FGSM-RS)", "PGD-AT", "TRADES")
 
 
@@ -277,6 +302,7 @@ def _main(args) -> int:
             print(f"{table}: no job folders {prefix}* in {root}", file=sys.stderr)
             continue
         part_rows = {p: read_results(p)["rows"] for p in parts}
+        check_budget(table, part_rows)
         order = list(ORDER) + sorted({r["defence"] for rows in part_rows.values() for r in rows} - set(ORDER))
         out = Path(args.book) / table
         old = read_provenance(out)

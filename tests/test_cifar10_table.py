@@ -291,3 +291,28 @@ def test_device_queue_runs_each_recorded_row_in_exactly_one_job(rt, tmp_path, mo
             job_of = json.loads((src / "provenance.json").read_text()).get("job_of", {})
             for r in json.loads((src / "results.json").read_text())["rows"]:
                 assert seen[(table, r["defence"], str(r["norm"]), round(r["eps"], 9))] == job_of[r["key"]], r["key"]
+
+
+def test_recording_refuses_a_folder_run_at_another_budget(rt, tmp_path, capsys):
+    """A convergence check run at a doubled budget into a folder named like a table job would be merged into the
+    table: recording names the folder and the attack instead."""
+    import shutil
+
+    planned = rt.planned_attacks("cifar10-cpu-table")
+    assert {"BPDA20", "APGD-T20", "Square100"} <= planned and "BPDA40" not in planned
+    rt.check_budget("cifar10-cpu-table", {Path("cifar-at"): [{"attack": a} for a in sorted(planned)]})
+    book = tmp_path / "book"
+    shutil.copytree(ROOT / "book" / "data" / "cifar10-cpu-table", book / "cifar10-cpu-table")
+    assert rt.main([str(tmp_path / "jobs"), "--book", str(book), "--restore"]) == 0
+    src = next(p for p in sorted((tmp_path / "jobs").iterdir()) if p.name == "cifar-at")
+    check = json.loads((src / "results.json").read_text())
+    for r in check["rows"]:
+        r["attack"] = r["attack"].replace("20", "40")
+        r["key"] = r["key"].replace("20|", "40|")
+    shutil.copytree(src, tmp_path / "jobs" / "cifar-at-x2")
+    (tmp_path / "jobs" / "cifar-at-x2" / "results.json").write_text(json.dumps(check))
+    before = (book / "cifar10-cpu-table" / "results.json").read_text()
+    assert rt.main([str(tmp_path / "jobs"), "--book", str(book)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cifar-at-x2" in err and "40" in err and "strong" in err and len(err.splitlines()) == 1
+    assert (book / "cifar10-cpu-table" / "results.json").read_text() == before
