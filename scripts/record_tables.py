@@ -60,8 +60,10 @@ def expected_groups(table: str) -> list:
 
 
 def planned_attacks(table: str) -> set:
-    """The attack names of a table's budget (the names carry the step, restart and query counts)."""
-    return {a.name for a in _protocol(table)[0].attacks}
+    """The (attack, norm) pairs of a table's budget (the names carry the step, restart and query counts; ℓ1
+    has its own, :func:`pursamere.evaluation.suite.threat_budget`)."""
+    pr = _protocol(table)[0]
+    return {(a.name, str(t.norm)) for a in pr.attacks for t in pr.threats if a.norms is None or str(t.norm) in a.norms}
 
 
 def check_budget(table: str, part_rows: dict) -> None:
@@ -69,11 +71,12 @@ def check_budget(table: str, part_rows: dict) -> None:
     at another budget (``--strong``, ``--steps``, ``--restarts``) would otherwise be merged into the table."""
     planned = planned_attacks(table)
     for folder, rows in part_rows.items():
-        bad = next((r for r in rows if r["attack"] not in planned), None)
+        bad = next((r for r in rows if (r["attack"], str(r["norm"])) not in planned), None)
         if bad is not None:
-            raise ValueError(f"{folder} holds a row of attack {bad['attack']!r}, which {table}'s budget does not plan "
-                             f"({', '.join(sorted(planned))}): a check at another budget? put 'strong' in its "
-                             "folder's name to keep it out of the table")
+            names = sorted(a for a, n in planned if n == str(bad["norm"]))
+            raise ValueError(f"{folder} holds a row of attack {bad['attack']!r} at ℓ{bad['norm']}, which {table}'s budget "
+                             f"does not plan there ({', '.join(names) or 'no attack'}): a check at another budget? put "
+                             "'strong' in its folder's name to keep it out of the table")
 
 
 ORDER = ("undefended", "adversarial training (FGSM-RS)", "PGD-AT", "TRADES")

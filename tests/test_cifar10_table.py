@@ -299,13 +299,15 @@ def test_recording_refuses_a_folder_run_at_another_budget(rt, tmp_path, capsys):
     import shutil
 
     planned = rt.planned_attacks("cifar10-cpu-table")
-    assert {"BPDA20", "APGD-T20", "Square100"} <= planned and "BPDA40" not in planned
-    rt.check_budget("cifar10-cpu-table", {Path("cifar-at"): [{"attack": a} for a in sorted(planned)]})
+    assert {("BPDA20", "inf"), ("APGD-T20", "2"), ("Square100", "inf"), ("BPDA40", "1"), ("APGD-CE40×2", "1")} <= planned
+    assert not {("BPDA40", "inf"), ("BPDA20", "1"), ("APGD-CE20", "1")} & planned
+    rt.check_budget("cifar10-cpu-table", {Path("cifar-at"): [{"attack": a, "norm": n} for a, n in sorted(planned)]})
     book = tmp_path / "book"
     shutil.copytree(ROOT / "book" / "data" / "cifar10-cpu-table", book / "cifar10-cpu-table")
     assert rt.main([str(tmp_path / "jobs"), "--book", str(book), "--restore"]) == 0
     src = next(p for p in sorted((tmp_path / "jobs").iterdir()) if p.name == "cifar-at")
     check = json.loads((src / "results.json").read_text())
+    check["rows"] = [r for r in check["rows"] if r["norm"] == "inf"]
     for r in check["rows"]:
         r["attack"] = r["attack"].replace("20", "40")
         r["key"] = r["key"].replace("20|", "40|")

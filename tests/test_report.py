@@ -1,4 +1,5 @@
 """evaluate_purifier: any purifier, deterministic or stochastic, ours or a user's, evaluated in one call."""
+import dataclasses
 import json
 
 import pytest
@@ -144,3 +145,13 @@ def test_fixed_seed_is_batch_invariant_and_reports_never_reuse_another_purifiers
     fresh = evaluate_purifier(clf, median3, x, y, Threat("inf", 0.2), budget=BUDGET, checks=False, progress=False)
     assert b.per_image == fresh.per_image and b.clean_acc == fresh.clean_acc
     assert a.results["rows"][0]["defence_fingerprint"] != b.results["rows"][0]["defence_fingerprint"]
+
+
+def test_l1_evaluation_runs_the_doubled_budget(digits):
+    """At ℓ1 the user's purifier meets the ensemble at twice the given counts (its 20-step suite had not
+    converged at ℓ1 on CIFAR-10), and the report says which budget ran."""
+    clf, x, y = digits
+    rep = evaluate_purifier(clf, median3, x[:8], y[:8], Threat(1, 2.0), budget=BUDGET, checks=False, progress=False)
+    names = [r["attack"] for r in rep.results["rows"]]
+    assert names[:3] == ["gPGD6", "BPDA6", "APGD-CE4×2"] and not any(n.startswith("Square") for n in names)
+    assert rep.results["meta"]["budget_at_threat"] == dataclasses.asdict(BUDGET.doubled())

@@ -431,3 +431,29 @@ def test_a_stopped_run_keeps_the_plans_of_the_unfinished_groups_it_did_not_reach
         {**on_disk["worst_case"][0], "defence": "d9"}]}))
     with pytest.raises(ValueError, match="cannot tell whether d2"):
         merge_results([path, other / "results.json"], tmp_path / "m2")
+
+
+def test_l1_runs_its_own_doubled_budget_and_leaves_the_other_norms_rows_as_they_were():
+    """ensemble_suite: ℓ∞ / ℓ2 keep standard_suite's attacks (same names, same settings, so recorded rows stay
+    reusable); ℓ1 gets the doubled counts, and each attack runs only at its own norms."""
+    from pursamere.evaluation.results import effective_settings
+    from pursamere.evaluation.suite import ensemble_suite, threat_budget
+
+    b, clf = Budget(), torch.nn.Linear(2, 2)
+    linf, l2, l1 = Threat("inf", 0.1), Threat(2, 0.5), Threat(1, 12.0)
+    assert ensemble_suite(b, [linf, l2]) == standard_suite(b)
+    assert threat_budget(b, "inf") == threat_budget(b, 2) == b and threat_budget(b, 1) == b.doubled()
+    mixed = ensemble_suite(b, [linf, l2, l1])
+    d = Defence("u", clf)
+    at = {t: [a.name for a in mixed if applies(d, a, t)] for t in (linf, l2, l1)}
+    assert at[linf] == at[l2] == ["BPDA20", "APGD-CE20", "APGD-DLR20", "APGD-T20", "Square100"]
+    assert at[l1] == ["BPDA40", "APGD-CE40×2", "APGD-DLR40×2", "APGD-T40"]  # no Square at ℓ1
+    old = {a.name: a for a in standard_suite(b)}
+    for a in mixed:
+        if a.name in old:
+            assert a.norms == ("2", "inf") and effective_settings(a, linf, d) == effective_settings(old[a.name], linf, d)
+        else:
+            assert a.norms == ("1",)
+    assert [a.name for a in ensemble_suite(b, [l1])] == [a.name for a in standard_suite(b.doubled())]
+    with pytest.raises(ValueError, match="norms must be"):
+        AttackSpec("a", norms=("linf",))

@@ -36,7 +36,7 @@ from .defended import supports_exact_gradient
 from .defences import Defence, Family, purifier_family
 from .results import render_table
 from .runner import evaluate
-from .suite import Budget, applies, standard_suite
+from .suite import Budget, applies, ensemble_suite, threat_budget
 
 __all__ = ["evaluate_purifier", "Report", "FixedSeed", "is_stochastic"]
 
@@ -167,8 +167,8 @@ def evaluate_purifier(classifier: nn.Module, purifier: Optional[Callable], x: to
             ``unrolled(x, checkpoint=True)`` it is also attacked with exact gradients.
         x, y: test images ``(N, C, H, W)`` in [0, 1] and integer labels.
         threat: the ℓp budget (:class:`~pursamere.evaluation.attacks.Threat`).
-        budget: step counts of the ensemble; ``strong=True`` doubles every count (a convergence check:
-            the worst case must not fall much further).
+        budget: step counts of the ensemble (at ℓ1 it runs at twice these: :func:`~pursamere.evaluation.suite.threat_budget`);
+            ``strong=True`` doubles every count (a convergence check: the worst case must not fall much further).
         stochastic: whether the purifier draws fresh randomness per call; ``None``: found by calling it
             twice on the first images.
         checks: run the obfuscation checks (on ``n_check`` images, BPDA and, when available, exact gradients).
@@ -224,9 +224,10 @@ def evaluate_purifier(classifier: nn.Module, purifier: Optional[Callable], x: to
                      "attacks only; an exact-gradient attack could be stronger")
     if strong:
         budget = budget.doubled()
-    results = evaluate(defences, standard_suite(budget), [threat], x, y, out, seed=seed, batch_size=batch_size,
+    results = evaluate(defences, ensemble_suite(budget, [threat]), [threat], x, y, out, seed=seed, batch_size=batch_size,
                        applies=applies, progress=progress, meta={"protocol": "evaluate_purifier", "strong": strong,
-                                                                 "budget": dataclasses.asdict(budget)})
+                                                                 "budget": dataclasses.asdict(budget),
+                                                                 "budget_at_threat": dataclasses.asdict(threat_budget(budget, threat.norm))})
     report = Report(results, threat, notes=notes)
     if checks:
         nc = min(n_check, len(x))

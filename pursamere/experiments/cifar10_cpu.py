@@ -226,7 +226,7 @@ def table_protocol(preset, part: str = "key", n: Optional[int] = None, budget=No
     shipped, else the clean one (said in each row's label).
     """
     from ..evaluation.defences import Family
-    from ..evaluation.suite import Role, standard_suite
+    from ..evaluation.suite import Role, ensemble_suite, threat_budget
     from .protocols import DefenceSpec, Images, Protocol
 
     if part not in ("key", "rest", "demo"):
@@ -267,10 +267,12 @@ def table_protocol(preset, part: str = "key", n: Optional[int] = None, budget=No
     describe = (f"The standard ensemble at gPGD{budget.gpgd_steps}, BPDA{budget.bpda_steps}, APGD{budget.apgd_steps} "
                 f"(CE, DLR, targeted over {budget.apgd_targets} classes), exact{budget.exact_steps} (random start and from "
                 f"APGD-CE's end points), partial unrolling and Square{budget.square_queries}; EoT {budget.eot} against "
-                "stochastic purifiers. Models: the shipped CPU-trained weights of weights/cifar10/."
+                "stochastic purifiers; at ℓ1 every count doubled (no Square there). Models: the shipped CPU-trained "
+                "weights of weights/cifar10/."
                 + (f" Left out (classifier not shipped): {', '.join(dropped)}." if dropped else ""))
     return Protocol("cifar10-table", f"{preset.name}: CIFAR-10 ({part} rows), worst case per image", tuple(defs),
-                    tuple(standard_suite(budget)), threats, Images("table", n), batch_size=preset.ensemble.batch_size,
-                    describe=describe, plan={"part": part, "budget": dataclasses.asdict(budget), "left_out": dropped},
+                    tuple(ensemble_suite(budget, threats)), threats, Images("table", n), batch_size=preset.ensemble.batch_size,
+                    describe=describe, plan={"part": part, "budget": dataclasses.asdict(budget), "left_out": dropped,
+                          **({"budget_l1": dataclasses.asdict(threat_budget(budget, 1))} if any(t.norm == 1 for t in threats) else {})},
                     check_plan=dataclasses.replace(preset.full, bpda_steps=budget.bpda_steps, check_steps=budget.exact_steps,
                                                    square_queries=budget.square_queries) if part == "key" else None)
