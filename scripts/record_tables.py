@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from pursamere.evaluation.results import merge_results, read_results
+from pursamere.evaluation.results import merge_results, norm_label, read_results
 from pursamere.io import atomic_write_json
 
 TABLES = {
@@ -63,20 +63,32 @@ def planned_attacks(table: str) -> set:
     """The (attack, norm) pairs of a table's budget (the names carry the step, restart and query counts; ℓ1
     has its own, :func:`pursamere.evaluation.suite.threat_budget`)."""
     pr = _protocol(table)[0]
-    return {(a.name, str(t.norm)) for a in pr.attacks for t in pr.threats if a.norms is None or str(t.norm) in a.norms}
+    return {(a.name, str(t.norm)) for a in pr.attacks for t in pr.threats
+            if (a.norms is None or str(t.norm) in a.norms) and not (a.kind == "square" and t.norm == 1)}
 
 
 def check_budget(table: str, part_rows: dict) -> None:
-    """Refuse a job folder holding a row whose attack the table's budget does not plan: a convergence check run
-    at another budget (``--strong``, ``--steps``, ``--restarts``) would otherwise be merged into the table."""
+    """Refuse a job folder holding a row that the table's budget does not plan — its attack at that norm, with
+    those settings (EoT only against stochastic defences): a convergence check run at another budget
+    (``--strong``, ``--steps``, ``--restarts``) would otherwise be merged into the table."""
+    from pursamere.evaluation.attacks import Threat
+
+    pr = _protocol(table)[0]
     planned = planned_attacks(table)
+    specs = {(a.name, str(t.norm)): a for a in pr.attacks for t in pr.threats if (a.name, str(t.norm)) in planned}
     for folder, rows in part_rows.items():
-        bad = next((r for r in rows if (r["attack"], str(r["norm"])) not in planned), None)
-        if bad is not None:
-            names = sorted(a for a, n in planned if n == str(bad["norm"]))
-            raise ValueError(f"{folder} holds a row of attack {bad['attack']!r} at ℓ{bad['norm']}, which {table}'s budget "
-                             f"does not plan there ({', '.join(names) or 'no attack'}): a check at another budget? put "
-                             "'strong' in its folder's name to keep it out of the table")
+        for r in rows:
+            spec = specs.get((r["attack"], str(r["norm"])))
+            if spec is not None:
+                want = spec.settings(Threat(r["norm"], r["eps"]))
+                got = r.get("attack_settings", {})
+                if all(got.get(k) == v for k, v in want.items() if k != "eot" or r.get("deterministic") is False):
+                    continue
+            names = sorted(a for a, n in planned if n == str(r["norm"]))
+            raise ValueError(f"{folder} holds a row of attack {r['attack']!r} at {norm_label(r['norm'], r['eps'])} that "
+                             f"{table}'s budget does "
+                             f"not plan there ({', '.join(names) or 'no attack'}; or other settings under that name): a "
+                             "check at another budget? put 'strong' in its folder's name to keep it out of the table")
 
 
 ORDER = ("undefended", "adversarial training (FGSM-RS)", "PGD-AT", "TRADES")
@@ -299,13 +311,15 @@ def _main(args) -> int:
         raise ValueError(f"{len(lost)} recorded rows are in no job folder under {root} (first: {lost[0]}): recording "
                          f"would drop them; run `python scripts/record_tables.py {root} --restore` first, or pass "
                          "--allow-dropped to drop them on purpose")
+    found = {table: {p: read_results(p)["rows"] for p in folders(root, prefix)} for table, (prefix, _) in TABLES.items()}
+    for table, part_rows in found.items():  # every table checked before any is written
+        check_budget(table, part_rows)
     for table, (prefix, title) in TABLES.items():
-        parts = folders(root, prefix)
+        part_rows = found[table]
+        parts = list(part_rows)
         if not parts:
             print(f"{table}: no job folders {prefix}* in {root}", file=sys.stderr)
             continue
-        part_rows = {p: read_results(p)["rows"] for p in parts}
-        check_budget(table, part_rows)
         order = list(ORDER) + sorted({r["defence"] for rows in part_rows.values() for r in rows} - set(ORDER))
         out = Path(args.book) / table
         old = read_provenance(out)

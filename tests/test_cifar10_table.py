@@ -301,7 +301,15 @@ def test_recording_refuses_a_folder_run_at_another_budget(rt, tmp_path, capsys):
     planned = rt.planned_attacks("cifar10-cpu-table")
     assert {("BPDA20", "inf"), ("APGD-T20", "2"), ("Square100", "inf"), ("BPDA40", "1"), ("APGD-CE40×2", "1")} <= planned
     assert not {("BPDA40", "inf"), ("BPDA20", "1"), ("APGD-CE20", "1")} & planned
-    rt.check_budget("cifar10-cpu-table", {Path("cifar-at"): [{"attack": a, "norm": n} for a, n in sorted(planned)]})
+    rows = json.loads((ROOT / "book" / "data" / "cifar10-cpu-table" / "results.json").read_text())["rows"]
+    rt.check_budget("cifar10-cpu-table", {Path("cifar-at"): rows})  # the recorded rows are the table's budget
+    row = next(r for r in rows if r["attack"] == "APGD-T20" and r["norm"] == "inf")
+    stochastic = {**row, "deterministic": False, "attack_settings": {**row["attack_settings"], "eot": 4}}
+    rt.check_budget("cifar10-cpu-table", {Path("cifar-at"): [stochastic]})  # EoT 4, the budget's, counts there only
+    for r, change in ((row, {"targets": 9}), (row, {"steps": 40}), (stochastic, {"eot": 8})):  # planned name, other settings
+        bad = {**r, "attack_settings": {**r["attack_settings"], **change}}
+        with pytest.raises(ValueError, match="APGD-T20"):
+            rt.check_budget("cifar10-cpu-table", {Path("cifar-at"): [bad]})
     book = tmp_path / "book"
     shutil.copytree(ROOT / "book" / "data" / "cifar10-cpu-table", book / "cifar10-cpu-table")
     assert rt.main([str(tmp_path / "jobs"), "--book", str(book), "--restore"]) == 0

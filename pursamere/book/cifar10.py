@@ -66,7 +66,8 @@ def attack_frame(results: dict):
     they ran; cascaded columns are cumulative), in %."""
     df = rows_frame(results)
     df["robust (%)"] = 100 * df.robust
-    order = list(results["meta"].get("attack_order") or dict.fromkeys(df.attack))
+    # the run's order, then any attack it does not list (a merged table's meta comes from its first part)
+    order = list(dict.fromkeys([*(results["meta"].get("attack_order") or []), *df.attack]))
     out = df.pivot_table(index=["defence", "threat"], columns="attack", values="robust (%)", sort=False)
     return out[[a for a in order if a in out.columns]].round(1)
 

@@ -234,8 +234,9 @@ def evaluate_purifier(classifier: nn.Module, purifier: Optional[Callable], x: to
         for d in defences:
             grads = ["bpda"] + (["exact"] if d.has_purifier and d.deterministic and supports_exact_gradient(d.purifier) else [])
             for g in grads:
-                cs = obfuscation_checks(d, threat, x[:nc], y[:nc], gradient=g, steps=budget.bpda_steps // 2 or 1,
-                                        square_queries=budget.square_queries, seed=seed, warn=False)
+                at = threat_budget(budget, threat.norm)
+                cs = obfuscation_checks(d, threat, x[:nc], y[:nc], gradient=g, steps=at.bpda_steps // 2 or 1,
+                                        square_queries=at.square_queries, seed=seed, warn=False)
                 report.checks.append({"defence": d.name, "gradient": g, "n": nc, "checks": [c.as_dict() for c in cs]})
     if out is not None:
         report.save(out)

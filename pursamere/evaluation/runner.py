@@ -173,7 +173,8 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
     """Run every (defence × attack × threat) that ``applies`` and write ``results.json`` after each row.
 
     Args:
-        applies: ``(defence, attack, threat) -> bool``; ``None`` runs every combination.
+        applies: ``(defence, attack, threat) -> bool``; ``None`` runs every combination. Either way an attack
+            runs only at the norms it is for (:attr:`AttackSpec.norms`).
         out_dir: where ``results.json`` goes (``None``: nothing is written). Rows already there
             (same images, settings, weights and seed) are reused: an interrupted run resumes.
         shards: a :class:`~pursamere.evaluation.sharding.DistContext` to split the work over the
@@ -201,6 +202,11 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
         raise ValueError(f"two attacks share a name: {[a.name for a in attacks]}")
     if len({d.name for d in defences}) < len(defences):
         raise ValueError(f"two defences share a name: {[d.name for d in defences]}")
+    rule = applies
+
+    def applies(d, a, t) -> bool:  # an attack of one norm's budget never runs at another norm, whatever the rule
+        return (a.norms is None or str(t.norm) in a.norms) and (rule is None or rule(d, a, t))
+
     rank0 = shards is None or shards.rank == 0
     path = Path(out_dir) / "results.json" if out_dir is not None else None
     data_fp = fingerprint(x, y)
