@@ -178,8 +178,8 @@ def cmd_evaluate_user(args) -> int:
     out = results_dir(preset.name, "purifier", args.out)
     for t in threats:
         folder = out if len(threats) == 1 else out / f"l{t.norm}-{t.eps:g}"
-        rep = evaluate_purifier(clf, purifier, x, y, t, strong=args.strong, name=args.purifier, out=folder,
-                                progress=not args.quiet)
+        rep = evaluate_purifier(clf, purifier, x, y, t, budget=preset.ensemble.budget, strong=args.strong,
+                                name=args.purifier, out=folder, progress=not args.quiet)
         print(rep.table())
         print(f"wrote {folder}/ ({what})")
     return 0
@@ -377,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--n", "--n-images", dest="n", type=int, default=100, help="table images (first n of the fixed order)")
     ev.add_argument("--purifier", default=None, metavar="FILE.py:FN",
                     help="evaluate YOUR purifier: a function (in your file or module) returning a callable x -> x; "
-                         "runs evaluate_purifier (the standard ensemble, cascaded, with the obfuscation checks)")
+                         "runs evaluate_purifier (the standard ensemble at the preset's budget, cascaded, with the "
+                         "obfuscation checks)")
     ev.add_argument("--strong", action="store_true", help="with --purifier: double every step count (a convergence check)")
     ev.set_defaults(func=cmd_evaluate)
 
