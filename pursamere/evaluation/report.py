@@ -167,8 +167,11 @@ def evaluate_purifier(classifier: nn.Module, purifier: Optional[Callable], x: to
             ``unrolled(x, checkpoint=True)`` it is also attacked with exact gradients.
         x, y: test images ``(N, C, H, W)`` in [0, 1] and integer labels.
         threat: the ℓp budget (:class:`~pursamere.evaluation.attacks.Threat`).
-        budget: step counts of the ensemble (at ℓ1 it runs at twice these: :func:`~pursamere.evaluation.suite.threat_budget`);
-            ``strong=True`` doubles every count (a convergence check: the worst case must not fall much further).
+        budget: step counts of the ensemble (at ℓ1 it runs at twice these: :func:`~pursamere.evaluation.suite.threat_budget`).
+            The default is the paper's 20 steps, which chapter 7 found not converged against a purifier on
+            digits; the presets' chosen budgets are ``get_preset(name).ensemble.budget`` (digits: 80 steps, what
+            ``pursamere evaluate --purifier`` runs). ``strong=True`` doubles every count (a convergence check:
+            the worst case must not fall much further).
         stochastic: whether the purifier draws fresh randomness per call; ``None``: found by calling it
             twice on the first images.
         checks: run the obfuscation checks (on ``n_check`` images, BPDA and, when available, exact gradients).
