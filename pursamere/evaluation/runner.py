@@ -174,7 +174,7 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
 
     Args:
         applies: ``(defence, attack, threat) -> bool``; ``None`` runs every combination. Either way an attack
-            runs only at the norms it is for (:attr:`AttackSpec.norms`).
+            runs only at the norms it is for (``AttackSpec.norms``).
         out_dir: where ``results.json`` goes (``None``: nothing is written). Rows already there
             (same images, settings, weights and seed) are reused: an interrupted run resumes.
         shards: a :class:`~pursamere.evaluation.sharding.DistContext` to split the work over the

@@ -19,7 +19,8 @@ stochastic purifier               BPDA+EoT, APGD-CE+EoT †, APGD-DLR+EoT †, A
 ================================  ==============================================================
 
 At ℓ1 Square does not apply (it searches ℓ∞ and ℓ2 balls); APGD runs there as ℓ1-APGD (Croce & Hein
-2021), and the whole suite runs at twice the budget of ℓ∞ and ℓ2 (:func:`ensemble_suite`). BPDA-det and gPGD run on every clean-correct image, so their columns are ordinary per-attack
+2021), and the whole suite runs at twice the budget of ℓ∞ and ℓ2 (:func:`ensemble_suite`). BPDA-det
+and gPGD run on every clean-correct image, so their columns are ordinary per-attack
 accuracies; the cascaded columns are cumulative (the worst case so far), as AutoAttack prints
 them. Cascading never changes the worst case: an image broken earlier is broken whatever runs
 after it.
@@ -184,7 +185,7 @@ def standard_suite(budget: Budget = Budget(), norms: Optional[tuple] = None) -> 
 
 
 def threat_budget(budget: Budget, norm) -> Budget:
-    """The budget the ensemble runs at one threat norm: ``budget`` at ℓ∞ and ℓ2, :meth:`Budget.doubled` at ℓ1.
+    """The budget the ensemble runs at one threat norm: ``budget`` at ℓ∞ and ℓ2, ``budget.doubled()`` at ℓ1.
 
     Measured on the CIFAR-10 table's adversarially trained classifier at ℓ1 12 (n = 256, book chapter 6): the
     20-step suite had not converged (doubling it broke 5 more images, 2 in 100) while doubling 40 steps × 2
