@@ -86,9 +86,9 @@ def check_budget(table: str, part_rows: dict) -> None:
                     continue
             names = sorted(a for a, n in planned if n == str(r["norm"]))
             raise ValueError(f"{folder} holds a row of attack {r['attack']!r} at {norm_label(r['norm'], r['eps'])} that "
-                             f"{table}'s budget does "
-                             f"not plan there ({', '.join(names) or 'no attack'}; or other settings under that name): a "
-                             "check at another budget? put 'strong' in its folder's name to keep it out of the table")
+                             f"{table}'s budget does not plan there ({', '.join(names) or 'no attack'}; or other settings "
+                             "under that name): a check at another budget? put 'strong' in its folder's name to keep it "
+                             "out of the table")
 
 
 ORDER = ("undefended", "adversarial training (FGSM-RS)", "PGD-AT", "TRADES")

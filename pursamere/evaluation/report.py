@@ -233,11 +233,10 @@ def evaluate_purifier(classifier: nn.Module, purifier: Optional[Callable], x: to
                                                                  "budget_at_threat": dataclasses.asdict(threat_budget(budget, threat.norm))})
     report = Report(results, threat, notes=notes)
     if checks:
-        nc = min(n_check, len(x))
+        nc, at = min(n_check, len(x)), threat_budget(budget, threat.norm)
         for d in defences:
             grads = ["bpda"] + (["exact"] if d.has_purifier and d.deterministic and supports_exact_gradient(d.purifier) else [])
             for g in grads:
-                at = threat_budget(budget, threat.norm)
                 cs = obfuscation_checks(d, threat, x[:nc], y[:nc], gradient=g, steps=at.bpda_steps // 2 or 1,
                                         square_queries=at.square_queries, seed=seed, warn=False)
                 report.checks.append({"defence": d.name, "gradient": g, "n": nc, "checks": [c.as_dict() for c in cs]})

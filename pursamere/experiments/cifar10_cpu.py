@@ -270,9 +270,11 @@ def table_protocol(preset, part: str = "key", n: Optional[int] = None, budget=No
                 "stochastic purifiers; at ℓ1 every count doubled (no Square there). Models: the shipped CPU-trained "
                 "weights of weights/cifar10/."
                 + (f" Left out (classifier not shipped): {', '.join(dropped)}." if dropped else ""))
+    plan = {"part": part, "budget": dataclasses.asdict(budget), "left_out": dropped}
+    if any(t.norm == 1 for t in threats):
+        plan["budget_l1"] = dataclasses.asdict(threat_budget(budget, 1))
     return Protocol("cifar10-table", f"{preset.name}: CIFAR-10 ({part} rows), worst case per image", tuple(defs),
                     tuple(ensemble_suite(budget, threats)), threats, Images("table", n), batch_size=preset.ensemble.batch_size,
-                    describe=describe, plan={"part": part, "budget": dataclasses.asdict(budget), "left_out": dropped,
-                          **({"budget_l1": dataclasses.asdict(threat_budget(budget, 1))} if any(t.norm == 1 for t in threats) else {})},
+                    describe=describe, plan=plan,
                     check_plan=dataclasses.replace(preset.full, bpda_steps=budget.bpda_steps, check_steps=budget.exact_steps,
                                                    square_queries=budget.square_queries) if part == "key" else None)
