@@ -274,13 +274,20 @@ def _convergence(args, preset) -> int:
     """Every budget of the convergence ladder (one results folder each, resumable), then convergence.json."""
     from .experiments.studies import run_convergence
 
-    try:
-        ladder = tuple((int(s), int(r)) for s, r in (b.split("x") for b in _items(args.only))) or None
-    except ValueError:
-        raise ValueError(f"--only {args.only!r}: give budgets as STEPSxRESTARTS, e.g. 20x1,40x1,20x2") from None
+    import re
+
+    points = []
+    for b in _items(args.only):
+        m = re.fullmatch(r"(\d+)x(\d+)(?:-seed(\d+))?", b)
+        if m is None or int(m[1]) < 1 or int(m[2]) < 1:
+            raise ValueError(f"--only {args.only!r}: give budgets as STEPSxRESTARTS or STEPSxRESTARTS-seedS, "
+                             "e.g. 20x1,40x1,20x2,80x1-seed1")
+        points.append((int(m[1]), int(m[2]), int(m[3] or 0)))
+    ladder = tuple(points) or None
     summary = run_convergence(preset, args.out or f"results/{preset.name}/convergence", _options(args), ladder, n=args.n)
     for c in summary["curve"]:
-        print(f"{c['defence']:<36} {c['steps']:>4} steps × {c['restarts']}: worst case {100 * c['worst_case']:5.1f}% "
+        seed = f", seed {c['seed']}" if c.get("seed") else ""
+        print(f"{c['defence']:<36} {c['steps']:>4} steps × {c['restarts']}{seed}: worst case {100 * c['worst_case']:5.1f}% "
               f"({c['robust']}/{c['n']}, {c['seconds']:.0f} s)")
     print(f"flat part: {summary['flat']}")
     return 0
@@ -410,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(st)
     st.add_argument("--n", "--n-images", dest="n", type=int, default=None, help="validation images (default: all of them)")
     st.add_argument("--only", default="", help="SAM study: semicolon-separated setting names; convergence: "
-                                               "comma-separated budgets STEPSxRESTARTS (default: the whole ladder)")
+                                               "comma-separated budgets STEPSxRESTARTS, or STEPSxRESTARTS-seedS for the same "
+                                               "budget started from other random points (default: the whole ladder)")
     st.add_argument("--defence", default="ERE descent", help="attack study: 'ERE descent' or 'PurSAMERE'")
     st.set_defaults(func=cmd_study)
 

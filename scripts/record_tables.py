@@ -67,6 +67,31 @@ def planned_attacks(table: str) -> set:
             if (a.norms is None or str(t.norm) in a.norms) and not (a.kind == "square" and t.norm == 1)}
 
 
+def replan(table: str):
+    """``(group, recorded plan) -> plan``: each group held to the attacks the table's suite has now.
+
+    A job records the plan of the suite it ran. When the suite later gains an attack (APGD on the exact
+    gradient was added after the 80-step ladder of chapter 7), a group recorded before it must not count as
+    complete: its plan gains every attack of the table's suite at that norm that applies by the same rule as
+    the ones it ran — exact-gradient attacks where it ran an exact-gradient attack (the defence supports them),
+    within the roles the table gives that defence."""
+    pr, keep = _protocol(table)
+    roles = {d.label: d.attacks for d in keep}
+
+    def plan(group, recorded):
+        defence, norm, _ = group
+        at_norm = [a for a in pr.attacks if (a.norms is None or str(norm) in a.norms)
+                   and not (a.kind == "square" and str(norm) == "1")]
+        by_name = {a.name: a for a in at_norm}
+        exact = any(by_name[n].gradient == "exact" and by_name[n].unroll_last is None for n in recorded if n in by_name)
+        allowed = roles.get(defence)
+        new = [a.name for a in at_norm if a.name not in recorded and exact and a.gradient == "exact"
+               and a.unroll_last is None and (allowed is None or a.role in allowed.get(str(norm), ()))]
+        return list(recorded) + new
+
+    return plan
+
+
 def check_budget(table: str, part_rows: dict) -> None:
     """Refuse a job folder holding a row that the table's budget does not plan — its attack at that norm, with
     those settings (EoT only against stochastic defences): a convergence check run at another budget
@@ -325,7 +350,7 @@ def _main(args) -> int:
         old = read_provenance(out)
         old_rows = {r["key"]: r for r in read_results(out)["rows"]} if (out / "results.json").is_file() else {}
         res = merge_results([p / "results.json" for p in parts], out, title=title, order=order,
-                            expected=expected_groups(table))
+                            expected=expected_groups(table), replan=replan(table))
         gpu = set()
         if args.gpu_root:
             gpu = {r["key"] for g in args.gpu_root for p in folders(Path(g), prefix) for r in read_results(p)["rows"]}

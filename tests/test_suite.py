@@ -188,6 +188,15 @@ def test_applies_follows_the_suite_table():
                                                                                   "APGD-T20", "Square100"]
     fixed = names(Defence("f", clf, ADP(score, ADPConfig(fixed_noise=True))))
     assert "partial3-margin20" not in fixed and "APGD-CE20→exact10" in fixed and "exact10" in fixed
+    # APGD on the exact gradient: for deterministic purifiers with exact gradients only, last in the suite
+    exact_apgd = ["APGD-CE20→exact-APGD-CE10", "exact-APGD-T10"]
+    assert fixed[-2:] == exact_apgd and [a.name for a in atk][-2:] == exact_apgd
+    assert not set(exact_apgd) & set(names(Defence("c", clf, lambda x: x.clamp(0.1, 0.9))))
+    warm, targeted = atk[-2:]
+    assert (warm.kind, warm.gradient, warm.warm_from, warm.cascade) == ("apgd-ce", "exact", "APGD-CE20", True)
+    assert (targeted.kind, targeted.gradient, targeted.targets, targeted.cascade) == ("apgd-t", "exact", 3, True)
+    doubled = [a.name for a in standard_suite(Budget().doubled())][-2:]
+    assert doubled == ["APGD-CE40×2→exact-APGD-CE20×2", "exact-APGD-T20"]
 
 
 def test_tiny_adversarial_training_beats_the_plain_model_under_pgd(tiny_run):
@@ -226,6 +235,15 @@ def test_cli_ensemble_and_studies_on_tiny(tiny_run, capsys):
     assert main(["study", "attacks", "--preset", "tiny", "--workdir", runs, "--n", "4", "--out", str(atk)]) == 0
     rows = json.loads((atk / "study.json").read_text())["rows"]
     assert {"BPDA20→exact10", "partial1-margin20", "partial2-margin20", "Square100"} <= {r["attack"] for r in rows}
+    conv = work / "conv"
+    for only in ("1x1,2x1", "1x1-seed1"):  # points run one at a time add up in convergence.json
+        assert main(["study", "convergence", "--preset", "tiny", "--workdir", runs, "--n", "3", "--only", only,
+                     "--out", str(conv)]) == 0
+    summary = json.loads((conv / "convergence.json").read_text())
+    assert sorted({(c["steps"], c["seed"]) for c in summary["curve"]}) == [(1, 0), (1, 1), (2, 0)]
+    assert [r["seed"] for r in next(iter(summary["seeds"].values()))["1x1"]] == [0, 1]
+    assert main(["study", "convergence", "--preset", "tiny", "--workdir", runs, "--only", "1x1-s2", "--out", str(conv)]) == 2
+    assert "STEPSxRESTARTS-seedS" in capsys.readouterr().err
 
 
 def test_sam_grid_covers_the_study():
@@ -395,6 +413,35 @@ def test_ladder_union_counts_an_image_broken_at_any_budget():
     assert ladder_union([], "d") == {}
     with pytest.raises(ValueError, match="different numbers"):
         ladder_union([point(10, [1, 1]), point(20, [1, 1, 1])], "d")
+
+
+def test_seed_union_and_seeded_points_stay_out_of_the_doublings():
+    from pursamere.experiments.studies import flat_budget, ladder_union, seed_union
+
+    def point(steps, restarts, survived, seed=0):
+        return {"defence": "d", "steps": steps, "restarts": restarts, "seed": seed, "n": len(survived),
+                "robust": sum(survived), "worst_case": sum(survived) / len(survived), "survived": survived}
+
+    base = [1] * 100
+    other = [0, 0] + [1] * 98  # another seed of the same budget breaks two images
+    curve = [point(10, 1, base), point(20, 1, base), point(10, 2, base), point(10, 1, other, seed=1)]
+    assert flat_budget(curve, "d")["steps"] == 10  # a seed is not a doubling: the flat budget ignores it
+    assert ladder_union(curve, "d")["robust"] == 98 and (10, 1, 1) in ladder_union(curve, "d")["budgets"]
+    runs = seed_union(curve + [point(10, 1, [1, 0] + [1] * 98, seed=2)], "d", 10, 1)
+    assert [(r["seed"], r["robust"], r["union"], r["newly_broken"]) for r in runs] == [(0, 100, 100, None),
+                                                                                     (1, 98, 98, 2), (2, 99, 98, 0)]
+    assert seed_union(curve, "d", 40, 1) == [] and seed_union([point(10, 1, base, seed=1)], "d", 10, 1) == []
+
+
+def test_convergence_points_take_a_seed():
+    from pursamere.experiments import protocols
+    from pursamere.experiments.presets import TINY
+
+    pr = protocols.convergence(TINY, 2, 1, n=2, seed=3)
+    assert pr.seed == 3 and pr.plan["seed"] == 3 and "seed 3" in pr.title
+    assert "seed" not in protocols.convergence(TINY, 2, 1, n=2).plan  # seed 0: the plan recorded before seeds existed
+    with pytest.raises(ValueError, match="seed"):
+        protocols.convergence(TINY, 2, 1, seed=-1)
 
 
 def test_a_stopped_run_keeps_the_plans_of_the_unfinished_groups_it_did_not_reach(tmp_path):

@@ -297,12 +297,14 @@ def render_table(results: dict, title: str = "") -> str:
 
 
 def merge_results(paths: Sequence, out_dir, title: str = "", order: Sequence[str] = (),
-                  expected: Sequence = ()) -> dict:
+                  expected: Sequence = (), replan: Optional[Callable] = None) -> dict:
     """Join several ``results.json`` made on the same images (for example runs split by defence).
 
     ``order``: defence names in the order the tables should list them (others follow, as found).
     ``expected``: the table's intended groups ``(defence, norm, eps)``; those without any finished row
     are listed under ``"not_run"`` (and in ``table.md``), so a table never loses a row silently.
+    ``replan(group, recorded_plan) -> plan``: the plan the table holds each group to (default: the one its part
+    recorded), so a group recorded before its suite gained an attack counts as incomplete.
     Writes ``results.json`` and ``table.md`` into ``out_dir``.
     """
     from ..io import atomic_write_json, atomic_write_text
@@ -328,6 +330,8 @@ def merge_results(paths: Sequence, out_dir, title: str = "", order: Sequence[str
         d, nm, e = unplanned[0]
         raise ValueError(f"cannot tell whether {d} at {norm_label(nm, e)} ran its whole suite: no part records its plan "
                          f"({len(unplanned)} such groups); re-run its job with --resume")
+    if replan is not None:
+        planned = {g: list(replan(g, want)) for g, want in planned.items()}
     res = {"meta": dict(parts[0]["meta"], merged_from=[str(p) for p in paths]), "rows": rows,
            "worst_case": worst_case(rows, planned or None)}
     have = {(r["defence"], str(r["norm"]), float(r["eps"])) for r in rows}

@@ -332,17 +332,27 @@ def budget_at(steps: int, restarts: int = 1) -> Budget:
 CONVERGENCE_LADDER = ((10, 1), (20, 1), (40, 1), (80, 1), (160, 1), (80, 2), (160, 2))
 
 
-def convergence(preset, steps: int, restarts: int = 1, n: Optional[int] = None, eps: Optional[float] = None) -> Protocol:
+def convergence(preset, steps: int, restarts: int = 1, n: Optional[int] = None, eps: Optional[float] = None,
+                seed: int = 0) -> Protocol:
     """One point of the convergence curve: the whole standard ensemble at :func:`budget_at` against ERE descent
-    (the preset's best purifier) and PGD-AT, on the validation images at the preset's ℓ∞ budget."""
+    (the preset's best purifier) and PGD-AT, on the validation images at the preset's ℓ∞ budget.
+
+    ``seed`` (the run's seed, mixed into every image's random start): the same budget started elsewhere, to
+    measure how much of a doubling's effect is only a new draw of starting points."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     cfg = preset.purify
     defs = [DefenceSpec(f"ERE descent (no SAM) ε_pur={cfg.eps_pur:.4g}", "eq17", cfg.sam_off())]
     if preset.adv_train_steps >= 1:
         defs.append(DefenceSpec("PGD-AT", "pgd-at", family=Family.ADVERSARIAL_TRAINING))
     budget = budget_at(steps, restarts)
-    return Protocol("convergence", f"{preset.name}: the ensemble at {steps} steps × {restarts} restart(s)", tuple(defs),
+    plan = {"steps": steps, "restarts": restarts, "budget": dataclasses.asdict(budget)}
+    if seed:
+        plan["seed"] = seed  # seed 0 is left out: the plans recorded before seeds were studied stay as they were
+    return Protocol("convergence", f"{preset.name}: the ensemble at {steps} steps × {restarts} restart(s)"
+                    + (f", seed {seed}" if seed else ""), tuple(defs),
                     tuple(standard_suite(budget)), (Threat("inf", eps or preset.threats["inf"]),), Images("validation", n),
-                    plan={"steps": steps, "restarts": restarts, "budget": dataclasses.asdict(budget)},
+                    seed=seed, plan=plan,
                     describe=f"The standard ensemble at {steps} steps and {restarts} APGD restart(s) (exact gradient "
                              f"{max(1, steps // 2)} steps, Square {5 * steps} queries).")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..evaluation.results import paired, robust_flags
 
 __all__ = ["summarise", "summarise_sam", "summarise_attacks", "summarise_sweep", "choose_setting", "convergence_curve",
-           "flat_budget", "ladder_union", "run_convergence"]
+           "flat_budget", "ladder_union", "seed_union", "ladder_point", "run_convergence"]
 
 
 def summarise(results: dict) -> list[dict]:
@@ -81,8 +81,8 @@ def choose_setting(summary: dict, results: dict, baseline: str = "SAM off", alph
 
 
 def convergence_curve(folders) -> list[dict]:
-    """Per budget folder of the convergence study and per defence: steps, restarts, worst case, images robust
-    and the per-image outcomes (so two budgets can be compared image by image)."""
+    """Per budget folder of the convergence study and per defence: steps, restarts, the run's seed, worst case,
+    images robust and the per-image outcomes (so two budgets can be compared image by image)."""
     from ..evaluation.results import read_results
 
     out = []
@@ -91,7 +91,8 @@ def convergence_curve(folders) -> list[dict]:
         plan = res["meta"]["plan"]
         for w in res["worst_case"]:
             out.append({"defence": w["defence"], "family": w["family"], "classifier": w["classifier"],
-                        "steps": plan["steps"], "restarts": plan["restarts"], "n": w["n"], "robust": sum(w["survived"]),
+                        "steps": plan["steps"], "restarts": plan["restarts"], "seed": res["meta"].get("seed", 0),
+                        "n": w["n"], "robust": sum(w["survived"]),
                         "worst_case": w["robust_acc"], "ci95": w["ci95"], "survived": w["survived"],
                         "seconds": round(sum(r["seconds"] for r in res["rows"] if r["defence"] == w["defence"]), 1)})
     return out
@@ -100,8 +101,9 @@ def convergence_curve(folders) -> list[dict]:
 def flat_budget(curve: list[dict], defence: str, tolerance: float = 0.01) -> dict:
     """The smallest budget whose doubling in steps AND in restarts (both measured) moves ``defence``'s worst
     case by less than ``tolerance`` of the images — the budget the suite should run (issue: < 1 image in 100).
-    A budget with only one of its doublings on the ladder is never called flat."""
-    pts = {(c["steps"], c["restarts"]): c for c in curve if c["defence"] == defence}
+    A budget with only one of its doublings on the ladder is never called flat. Points of other seeds
+    (:func:`seed_union`) are not doublings and are left out."""
+    pts = {(c["steps"], c["restarts"]): c for c in curve if c["defence"] == defence and c.get("seed", 0) == 0}
     for (steps, restarts), c in sorted(pts.items(), key=lambda kv: (kv[0][0] * kv[0][1], kv[0][0])):
         keys = ((2 * steps, restarts), (steps, 2 * restarts))
         if not all(k in pts for k in keys):
@@ -119,8 +121,10 @@ def ladder_union(curve: list[dict], defence: str) -> dict:
     """Every budget of the ladder together: an image counts as robust only if no attack at any budget broke it.
 
     Each budget's attacks start from their own random points, so two budgets break partly different
-    images; this is the lowest worst case the ladder found (``{}`` when ``defence`` has no point)."""
-    pts = sorted((c for c in curve if c["defence"] == defence), key=lambda c: (c["steps"] * c["restarts"], c["steps"]))
+    images; this is the lowest worst case the ladder found (``{}`` when ``defence`` has no point). Runs of
+    other seeds count too (``budgets`` lists them as ``(steps, restarts, seed)``)."""
+    pts = sorted((c for c in curve if c["defence"] == defence),
+                 key=lambda c: (c["steps"] * c["restarts"], c["steps"], c.get("seed", 0)))
     if not pts:
         return {}
     n = pts[0]["n"]
@@ -128,24 +132,59 @@ def ladder_union(curve: list[dict], defence: str) -> dict:
         raise ValueError(f"{defence}: the ladder's budgets ran on different numbers of images")
     survived = [all(c["survived"][i] for c in pts) for i in range(n)]
     return {"robust": sum(survived), "n": n, "worst_case": sum(survived) / n, "survived": survived,
-            "budgets": [(c["steps"], c["restarts"]) for c in pts]}
+            "budgets": [ladder_point(c) for c in pts]}
+
+
+def ladder_point(c: dict) -> tuple:
+    """A curve point's budget: ``(steps, restarts)``, or ``(steps, restarts, seed)`` for a run of another seed."""
+    return (c["steps"], c["restarts"]) + ((c["seed"],) if c.get("seed", 0) else ())
+
+
+def seed_union(curve: list[dict], defence: str, steps: int, restarts: int = 1) -> list[dict]:
+    """One budget run with seeds 0, 1, 2, …: after each seed, the images every run so far left robust.
+
+    A new seed changes only where each image's attacks start. If the union keeps falling as seeds are
+    added, the attacks' outcome depends on their starting points (a rugged loss surface), and a longer
+    run at one seed is partly just another draw. Seeds are taken in increasing order; ``[]`` if seed 0
+    is missing."""
+    pts = sorted((c for c in curve if c["defence"] == defence and c["steps"] == steps and c["restarts"] == restarts),
+                 key=lambda c: c.get("seed", 0))
+    if not pts or pts[0].get("seed", 0) != 0:
+        return []
+    out, alive = [], [True] * pts[0]["n"]
+    for c in pts:
+        if c["n"] != len(alive):
+            raise ValueError(f"{defence}: the seeds of {steps}×{restarts} ran on different numbers of images")
+        # the images this seed breaks that every earlier seed left robust (none to compare the first one with)
+        newly = sum(a and not s for a, s in zip(alive, c["survived"])) if out else None
+        alive = [a and bool(s) for a, s in zip(alive, c["survived"])]
+        out.append({"seed": c.get("seed", 0), "robust": c["robust"], "union": sum(alive), "newly_broken": newly,
+                    "n": c["n"], "seconds": c.get("seconds")})
+    return out
 
 
 def run_convergence(preset, out, options, ladder=None, n=None) -> dict:
-    """Run the convergence ladder (one engine run per budget, each resumable) and write ``convergence.json``."""
+    """Run the convergence ladder (one engine run per budget, each resumable) and write ``convergence.json``.
+
+    ``ladder``: ``(steps, restarts)`` or ``(steps, restarts, seed)`` points (folder ``STEPSxRESTARTS`` or
+    ``STEPSxRESTARTS-seedS``); the summary covers every budget folder already in ``out``, so points run
+    one at a time add up."""
     from ..io import atomic_write_json
     from . import protocols
     from .engine import run
 
     out = Path(out)
-    folders = []
-    for steps, restarts in ladder or protocols.CONVERGENCE_LADDER:
-        folder = out / f"{steps}x{restarts}"
-        run(preset, protocols.convergence(preset, steps, restarts, n=n), folder, dataclasses.replace(options, resume=True))
-        folders.append(folder)
+    for point in ladder or protocols.CONVERGENCE_LADDER:
+        steps, restarts, seed = (tuple(point) + (0,))[:3]
+        folder = out / (f"{steps}x{restarts}" + (f"-seed{seed}" if seed else ""))
+        run(preset, protocols.convergence(preset, steps, restarts, n=n, seed=seed), folder,
+            dataclasses.replace(options, resume=True))
+    folders = sorted(f for f in out.glob("*x*") if (f / "results.json").is_file())
     curve = convergence_curve(folders)
     names = dict.fromkeys(c["defence"] for c in curve)
+    seeded = sorted({(c["steps"], c["restarts"]) for c in curve if c.get("seed", 0)})
     summary = {"curve": curve, "flat": {d: flat_budget(curve, d) for d in names},
-               "union": {d: ladder_union(curve, d) for d in names}}
+               "union": {d: ladder_union(curve, d) for d in names},
+               "seeds": {d: {f"{s}x{r}": seed_union(curve, d, s, r) for s, r in seeded} for d in names}}
     atomic_write_json(out / "convergence.json", summary)
     return summary
