@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -273,8 +274,6 @@ def cmd_study(args) -> int:
 def _convergence(args, preset) -> int:
     """Every budget of the convergence ladder (one results folder each, resumable), then convergence.json."""
     from .experiments.studies import run_convergence
-
-    import re
 
     points = []
     for b in _items(args.only):

@@ -72,22 +72,24 @@ def replan(table: str):
 
     A job records the plan of the suite it ran. When the suite later gains an attack (APGD on the exact
     gradient was added after the 80-step ladder of chapter 7), a group recorded before it must not count as
-    complete: its plan gains every attack of the table's suite at that norm that applies by the same rule as
-    the ones it ran — exact-gradient attacks where it ran an exact-gradient attack (the defence supports them),
-    within the roles the table gives that defence."""
+    complete: its plan gains every attack of the table's suite at that norm of a kind the group already ran —
+    the same gradient rule (gray-box, BPDA, exact, partial unrolling) or gradient-free Square — within the
+    roles the table gives that defence. What applies to a defence is thereby read off what ran against it,
+    without rebuilding its models."""
     pr, keep = _protocol(table)
     roles = {d.label: d.attacks for d in keep}
+
+    def kind(a) -> tuple:
+        return a.gradient, a.unroll_last is not None, a.kind == "square"
 
     def plan(group, recorded):
         defence, norm, _ = group
         at_norm = [a for a in pr.attacks if (a.norms is None or str(norm) in a.norms)
                    and not (a.kind == "square" and str(norm) == "1")]
-        by_name = {a.name: a for a in at_norm}
-        exact = any(by_name[n].gradient == "exact" and by_name[n].unroll_last is None for n in recorded if n in by_name)
+        ran = {kind(a) for a in at_norm if a.name in recorded}
         allowed = roles.get(defence)
-        new = [a.name for a in at_norm if a.name not in recorded and exact and a.gradient == "exact"
-               and a.unroll_last is None and (allowed is None or a.role in allowed.get(str(norm), ()))]
-        return list(recorded) + new
+        return list(recorded) + [a.name for a in at_norm if a.name not in recorded and kind(a) in ran
+                                 and (allowed is None or a.role in allowed.get(str(norm), ()))]
 
     return plan
 
