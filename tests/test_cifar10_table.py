@@ -335,11 +335,11 @@ def test_groups_recorded_before_the_suite_gained_an_attack_count_as_incomplete(r
     old = ["gPGD80", "BPDA80", "APGD-CE80", "APGD-DLR80", "APGD-T80", "exact40", "APGD-CE80→exact40",
            "partial3-margin80", "Square400"]
     group = ("ERE descent (no SAM) ε_pur=0.3", "inf", 0.2)
-    assert plan(group, old) == old + ["APGD-CE80→exact-APGD-CE40", "exact-APGD-T40"]
+    assert plan(group, old) == old + ["APGD-CE80→exact-APGD-CE40", "exact-APGD-T40", "exact-APGD-T80-long"]
     assert plan(group, plan(group, old)) == plan(group, old)  # already held to the new suite: unchanged
     no_exact = ["BPDA80", "APGD-CE80", "APGD-DLR80", "APGD-T80", "Square400"]
     assert plan(("PGD-AT", "inf", 0.2), no_exact) == no_exact  # adversarial training, stochastic purifiers
     cifar = rt.replan("cifar10-cpu-table")
     l1 = ["BPDA40", "APGD-CE40×2", "APGD-DLR40×2", "APGD-T40", "exact20", "APGD-CE40×2→exact20", "partial3-margin40"]
-    assert cifar(("ERE descent (no SAM) ε_pur=12/255 (clean classifier)", "1", 12.0), l1)[-2:] == [
-        "APGD-CE40×2→exact-APGD-CE20×2", "exact-APGD-T20"]  # ℓ1 at its own (doubled) budget
+    assert cifar(("ERE descent (no SAM) ε_pur=12/255 (clean classifier)", "1", 12.0), l1)[-3:] == [
+        "APGD-CE40×2→exact-APGD-CE20×2", "exact-APGD-T20", "exact-APGD-T40-long"]  # ℓ1 at its own (doubled) budget

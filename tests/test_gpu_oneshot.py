@@ -36,8 +36,8 @@ def test_runs_end_to_end_and_keeps_its_time_budget(script, tmp_path):
     assert res["meta"]["n"] == 40 and len(res["rows"]) == report["ensemble"]["rows"] >= 1
     assert (out / "table.md").exists() and (tmp_path / "book" / "results.json").exists()
     # either it finished every row or it says where it stopped; finished rows are whole
-    # 5 rows for each of the two classifiers without a purifier, 11 for each of the two deterministic purifiers
-    assert report["ensemble"]["stopped"] or len(res["rows"]) == 32
+    # 5 rows for each of the two classifiers without a purifier, 12 for each of the two deterministic purifiers
+    assert report["ensemble"]["stopped"] or len(res["rows"]) == 34
     assert all(len(r["survived"]) == 40 for r in res["rows"])
 
 

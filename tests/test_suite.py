@@ -189,14 +189,19 @@ def test_applies_follows_the_suite_table():
     fixed = names(Defence("f", clf, ADP(score, ADPConfig(fixed_noise=True))))
     assert "partial3-margin20" not in fixed and "APGD-CE20→exact10" in fixed and "exact10" in fixed
     # APGD on the exact gradient: for deterministic purifiers with exact gradients only, last in the suite
-    exact_apgd = ["APGD-CE20→exact-APGD-CE10", "exact-APGD-T10"]
-    assert fixed[-2:] == exact_apgd and [a.name for a in atk][-2:] == exact_apgd
+    exact_apgd = ["APGD-CE20→exact-APGD-CE10", "exact-APGD-T10", "exact-APGD-T20-long"]
+    assert fixed[-3:] == exact_apgd and [a.name for a in atk][-3:] == exact_apgd
     assert not set(exact_apgd) & set(names(Defence("c", clf, lambda x: x.clamp(0.1, 0.9))))
-    warm, targeted = atk[-2:]
+    warm, targeted, long = atk[-3:]
     assert (warm.kind, warm.gradient, warm.warm_from, warm.cascade) == ("apgd-ce", "exact", "APGD-CE20", True)
     assert (targeted.kind, targeted.gradient, targeted.targets, targeted.cascade) == ("apgd-t", "exact", 3, True)
-    doubled = [a.name for a in standard_suite(Budget().doubled())][-2:]
-    assert doubled == ["APGD-CE40×2→exact-APGD-CE20×2", "exact-APGD-T20"]
+    # the targeted attack again at APGD's step count, not at the exact gradient's
+    assert (long.kind, long.gradient, long.steps, long.targets, long.cascade) == ("apgd-t", "exact", 20, 3, True)
+    doubled = [a.name for a in standard_suite(Budget().doubled())][-3:]
+    assert doubled == ["APGD-CE40×2→exact-APGD-CE20×2", "exact-APGD-T20", "exact-APGD-T40-long"]
+    # where the exact-gradient budget already has APGD's step count there is no second, identical run
+    same = [a.name for a in standard_suite(Budget(exact_steps=20))]
+    assert same[-1] == "exact-APGD-T20" and len(same) == len(set(same)) == len(atk) - 1
 
 
 def test_tiny_adversarial_training_beats_the_plain_model_under_pgd(tiny_run):

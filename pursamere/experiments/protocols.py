@@ -323,7 +323,8 @@ def schedule_sweep(preset, candidates: dict, n: Optional[int] = None, steps: int
 
 def budget_at(steps: int, restarts: int = 1) -> Budget:
     """The standard ensemble scaled to ``steps`` (PGD, APGD and partial unrolling), ``steps/2`` exact-gradient
-    steps, ``restarts`` APGD restarts and ``5·steps`` Square queries: one point of the convergence curve."""
+    steps (targeted APGD on the exact gradient runs at ``steps/2`` and again at ``steps``), ``restarts`` APGD
+    restarts and ``5·steps`` Square queries: one point of the convergence curve."""
     return Budget(gpgd_steps=steps, bpda_steps=steps, exact_steps=max(1, steps // 2), partial_steps=steps,
                   apgd_steps=steps, apgd_restarts=restarts, square_queries=5 * steps)
 
@@ -354,7 +355,8 @@ def convergence(preset, steps: int, restarts: int = 1, n: Optional[int] = None, 
                     tuple(standard_suite(budget)), (Threat("inf", eps or preset.threats["inf"]),), Images("validation", n),
                     seed=seed, plan=plan,
                     describe=f"The standard ensemble at {steps} steps and {restarts} APGD restart(s) (exact gradient "
-                             f"{max(1, steps // 2)} steps, Square {5 * steps} queries).")
+                             f"{max(1, steps // 2)} steps, then targeted APGD on it at {steps}; Square {5 * steps} "
+                             "queries).")
 
 
 #: Named single attacks for ``pursamere evaluate`` ("-det": the purifier's seed is fixed and known).

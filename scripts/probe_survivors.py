@@ -1,0 +1,103 @@
+"""Which extra attack breaks the images a recorded ladder point left robust? (book chapter 7)
+
+Each candidate attack is appended, cascaded, to the standard suite of one recorded point of the
+convergence ladder (``pursamere study convergence``) and run against ERE descent in a copy of that
+point's folder: the recorded rows are reused, so the candidate runs only on the point's survivors,
+and each candidate starts from the same survivors (one folder each). The summary lists the images
+each candidate broke.
+
+    python scripts/probe_survivors.py --point book/data/digits-convergence/80x1 --out results/digits/probe-80x1
+
+This is how the suite's last attack (targeted APGD on the exact gradient at APGD's step count) was
+chosen: on the 17 images the 80-step suite left, it broke 2, the same 2 at 160 steps, while the
+same attack over 9 target classes at 40 steps broke 1 and APGD-CE / APGD-DLR on the exact gradient
+from APGD-CE's end points broke none (``book/data/digits-convergence/probe-80x1.json``, run when that
+point held the eleven attacks it recorded then; the folder now holds the twelfth, so a re-run probes
+its 15 survivors).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from pursamere.evaluation.suite import AttackSpec
+from pursamere.experiments import protocols
+from pursamere.experiments.engine import Options, run
+from pursamere.experiments.presets import get_preset
+from pursamere.io import atomic_write_json
+
+
+def candidates(steps: int) -> dict:
+    """The attacks tried on the survivors of the ``steps``-step point (names salt their random starts)."""
+    half = max(1, steps // 2)
+    warm = f"APGD-CE{steps}"
+    return {
+        "warm exact APGD-CE, full steps": AttackSpec(f"{warm}→exact-APGD-CE{steps}", gradient="exact", kind="apgd-ce",
+                                                     steps=steps, warm_from=warm, cascade=True),
+        "warm exact APGD-DLR": AttackSpec(f"{warm}→exact-APGD-DLR{half}", gradient="exact", kind="apgd-dlr",
+                                          steps=half, warm_from=warm, cascade=True),
+        "exact APGD-T, full steps": AttackSpec(f"exact-APGD-T{steps}", gradient="exact", kind="apgd-t", steps=steps,
+                                               cascade=True),
+        "exact APGD-T, 9 targets": AttackSpec(f"exact-APGD-T{half}-9cls", gradient="exact", kind="apgd-t", steps=half,
+                                              targets=9, cascade=True),
+        "exact APGD-T, twice the steps": AttackSpec(f"exact-APGD-T{2 * steps}", gradient="exact", kind="apgd-t",
+                                                    steps=2 * steps, cascade=True),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--point", required=True, help="a recorded ladder point's folder, e.g. book/data/digits-convergence/80x1")
+    ap.add_argument("--out", required=True, help="where the candidates' folders and probe.json go")
+    ap.add_argument("--only", default="", help="semicolon-separated candidate names (default: all)")
+    args = ap.parse_args(argv)
+    point, out = Path(args.point), Path(args.out)
+    try:
+        meta = json.loads((point / "results.json").read_text())["meta"]
+        steps, restarts = meta["plan"]["steps"], meta["plan"]["restarts"]
+        seed = meta["plan"].get("seed", 0)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"probe_survivors: {point} is not a recorded convergence point ({type(e).__name__}: {e})", file=sys.stderr)
+        return 2
+    preset = get_preset(meta["preset"])
+    cands = candidates(steps)
+    chosen = [c.strip() for c in args.only.split(";") if c.strip()] or list(cands)
+    unknown = [c for c in chosen if c not in cands]
+    if unknown:
+        print(f"probe_survivors: unknown candidate(s) {unknown}; choose from {list(cands)}", file=sys.stderr)
+        return 2
+    base = protocols.convergence(preset, steps, restarts, seed=seed)
+    # the suite as the point recorded it (the standard suite may have grown since): only the candidate runs
+    base = dataclasses.replace(base, attacks=tuple(a for a in base.attacks if a.name in meta["attack_order"]))
+    ere = tuple(d for d in base.defences if d.label.startswith("ERE"))
+    report = {"point": str(point), "steps": steps, "restarts": restarts, "seed": seed, "candidates": {}}
+    for name in chosen:
+        folder = out / name.replace(" ", "-").replace(",", "")
+        if not folder.exists():
+            shutil.copytree(point, folder)
+            (folder / "table.md").unlink(missing_ok=True)
+        protocol = dataclasses.replace(base, defences=ere, attacks=base.attacks + (cands[name],),
+                                       title=f"{base.title}, probed with {cands[name].name}")
+        t = time.perf_counter()
+        res = run(preset, protocol, folder, Options(weights="shipped", resume=True, progress=False))
+        rows = {r["attack"]: r for r in res.results["rows"] if r["defence"] == ere[0].label}
+        before = [all(rows[a.name]["survived"][i] for a in base.attacks if a.name in rows)
+                  for i in range(meta["n"])]
+        after = rows[cands[name].name]["survived"]
+        report["candidates"][name] = {
+            "attack": cands[name].name, "survivors_before": sum(before),
+            "broke": [i for i in range(meta["n"]) if before[i] and not after[i]],
+            "seconds": round(rows[cands[name].name]["seconds"], 1), "wall_s": round(time.perf_counter() - t, 1)}
+        print(name, report["candidates"][name], flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "probe.json", report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
