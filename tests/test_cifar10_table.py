@@ -167,12 +167,9 @@ def test_demo_part_is_the_key_rows_at_linf_without_checks():
 @pytest.fixture(scope="module")
 def rt():
     """scripts/record_tables.py as a module."""
-    import importlib.util
+    from script_module import load_script  # tests/script_module.py
 
-    spec = importlib.util.spec_from_file_location("record_tables", ROOT / "scripts" / "record_tables.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("record_tables")
 
 
 def test_recorded_tables_restore_into_their_job_folders_and_merge_back(rt, tmp_path):

@@ -1,5 +1,4 @@
 """The one-shot GPU script, end to end on the CPU at tiny sizes: it trains, evaluates and keeps its time budget."""
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -7,16 +6,14 @@ from pathlib import Path
 import pytest
 
 from fake_data import fake_cifar  # tests/fake_data.py
+from script_module import load_script  # tests/script_module.py
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_oneshot.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("gpu_oneshot", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("gpu_oneshot")
 
 
 def test_runs_end_to_end_and_keeps_its_time_budget(script, tmp_path):

@@ -1,19 +1,17 @@
 """scripts/probe_survivors.py: the candidates it tries and its refusals (one line each, no run started)."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from script_module import load_script  # tests/script_module.py
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def probe():
-    spec = importlib.util.spec_from_file_location("probe_survivors", ROOT / "scripts" / "probe_survivors.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("probe_survivors")
 
 
 def test_candidates_scale_with_the_point_and_are_exact_gradient_apgd(probe):
