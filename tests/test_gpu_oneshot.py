@@ -1,14 +1,11 @@
 """The one-shot GPU script, end to end on the CPU at tiny sizes: it trains, evaluates and keeps its time budget."""
 import json
 import time
-from pathlib import Path
 
 import pytest
 
 from fake_data import fake_cifar  # tests/fake_data.py
 from script_module import load_script  # tests/script_module.py
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_oneshot.py"
 
 
 @pytest.fixture(scope="module")
