@@ -32,10 +32,10 @@ from pursamere.experiments.presets import get_preset
 from pursamere.io import atomic_write_json
 
 
-def candidates(steps: int) -> dict:
-    """The attacks tried on the survivors of the ``steps``-step point (names salt their random starts)."""
+def candidates(steps: int, restarts: int = 1) -> dict:
+    """The attacks tried on the survivors of the ``steps`` × ``restarts`` point (names salt their random starts)."""
     half = max(1, steps // 2)
-    warm = f"APGD-CE{steps}"
+    warm = f"APGD-CE{steps}" + (f"×{restarts}" if restarts > 1 else "")  # the suite's APGD-CE at that point
     return {
         "warm exact APGD-CE, full steps": AttackSpec(f"{warm}→exact-APGD-CE{steps}", gradient="exact", kind="apgd-ce",
                                                      steps=steps, warm_from=warm, cascade=True),
@@ -58,41 +58,53 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     point, out = Path(args.point), Path(args.out)
     try:
-        meta = json.loads((point / "results.json").read_text())["meta"]
+        recorded = json.loads((point / "results.json").read_text())
+        meta = recorded["meta"]
         steps, restarts = meta["plan"]["steps"], meta["plan"]["restarts"]
-        seed = meta["plan"].get("seed", 0)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        seed, n, eps, order = meta["plan"].get("seed", 0), meta["n"], meta["threats"]["inf"], meta["attack_order"]
+        kept = next(w["survived"] for w in recorded["worst_case"] if w["defence"].startswith("ERE descent"))
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+            raise ValueError(f"steps {steps!r}: the probe needs a point of at least 2 steps")
+        preset = get_preset(meta["preset"])
+    except (OSError, ValueError, KeyError, TypeError, StopIteration) as e:
         print(f"probe_survivors: {point} is not a recorded convergence point ({type(e).__name__}: {e})", file=sys.stderr)
         return 2
-    preset = get_preset(meta["preset"])
-    cands = candidates(steps)
+    cands = candidates(steps, restarts)
     chosen = [c.strip() for c in args.only.split(";") if c.strip()] or list(cands)
     unknown = [c for c in chosen if c not in cands]
     if unknown:
         print(f"probe_survivors: unknown candidate(s) {unknown}; choose from {list(cands)}", file=sys.stderr)
         return 2
-    base = protocols.convergence(preset, steps, restarts, seed=seed)
+    base = protocols.convergence(preset, steps, restarts, n=n, eps=eps, seed=seed)
     # the suite as the point recorded it (the standard suite may have grown since): only the candidate runs
-    base = dataclasses.replace(base, attacks=tuple(a for a in base.attacks if a.name in meta["attack_order"]))
+    base = dataclasses.replace(base, attacks=tuple(a for a in base.attacks if a.name in order))
     ere = tuple(d for d in base.defences if d.label.startswith("ERE"))
     report = {"point": str(point), "steps": steps, "restarts": restarts, "seed": seed, "candidates": {}}
     for name in chosen:
+        spec = cands[name]
         folder = out / name.replace(" ", "-").replace(",", "")
-        if not folder.exists():
-            shutil.copytree(point, folder)
-            (folder / "table.md").unlink(missing_ok=True)
-        protocol = dataclasses.replace(base, defences=ere, attacks=base.attacks + (cands[name],),
-                                       title=f"{base.title}, probed with {cands[name].name}")
-        t = time.perf_counter()
-        res = run(preset, protocol, folder, Options(weights="shipped", resume=True, progress=False))
+        try:
+            if not folder.exists():
+                shutil.copytree(point, folder)
+                (folder / "table.md").unlink(missing_ok=True)
+            protocol = dataclasses.replace(base, defences=ere, attacks=base.attacks + (spec,),
+                                           title=f"{base.title}, probed with {spec.name}")
+            t = time.perf_counter()
+            res = run(preset, protocol, folder, Options(weights="shipped", resume=True, progress=False))
+        except (OSError, ValueError) as e:
+            print(f"probe_survivors: {name}: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
         rows = {r["attack"]: r for r in res.results["rows"] if r["defence"] == ere[0].label}
-        before = [all(rows[a.name]["survived"][i] for a in base.attacks if a.name in rows)
-                  for i in range(meta["n"])]
-        after = rows[cands[name].name]["survived"]
+        before = [all(rows[a.name]["survived"][i] for a in base.attacks) for i in range(n)]
+        if before != list(kept):  # the point's rows were recomputed, not reused: other models or images
+            print(f"probe_survivors: {name}: the recorded rows of {point} were not reused (the suite left "
+                  f"{sum(before)} images here, {sum(kept)} there): were they made with other weights?", file=sys.stderr)
+            return 1
+        after = rows[spec.name]["survived"]
         report["candidates"][name] = {
-            "attack": cands[name].name, "survivors_before": sum(before),
-            "broke": [i for i in range(meta["n"]) if before[i] and not after[i]],
-            "seconds": round(rows[cands[name].name]["seconds"], 1), "wall_s": round(time.perf_counter() - t, 1)}
+            "attack": spec.name, "survivors_before": sum(before),
+            "broke": [i for i in range(n) if before[i] and not after[i]],
+            "seconds": round(rows[spec.name]["seconds"], 1), "wall_s": round(time.perf_counter() - t, 1)}
         print(name, report["candidates"][name], flush=True)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "probe.json", report)

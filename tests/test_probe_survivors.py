@@ -20,6 +20,8 @@ def test_candidates_scale_with_the_point_and_are_exact_gradient_apgd(probe):
                                              "exact-APGD-T40-9cls", "exact-APGD-T160"}
     assert all(a.gradient == "exact" and a.cascade and a.kind.startswith("apgd") for a in c.values())
     assert c["exact APGD-T, 9 targets"].targets == 9 and c["warm exact APGD-DLR"].warm_from == "APGD-CE80"
+    # a point with restarts names its APGD-CE by them: the warm candidates start from that attack's end points
+    assert probe.candidates(80, 2)["warm exact APGD-CE, full steps"].warm_from == "APGD-CE80×2"
 
 
 def test_the_recorded_probe_is_what_the_suite_was_chosen_from(probe):
@@ -40,3 +42,11 @@ def test_bad_inputs_get_one_line(probe, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "a spell" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()  # refused before anything was written
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    rec = json.loads((point / "results.json").read_text())
+    rec["meta"]["preset"] = "no-such-preset"
+    (broken / "results.json").write_text(json.dumps(rec))
+    assert probe.main(["--point", str(broken), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a recorded convergence point" in err and len(err.splitlines()) == 1

@@ -180,11 +180,11 @@ def standard_suite(budget: Budget = Budget(), norms: Optional[tuple] = None) -> 
     (``None``: every norm; :func:`ensemble_suite` gives ℓ1 its own budget).
 
     Its strongest path on a deterministic purifier: APGD through BPDA, then the exact gradient
-    started from APGD-CE's end points on the images that survived everything before it. The last two
-    attacks (APGD-CE on the exact gradient from APGD-CE's end points, targeted APGD on the exact gradient)
-    were added when the convergence ladder of book chapter 7 showed that the 80-step suite left images
-    robust that a doubled budget broke; they come last so that rows recorded before them stay reusable. The
-    targeted one then runs a second time at APGD's full step count (``exact-APGD-T{apgd_steps}-long``; not when the
+    started from APGD-CE's end points on the images that survived everything before it. The three APGD
+    attacks on the exact gradient that end the suite (APGD-CE from APGD-CE's end points, targeted APGD, and
+    targeted APGD again at the full step count) were added when the convergence ladder of book chapter 7 showed
+    that the 80-step suite left images robust that a doubled budget broke; they come last so that rows recorded
+    before them stay reusable. The targeted one runs a second time at APGD's full step count (``exact-APGD-T{apgd_steps}-long``; not when the
     exact-gradient budget is already that long), added when the ladder showed that the targeted attack's step
     count, not its number of target classes, decided what it broke.
     """

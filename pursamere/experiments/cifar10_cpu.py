@@ -267,8 +267,10 @@ def table_protocol(preset, part: str = "key", n: Optional[int] = None, budget=No
     describe = (f"The standard ensemble at gPGD{budget.gpgd_steps}, BPDA{budget.bpda_steps}, APGD{budget.apgd_steps} "
                 f"(CE, DLR, targeted over {budget.apgd_targets} classes), exact{budget.exact_steps} (random start and from "
                 f"APGD-CE's end points), partial unrolling, Square{budget.square_queries} and APGD{budget.exact_steps} on the "
-                f"exact gradient (from APGD-CE's end points, and targeted), then targeted APGD{budget.apgd_steps} on the "
-                f"exact gradient; EoT {budget.eot} against "
+                f"exact gradient (from APGD-CE's end points, and targeted)"
+                + (f", then targeted APGD{budget.apgd_steps} on the exact gradient"
+                   if budget.apgd_steps > budget.exact_steps else "")
+                + f"; EoT {budget.eot} against "
                 "stochastic purifiers; at ℓ1 every count doubled (no Square there). Models: the shipped CPU-trained "
                 "weights of weights/cifar10/."
                 + (f" Left out (classifier not shipped): {', '.join(dropped)}." if dropped else ""))

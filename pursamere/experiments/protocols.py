@@ -355,8 +355,8 @@ def convergence(preset, steps: int, restarts: int = 1, n: Optional[int] = None, 
                     tuple(standard_suite(budget)), (Threat("inf", eps or preset.threats["inf"]),), Images("validation", n),
                     seed=seed, plan=plan,
                     describe=f"The standard ensemble at {steps} steps and {restarts} APGD restart(s) (exact gradient "
-                             f"{max(1, steps // 2)} steps, then targeted APGD on it at {steps}; Square {5 * steps} "
-                             "queries).")
+                             f"{max(1, steps // 2)} steps" + (f", then targeted APGD on it at {steps}" if steps > 1 else "")
+                             + f"; Square {5 * steps} queries).")
 
 
 #: Named single attacks for ``pursamere evaluate`` ("-det": the purifier's seed is fixed and known).
