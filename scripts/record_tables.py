@@ -63,8 +63,12 @@ def planned_attacks(table: str) -> set:
     """The (attack, norm) pairs of a table's budget (the names carry the step, restart and query counts; ℓ1
     has its own, :func:`pursamere.evaluation.suite.threat_budget`)."""
     pr = _protocol(table)[0]
-    return {(a.name, str(t.norm)) for a in pr.attacks for t in pr.threats
-            if (a.norms is None or str(t.norm) in a.norms) and not (a.kind == "square" and t.norm == 1)}
+    return {(a.name, str(t.norm)) for a in pr.attacks for t in pr.threats if _runs_at(a, t.norm)}
+
+
+def _runs_at(a, norm) -> bool:
+    """Whether the suite's attack ``a`` runs at threat norm ``norm`` (its budget's norms; no Square at ℓ1)."""
+    return (a.norms is None or str(norm) in a.norms) and not (a.kind == "square" and str(norm) == "1")
 
 
 def replan(table: str):
@@ -84,8 +88,7 @@ def replan(table: str):
 
     def plan(group, recorded):
         defence, norm, _ = group
-        at_norm = [a for a in pr.attacks if (a.norms is None or str(norm) in a.norms)
-                   and not (a.kind == "square" and str(norm) == "1")]
+        at_norm = [a for a in pr.attacks if _runs_at(a, norm)]
         ran = {kind(a) for a in at_norm if a.name in recorded}
         allowed = roles.get(defence)
         return list(recorded) + [a.name for a in at_norm if a.name not in recorded and kind(a) in ran
