@@ -14,6 +14,11 @@ same attack over 9 target classes at 40 steps broke 1 and APGD-CE / APGD-DLR on 
 from APGD-CE's end points broke none (``book/data/digits-convergence/probe-80x1.json``, run when that
 point held the eleven attacks it recorded then; the folder now holds the twelfth, so a re-run probes
 its 15 survivors).
+
+The candidate "the suite doubled" is the whole standard suite at twice the point's steps and restarts
+(``Budget.doubled``, the ``--strong`` check), every attack cascaded after the point's suite: what a reader's
+longer run of the same attacks would still break among the images the point calls robust. On a point whose
+doubling breaks none of its survivors, that budget has converged by chapter 7's rule.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from pursamere.evaluation.suite import AttackSpec
+from pursamere.evaluation.suite import AttackSpec, standard_suite
 from pursamere.experiments import protocols
 from pursamere.experiments.engine import Options, run
 from pursamere.experiments.presets import get_preset
@@ -33,10 +38,12 @@ from pursamere.io import atomic_write_json
 
 
 def candidates(steps: int, restarts: int = 1) -> dict:
-    """The attacks tried on the survivors of the ``steps`` × ``restarts`` point (names salt their random starts)."""
+    """The attacks tried on the survivors of the ``steps`` × ``restarts`` point, each a tuple of attacks run in
+    turn (names salt their random starts)."""
     half = max(1, steps // 2)
     warm = f"APGD-CE{steps}" + (f"×{restarts}" if restarts > 1 else "")  # the suite's APGD-CE at that point
-    return {
+    doubled = protocols.budget_at(steps, restarts).doubled()
+    single = {
         "warm exact APGD-CE, full steps": AttackSpec(f"{warm}→exact-APGD-CE{steps}", gradient="exact", kind="apgd-ce",
                                                      steps=steps, warm_from=warm, cascade=True),
         "warm exact APGD-DLR": AttackSpec(f"{warm}→exact-APGD-DLR{half}", gradient="exact", kind="apgd-dlr",
@@ -47,7 +54,14 @@ def candidates(steps: int, restarts: int = 1) -> dict:
                                               targets=9, cascade=True),
         "exact APGD-T, twice the steps": AttackSpec(f"exact-APGD-T{2 * steps}", gradient="exact", kind="apgd-t",
                                                     steps=2 * steps, cascade=True),
+        # Square at AutoAttack's standard query count (the suite's 5N queries compress its schedule of window sizes)
+        "Square, 5000 queries": AttackSpec("Square5000", gradient="none", kind="square", queries=5000, cascade=True),
+        "Square, 10000 queries": AttackSpec("Square10000", gradient="none", kind="square", queries=10000, cascade=True),
     }
+    out = {name: (spec,) for name, spec in single.items()}
+    # every attack cascaded, also the two that run on every image in the suite: only the point's survivors matter
+    out["the suite doubled"] = tuple(dataclasses.replace(a, cascade=True) for a in standard_suite(doubled))
+    return out
 
 
 def main(argv=None) -> int:
@@ -81,14 +95,19 @@ def main(argv=None) -> int:
     ere = tuple(d for d in base.defences if d.label.startswith("ERE"))
     report = {"point": str(point), "steps": steps, "restarts": restarts, "seed": seed, "candidates": {}}
     for name in chosen:
-        spec = cands[name]
+        specs = cands[name]
+        clash = sorted({a.name for a in specs} & set(order))
+        if clash:
+            print(f"probe_survivors: {name}: attack names {clash} are already the point's", file=sys.stderr)
+            return 2
         folder = out / name.replace(" ", "-").replace(",", "")
         try:
             if not folder.exists():
                 shutil.copytree(point, folder)
                 (folder / "table.md").unlink(missing_ok=True)
-            protocol = dataclasses.replace(base, defences=ere, attacks=base.attacks + (spec,),
-                                           title=f"{base.title}, probed with {spec.name}")
+            label = specs[0].name if len(specs) == 1 else f"{name} ({specs[0].name} … {specs[-1].name})"
+            protocol = dataclasses.replace(base, defences=ere, attacks=base.attacks + specs,
+                                           title=f"{base.title}, probed with {label}")
             t = time.perf_counter()
             res = run(preset, protocol, folder, Options(weights="shipped", resume=True, progress=False))
         except (OSError, ValueError) as e:
@@ -100,11 +119,15 @@ def main(argv=None) -> int:
             print(f"probe_survivors: {name}: the recorded rows of {point} were not reused (the suite left "
                   f"{sum(before)} images here, {sum(kept)} there): were they made with other weights?", file=sys.stderr)
             return 1
-        after = rows[spec.name]["survived"]
-        report["candidates"][name] = {
-            "attack": spec.name, "survivors_before": sum(before),
-            "broke": [i for i in range(n) if before[i] and not after[i]],
-            "seconds": round(rows[spec.name]["seconds"], 1), "wall_s": round(time.perf_counter() - t, 1)}
+        after = [all(rows[a.name]["survived"][i] for a in specs) for i in range(n)]
+        entry = {"attack": specs[0].name if len(specs) == 1 else [a.name for a in specs],
+                 "survivors_before": sum(before), "broke": [i for i in range(n) if before[i] and not after[i]],
+                 "seconds": round(sum(rows[a.name]["seconds"] for a in specs), 1),
+                 "wall_s": round(time.perf_counter() - t, 1)}
+        if len(specs) > 1:  # which attack of the group broke each image first
+            entry["broke_by"] = {str(i): next(a.name for a in specs if not rows[a.name]["survived"][i])
+                                 for i in entry["broke"]}
+        report["candidates"][name] = entry
         print(name, report["candidates"][name], flush=True)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "probe.json", report)

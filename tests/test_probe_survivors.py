@@ -16,12 +16,31 @@ def probe():
 
 def test_candidates_scale_with_the_point_and_are_exact_gradient_apgd(probe):
     c = probe.candidates(80)
+    c.pop("the suite doubled")  # a group of attacks: its own test below
+    assert all(len(v) == 1 for v in c.values())
+    c = {k: v[0] for k, v in c.items()}
     assert {a.name for a in c.values()} == {"APGD-CE80→exact-APGD-CE80", "APGD-CE80→exact-APGD-DLR40", "exact-APGD-T80",
-                                             "exact-APGD-T40-9cls", "exact-APGD-T160"}
+                                             "exact-APGD-T40-9cls", "exact-APGD-T160", "Square5000",
+                                             "Square10000"}
+    for q in (5000, 10000):
+        square = c.pop(f"Square, {q} queries")
+        assert square.kind == "square" and square.queries == q and square.cascade
     assert all(a.gradient == "exact" and a.cascade and a.kind.startswith("apgd") for a in c.values())
     assert c["exact APGD-T, 9 targets"].targets == 9 and c["warm exact APGD-DLR"].warm_from == "APGD-CE80"
     # a point with restarts names its APGD-CE by them: the warm candidates start from that attack's end points
-    assert probe.candidates(80, 2)["warm exact APGD-CE, full steps"].warm_from == "APGD-CE80×2"
+    assert probe.candidates(80, 2)["warm exact APGD-CE, full steps"][0].warm_from == "APGD-CE80×2"
+
+
+def test_the_doubled_suite_is_the_strong_check_cascaded_after_the_point(probe):
+    """Twice the steps and the restarts (Budget.doubled, as --strong), every attack only on the point's survivors,
+    and no name the point's suite already uses (its recorded rows would be taken for the candidate's)."""
+    from pursamere.evaluation.suite import standard_suite
+    from pursamere.experiments.protocols import budget_at
+    suite = probe.candidates(80)["the suite doubled"]
+    assert [a.name for a in suite] == [a.name for a in standard_suite(budget_at(160, 2))]
+    assert suite[1].name == "BPDA160" and suite[2].name == "APGD-CE160×2" and all(a.cascade for a in suite)
+    point = {a.name for a in standard_suite(budget_at(80, 1))}
+    assert not point & {a.name for a in suite}
 
 
 def test_the_recorded_probe_is_what_the_suite_was_chosen_from(probe):
@@ -30,7 +49,7 @@ def test_the_recorded_probe_is_what_the_suite_was_chosen_from(probe):
     got = {k: set(v["broke"]) for k, v in rec["candidates"].items()}
     assert got["exact APGD-T, full steps"] == got["exact APGD-T, twice the steps"]
     assert got["exact APGD-T, 9 targets"] <= got["exact APGD-T, full steps"]
-    assert set(got) == set(probe.candidates(rec["steps"]))
+    assert set(got) <= set(probe.candidates(rec["steps"]))
 
 
 def test_bad_inputs_get_one_line(probe, tmp_path, capsys):
@@ -50,3 +69,17 @@ def test_bad_inputs_get_one_line(probe, tmp_path, capsys):
     assert probe.main(["--point", str(broken), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert "not a recorded convergence point" in err and len(err.splitlines()) == 1
+
+
+def test_a_candidate_named_like_the_points_attack_is_refused(probe, tmp_path, capsys):
+    """Its recorded row would be reused as the candidate's: one line, nothing run or written."""
+    point = ROOT / "book" / "data" / "digits-convergence" / "80x1"
+    rec = json.loads((point / "results.json").read_text())
+    rec["meta"]["attack_order"] = rec["meta"]["attack_order"] + ["exact-APGD-T80"]
+    fake = tmp_path / "point"
+    fake.mkdir()
+    (fake / "results.json").write_text(json.dumps(rec))
+    assert probe.main(["--point", str(fake), "--out", str(tmp_path / "o"), "--only", "exact APGD-T, full steps"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "exact-APGD-T80" in err and "already the point's" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
