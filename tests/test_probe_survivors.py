@@ -83,3 +83,19 @@ def test_a_candidate_named_like_the_points_attack_is_refused(probe, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert "exact-APGD-T80" in err and "already the point's" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_the_recorded_probes_of_160_steps_broke_only_what_some_ladder_run_broke():
+    """Chapter 7's reading of probe-160x1.json: the doubled suite broke nothing with a gradient (only Square), and no
+    probe broke an image that every run of the ladder had left, so the union of every run did not move."""
+    data = ROOT / "book" / "data" / "digits-convergence"
+    rec = json.loads((data / "probe-160x1.json").read_text())
+    doubled = rec["candidates"]["the suite doubled"]
+    assert rec["steps"] == 160 and doubled["survivors_before"] == 13
+    assert {a for a in doubled["broke_by"].values()} <= {a for a in doubled["attack"] if a.startswith("Square")}
+    curve = json.loads((data / "convergence.json").read_text())["curve"]
+    ere = [p["survived"] for p in curve if p["defence"].startswith("ERE descent")]
+    union = {i for i in range(len(ere[0])) if all(s[i] for s in ere)}
+    for f in ("probe-160x1.json", "probe-80x1-square.json"):
+        for name, c in json.loads((data / f).read_text())["candidates"].items():
+            assert not set(c["broke"]) & union, (f, name)
