@@ -94,12 +94,19 @@ def main(argv=None) -> int:
     base = dataclasses.replace(base, attacks=tuple(a for a in base.attacks if a.name in order))
     ere = tuple(d for d in base.defences if d.label.startswith("ERE"))
     report = {"point": str(point), "steps": steps, "restarts": restarts, "seed": seed, "candidates": {}}
-    for name in chosen:
-        specs = cands[name]
-        clash = sorted({a.name for a in specs} & set(order))
+    try:  # candidates probed earlier into the same --out on the same point are kept beside the new ones
+        earlier = json.loads((out / "probe.json").read_text())
+        if all(earlier.get(k) == report[k] for k in ("point", "steps", "restarts", "seed")):
+            report["candidates"] = earlier["candidates"]
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    for name in chosen:  # refused before any candidate runs: its recorded row would be taken for the candidate's
+        clash = sorted({a.name for a in cands[name]} & set(order))
         if clash:
             print(f"probe_survivors: {name}: attack names {clash} are already the point's", file=sys.stderr)
             return 2
+    for name in chosen:
+        specs = cands[name]
         folder = out / name.replace(" ", "-").replace(",", "")
         try:
             if not folder.exists():
