@@ -93,9 +93,11 @@ def test_the_recorded_probes_of_160_steps_broke_only_what_some_ladder_run_broke(
     doubled = rec["candidates"]["the suite doubled"]
     assert rec["steps"] == 160 and doubled["survivors_before"] == 13
     assert {a for a in doubled["broke_by"].values()} <= {a for a in doubled["attack"] if a.startswith("Square")}
+    from pursamere.experiments.studies import ladder_union
     curve = json.loads((data / "convergence.json").read_text())["curve"]
-    ere = [p["survived"] for p in curve if p["defence"].startswith("ERE descent")]
-    union = {i for i in range(len(ere[0])) if all(s[i] for s in ere)}
+    ere = next(p["defence"] for p in curve if p["defence"].startswith("ERE descent"))
+    union = {i for i, s in enumerate(ladder_union(curve, ere)["survived"]) if s}
+    assert len(union) == 11
     for f in ("probe-160x1.json", "probe-80x1-square.json"):
         for name, c in json.loads((data / f).read_text())["candidates"].items():
             assert not set(c["broke"]) & union, (f, name)
