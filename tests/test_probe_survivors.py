@@ -16,7 +16,8 @@ def probe():
 
 def test_candidates_scale_with_the_point_and_are_exact_gradient_apgd(probe):
     c = probe.candidates(80)
-    c.pop("the suite doubled")  # a group of attacks: its own test below
+    c.pop("the suite doubled")  # groups of attacks: their own tests below
+    c.pop("the exact tail")
     assert all(len(v) == 1 for v in c.values())
     c = {k: v[0] for k, v in c.items()}
     assert {a.name for a in c.values()} == {"APGD-CE80→exact-APGD-CE80", "APGD-CE80→exact-APGD-DLR40", "exact-APGD-T80",
@@ -41,6 +42,19 @@ def test_the_doubled_suite_is_the_strong_check_cascaded_after_the_point(probe):
     assert suite[1].name == "BPDA160" and suite[2].name == "APGD-CE160×2" and all(a.cascade for a in suite)
     point = {a.name for a in standard_suite(budget_at(80, 1))}
     assert not point & {a.name for a in suite}
+
+
+def test_the_exact_tail_is_the_doubled_points_exact_apgd_with_its_own_starts(probe):
+    """APGD-CE from the point's APGD-CE at the point's steps and targeted APGD at twice them, on the exact gradient,
+    named apart from the point's and the doubled point's attacks (their starts are salted by the name)."""
+    from pursamere.evaluation.suite import standard_suite
+    from pursamere.experiments.protocols import budget_at
+    tail = probe.candidates(80)["the exact tail"]
+    assert [a.name for a in tail] == ["APGD-CE80→exact-APGD-CE80-tail", "exact-APGD-T160-tail"]
+    assert all(a.gradient == "exact" and a.cascade and a.kind.startswith("apgd") for a in tail)
+    assert tail[0].warm_from == "APGD-CE80" and tail[0].steps == 80 and tail[1].steps == 160
+    assert not {a.name for a in tail} & {a.name for b in (budget_at(80), budget_at(160)) for a in standard_suite(b)}
+    assert probe.candidates(80, 2)["the exact tail"][0].warm_from == "APGD-CE80×2"
 
 
 def test_the_recorded_probe_is_what_the_suite_was_chosen_from(probe):
