@@ -215,10 +215,20 @@ def cmd_ensemble(args) -> int:
         raise ValueError("--restarts needs --steps (the convergence curve's budget: steps × restarts)")
     budget = budget if args.square_queries is None else dataclasses.replace(budget, square_queries=args.square_queries)
     budget = budget.doubled() if args.strong else budget
+    then = None
+    if args.then_steps is not None:
+        if preset.models == "shipped":
+            raise ValueError(f"--then-steps applies to the digits-style presets, not --preset {preset.name}")
+        if args.strong:
+            raise ValueError("--then-steps and --strong are two ways to run longer attacks: choose one")
+        if args.then_steps <= budget.apgd_steps:
+            raise ValueError(f"--then-steps {args.then_steps} must exceed the first suite's {budget.apgd_steps} steps "
+                             "(the longer suite runs on the first one's survivors)")
+        then = protocols.budget_at(args.then_steps, args.restarts)
     if args.purifier_classifier and preset.models != "shipped":
         raise ValueError(f"--purifier-classifier applies to --preset cifar10-cpu, not {preset.name} (its purifier rows "
                          "name their classifier)")
-    plan = dataclasses.replace(plan, n_test=args.n or plan.n_test, eps=eps, budget=budget,
+    plan = dataclasses.replace(plan, n_test=args.n or plan.n_test, eps=eps, budget=budget, then=then,
                                batch_size=args.batch_size or plan.batch_size)
     if preset.models == "shipped":  # cifar10-cpu: its own table (the classifiers it ships), in two parts
         from .experiments import cifar10_cpu
@@ -400,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--batch-size", type=int, default=None, help="attack batch size (speed only: each image's random choices come from its own seed)")
     en.add_argument("--strong", action="store_true", help="double every step count, query budget and restart count: "
                                                        "a converged suite must not lose more than 1 image in 100 to it")
+    en.add_argument("--then-steps", type=_positive_int, default=None, metavar="N",
+                    help="after the suite, run the whole suite again at N steps (N/2 exact, 5N Square queries) on "
+                         "the images it left, every attack cascaded: the worst case over both (book chapter 7)")
     en.add_argument("--best", default="", help='purifier overrides chosen by the SAM study, as JSON, e.g. \'{"rho": 0.0}\'')
     en.add_argument("--only", default="", help="comma-separated families, classifiers or exact labels (default: all); a "
                     "family selects every row of that purifier: 'ERE descent' also picks 'PGD-AT + ERE descent …', an "

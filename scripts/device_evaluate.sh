@@ -17,7 +17,9 @@
 #    - CIFAR-10 (cifar10-cpu, shipped weights): key rows on 256 images at the paper's step counts,
 #      then the rest on 128 (a prefix of the same images), by defence group;
 #    - digits (shipped weights): every key row on all 476 table images at ℓ∞ 0.2 / 0.1 / 0.15 with
-#      the ensemble at 80 steps × 1 restart (chapter 7's ladder), by ε and defence group;
+#      the ensemble at 80 steps × 1 restart (chapter 7's ladder), by ε and defence group; first of all the
+#      digits160-* jobs: at ℓ∞ 0.2, the 160-step suite on the 80-step suite's survivors (--then-steps 160,
+#      each started from its 80-step job's folder);
 #    the unfinished work first (as recorded on 2026-11-30), then the convergence checks (doubled
 #    budgets), then the jobs already recorded (quick no-ops with RESUME_FROM, full re-runs without).
 #
@@ -49,9 +51,12 @@ ens() {  # ens NAME ARGS...: one ensemble job until DEADLINE (epoch seconds), it
     local left=$(( DEADLINE - $(date +%s) ))
     if [ "$left" -lt 20 ]; then say "$name: skipped (no time left)"; return; fi
     local resume=""
-    if [ -n "${RESUME_FROM:-}" ] && [ -f "$RESUME_FROM/$name/results.json" ]; then
-        rm -rf "${W:?}/$name"; cp -r "$RESUME_FROM/$name" "$W/$name"; resume="--resume"
+    local from=""
+    if [ -n "${RESUME_FROM:-}" ] && [ -f "$RESUME_FROM/$name/results.json" ]; then from="$RESUME_FROM/$name"
+    elif [ -n "${RESUME_FROM:-}" ] && [ "${name#digits160-}" != "$name" ] && [ -f "$RESUME_FROM/digits-${name#digits160-}/results.json" ]; then
+        from="$RESUME_FROM/digits-${name#digits160-}"  # a 160-step job starts from its 80-step job's rows
     fi
+    if [ -n "$from" ]; then rm -rf "${W:?}/$name"; cp -r "$from" "$W/$name"; resume="--resume"; fi
     say "$name: start ($left s left)${resume:+, resuming}"
     if [ "${DRY:-}" = 1 ]; then say "$name: $PY -m pursamere ensemble $(printf "%q " "$@")--device $DEVICE $resume --out $W/$name"; return; fi
     timeout $(( left + 90 )) $PY -m pursamere ensemble "$@" --device "$DEVICE" --quiet $resume \
@@ -81,8 +86,9 @@ elif ! grep -q "smoke-cifar: exit 0" "$W/logs/status" || ! grep -q "smoke-digits
 fi
 
 # ---- 2. the jobs
-if [ "$TINY" = tiny ]; then CN=4; CR=2; DN=8; CS="--steps 1"; CSS="--steps 2"; DS="--steps 1"; DSS="--steps 2 --restarts 2"
-else CN=256; CR=128; DN=476; CS=""; CSS="--strong"; DS="--steps 80"; DSS="--steps 160 --restarts 2"; fi
+# DT: the digits160-* jobs, the 160-step suite on the 80-step suite's survivors (chapter 7), at ℓ∞ 0.2
+if [ "$TINY" = tiny ]; then CN=4; CR=2; DN=8; CS="--steps 1"; CSS="--steps 2"; DS="--steps 1"; DSS="--steps 2 --restarts 2"; DT="--then-steps 2"
+else CN=256; CR=128; DN=476; CS=""; CSS="--strong"; DS="--steps 80"; DSS="--steps 160 --restarts 2"; DT="--then-steps 160"; fi
 export DEADLINE=$(( T0 + SECONDS_TOTAL - 100 ))
 say "jobs: $PARALLEL at a time for $(( DEADLINE - $(date +%s) )) s"
 if command -v nvidia-smi > /dev/null; then
@@ -92,6 +98,12 @@ fi
 C="--preset cifar10-cpu --data-root $DATA --batch-size 128"
 D="--preset digits --weights shipped --n $DN --batch-size 512"
 cat > "$W/jobs.txt" <<JOBS
+ens digits160-0.2-ere $D $DS $DT --eps 0.2 --only 'ERE descent (no SAM) ε_pur=0.3'
+ens digits160-0.2-at-ere $D $DS $DT --eps 0.2 --only 'PGD-AT + ERE descent (no SAM) ε_pur=0.3'
+ens digits160-0.2-pursamere $D $DS $DT --eps 0.2 --only PurSAMERE
+ens digits160-0.2-plain $D $DS $DT --eps 0.2 --only 'undefended,adversarial training,TRADES'
+ens digits160-0.2-adp $D $DS $DT --eps 0.2 --only ADP
+ens digits160-0.2-diffpure $D $DS $DT --eps 0.2 --only DiffPure-style
 ens cifar-pursamere $C --n $CN --part key $CS --only PurSAMERE --purifier-classifier clean
 ens digits-0.2-diffpure $D $DS --eps 0.2 --only DiffPure-style
 ens digits-0.2-adp $D $DS --eps 0.2 --only ADP

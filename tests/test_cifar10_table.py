@@ -72,6 +72,9 @@ def test_cli_runs_the_table_on_the_shipped_models(tmp_path, monkeypatch):
     (["--minutes", "0"], "--minutes must be > 0"),
     (["--preset", "cifar10-cpu", "--eps", "0.03"], "attacks at ℓ∞"),
     (["--purifier-classifier", "clean"], "applies to --preset cifar10-cpu, not tiny"),
+    (["--then-steps", "20", "--steps", "20"], "must exceed the first suite's 20 steps"),
+    (["--then-steps", "160", "--strong"], "choose one"),
+    (["--then-steps", "40", "--preset", "cifar10-cpu"], "applies to the digits-style presets"),
 ])
 def test_ensemble_budget_options_refuse_bad_values(args, message, capsys):
     from pursamere.cli import main
@@ -340,3 +343,26 @@ def test_groups_recorded_before_the_suite_gained_an_attack_count_as_incomplete(r
     l1 = ["BPDA40", "APGD-CE40×2", "APGD-DLR40×2", "APGD-T40", "exact20", "APGD-CE40×2→exact20", "partial3-margin40"]
     assert cifar(("ERE descent (no SAM) ε_pur=12/255 (clean classifier)", "1", 12.0), l1)[-3:] == [
         "APGD-CE40×2→exact-APGD-CE20×2", "exact-APGD-T20", "exact-APGD-T40-long"]  # ℓ1 at its own (doubled) budget
+
+
+def test_the_160_step_table_runs_the_longer_suite_on_the_80_step_survivors(rt):
+    """digits-whole-test-160: at ℓ∞ 0.2 only, the 80-step suite then the whole 160-step suite, every attack of it
+    cascaded; its job folders (digits160-*) and the 80-step table's (digits-*) never mix."""
+    from pursamere.evaluation.suite import standard_suite
+    from pursamere.experiments.protocols import Protocol, budget_at, suite_then
+
+    pr, keep = rt._protocol("digits-whole-test-160")
+    assert [t.eps for t in pr.threats] == [0.2] and {g[2] for g in rt.expected_groups("digits-whole-test-160")} == {0.2}
+    first, then = standard_suite(budget_at(80)), standard_suite(budget_at(160))
+    assert [a.name for a in pr.attacks] == [a.name for a in first] + [a.name for a in then]
+    assert all(a.cascade for a in pr.attacks[len(first):])
+    assert {("BPDA160", "inf"), ("exact-APGD-T160-long", "inf"), ("BPDA80", "inf")} <= rt.planned_attacks("digits-whole-test-160")
+    assert ("BPDA160", "inf") not in rt.planned_attacks("digits-whole-test")
+    assert rt.belongs("digits160-0.2-ere", "digits160-") and not rt.belongs("digits160-0.2-ere", "digits-")
+    assert rt.belongs("digits-0.2-ere", "digits-") and not rt.belongs("digits-0.2-ere", "digits160-")
+    # a group whose 80-step rows came from the 80-step job is held to both suites
+    plan = rt.replan("digits-whole-test-160")
+    eighty = [a.name for a in first]
+    assert plan(("ERE descent (no SAM) ε_pur=0.3", "inf", 0.2), eighty) == eighty + [a.name for a in then]
+    with pytest.raises(ValueError, match="share a name"):  # the same budget twice: the names would clash
+        Protocol("ensemble", "x", (), suite_then(budget_at(80), budget_at(80)), (), None)

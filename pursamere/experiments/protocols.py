@@ -27,6 +27,7 @@ from ..evaluation.suite import AttackSpec, Budget, Role, applies as standard_app
 
 __all__ = ["Plan", "EnsemblePlan", "DefenceSpec", "Images", "Protocol", "tables", "ensemble", "sam_study",
            "sam_settings", "attack_study", "schedule_sweep", "custom", "NAMED_ATTACKS", "select_defences", "budget_at",
+           "suite_then",
            "CONVERGENCE_LADDER", "convergence"]
 
 ALL_NORMS = ("inf", "2", "1")
@@ -58,6 +59,9 @@ class EnsemblePlan:
     eps: tuple = (0.1, 0.15, 0.2)  # ℓ∞ budgets: accuracy-versus-ε curves
     budget: Budget = field(default_factory=Budget)
     batch_size: int = 64
+    # a longer suite run after ``budget``'s on the images it left, every attack cascaded (``ensemble --then-steps``):
+    # the worst case over both runs, at the cost of the longer one on the survivors only
+    then: Optional[Budget] = None
 
 
 # ----------------------------------------------------------------------------------------- the data
@@ -215,9 +219,20 @@ def ensemble(preset, plan: EnsemblePlan, best: Optional[dict] = None, only: tupl
              DefenceSpec("DiffPure-style (fixed seed)", "plain", preset.diffpure.replace(fixed_noise=True))]
     defs = select_defences(defs, only)
     return Protocol("ensemble", f"{preset.name}: the attack ensemble, worst case per image", tuple(defs),
-                    tuple(standard_suite(plan.budget)), tuple(Threat("inf", x) for x in plan.eps),
+                    suite_then(plan.budget, plan.then), tuple(Threat("inf", x) for x in plan.eps),
                     Images("table", plan.n_test), batch_size=plan.batch_size,
                     plan={**dataclasses.asdict(plan), "best": best or {}})
+
+
+def suite_then(budget: Budget, then: Optional[Budget] = None) -> tuple:
+    """The standard suite at ``budget``, then (when given) the whole standard suite at ``then``, every attack of it
+    cascaded: it runs only on the images no attack of the first suite broke, so a group's worst case is over both
+    runs. The step counts in the names keep the two suites' attacks apart (a ``then`` with the same counts is
+    refused by :class:`Protocol`)."""
+    first = tuple(standard_suite(budget))
+    if then is None:
+        return first
+    return first + tuple(dataclasses.replace(a, cascade=True) for a in standard_suite(then))
 
 
 def select_defences(defs, only) -> list:
