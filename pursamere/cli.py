@@ -225,6 +225,11 @@ def cmd_ensemble(args) -> int:
             raise ValueError(f"--then-steps {args.then_steps} must exceed the first suite's {budget.apgd_steps} steps "
                              "(the longer suite runs on the first one's survivors)")
         then = protocols.budget_at(args.then_steps, args.restarts)
+        names = [a.name for a in protocols.suite_then(budget, then)]
+        clash = sorted({x for x in names if names.count(x) > 1})
+        if clash:
+            raise ValueError(f"--then-steps {args.then_steps}: its attacks {', '.join(clash)} would repeat the first "
+                             "suite's (the same step or query counts): choose other counts")
     if args.purifier_classifier and preset.models != "shipped":
         raise ValueError(f"--purifier-classifier applies to --preset cifar10-cpu, not {preset.name} (its purifier rows "
                          "name their classifier)")
@@ -406,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--steps", type=_positive_int, default=None,
                     help="the convergence curve's budget (book chapter 7): every attack at STEPS steps, exact STEPS/2")
     en.add_argument("--restarts", type=_positive_int, default=1, help="with --steps: APGD restarts")
-    en.add_argument("--square-queries", type=int, default=None)
+    en.add_argument("--square-queries", type=int, default=None, help="Square's queries (the first suite's, with --then-steps)")
     en.add_argument("--batch-size", type=int, default=None, help="attack batch size (speed only: each image's random choices come from its own seed)")
     en.add_argument("--strong", action="store_true", help="double every step count, query budget and restart count: "
                                                        "a converged suite must not lose more than 1 image in 100 to it")

@@ -79,7 +79,7 @@ export DEADLINE=$(( $(date +%s) + SMOKE ))
 ens smoke-cifar --preset cifar10-cpu --data-root "$DATA" --n 4 --steps 1 --part key
 export DEADLINE=$(( $(date +%s) + SMOKE ))
 [ "$DEADLINE" -gt $(( T0 + SECONDS_TOTAL - 100 )) ] && DEADLINE=$(( T0 + SECONDS_TOTAL - 100 ))
-ens smoke-digits --preset digits --weights shipped --n 8 --steps 1 --eps 0.2
+ens smoke-digits --preset digits --weights shipped --n 8 --steps 1 --eps 0.2 --then-steps 4
 if [ "${SKIP_SMOKE:-}" = 1 ]; then say "smoke results ignored (SKIP_SMOKE=1: rehearsal of the queue)"
 elif ! grep -q "smoke-cifar: exit 0" "$W/logs/status" || ! grep -q "smoke-digits: exit 0" "$W/logs/status"; then
     say "smoke failed: stopping"; tail -n 30 "$W"/logs/smoke-*.log; pack; exit 1
@@ -87,7 +87,7 @@ fi
 
 # ---- 2. the jobs
 # DT: the digits160-* jobs, the 160-step suite on the 80-step suite's survivors (chapter 7), at ℓ∞ 0.2
-if [ "$TINY" = tiny ]; then CN=4; CR=2; DN=8; CS="--steps 1"; CSS="--steps 2"; DS="--steps 1"; DSS="--steps 2 --restarts 2"; DT="--then-steps 2"
+if [ "$TINY" = tiny ]; then CN=4; CR=2; DN=8; CS="--steps 1"; CSS="--steps 2"; DS="--steps 1"; DSS="--steps 2 --restarts 2"; DT="--then-steps 4"
 else CN=256; CR=128; DN=476; CS=""; CSS="--strong"; DS="--steps 80"; DSS="--steps 160 --restarts 2"; DT="--then-steps 160"; fi
 export DEADLINE=$(( T0 + SECONDS_TOTAL - 100 ))
 say "jobs: $PARALLEL at a time for $(( DEADLINE - $(date +%s) )) s"

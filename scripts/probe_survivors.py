@@ -15,12 +15,13 @@ from APGD-CE's end points broke none (``book/data/digits-convergence/probe-80x1.
 point held the eleven attacks it recorded then; the folder now holds the twelfth, so a re-run probes
 its 15 survivors).
 
-The candidate "the exact tail" asks whether the doubled point's extra reach is its longer exact-gradient attacks
-or its new random starts: APGD-CE from APGD-CE's end points at the point's full step count and targeted APGD at
-twice it, both on the exact gradient and with their own starts, the two attacks that first broke the images the
-160-step suite broke beyond the 80-step one. On the 80-step point's 15 survivors they broke none
-(``book/data/digits-convergence/probe-80x1-tail.json``, 1,233 CPU-s): what 160 steps broke there, it broke with
-the starting points its run drew.
+The candidate "the exact tail" asks whether a cheap tail of longer exact-gradient attacks can stand in for the
+doubled point: targeted APGD on the exact gradient at twice the point's steps, from its own random starts ("-tail"
+salts them), and APGD-CE on the exact gradient at the point's steps from the point's APGD-CE end points (warm, so
+it draws no start: the same attack as "warm exact APGD-CE, full steps"). The 160-step suite broke images 7 and 42
+of the 80-step point's survivors first with targeted APGD at 160 steps and with APGD-CE on the exact gradient from
+its 160-step APGD-CE's end points; the tail broke neither, nor any other of the 15
+(``book/data/digits-convergence/probe-80x1-tail.json``, 1,233 CPU-s).
 
 The candidate "the suite doubled" is the whole standard suite at twice the point's steps and restarts
 (``Budget.doubled``, the ``--strong`` check), every attack cascaded after the point's suite: what a reader's
@@ -68,9 +69,8 @@ def candidates(steps: int, restarts: int = 1) -> dict:
     out = {name: (spec,) for name, spec in single.items()}
     # every attack cascaded, also the two that run on every image in the suite: only the point's survivors matter
     out["the suite doubled"] = tuple(dataclasses.replace(a, cascade=True) for a in standard_suite(doubled))
-    # the two attacks that broke, first, the images the doubled point's suite broke beyond this point's (160 × 1
-    # beyond 80 × 1: APGD-CE on the exact gradient from APGD-CE's end points, targeted APGD at the full count),
-    # at the doubled point's step counts but with their own random starts ("-tail" salts them)
+    # the doubled point's longer exact-gradient attacks, appended cheaply: targeted APGD at twice the steps from its
+    # own starts ("-tail" salts them), APGD-CE on the exact gradient from this point's APGD-CE (warm: no start)
     out["the exact tail"] = (
         AttackSpec(f"{warm}→exact-APGD-CE{steps}" + (f"×{restarts}" if restarts > 1 else "") + "-tail", gradient="exact",
                    kind="apgd-ce", steps=steps, restarts=restarts, warm_from=warm, cascade=True),

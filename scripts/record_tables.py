@@ -260,16 +260,22 @@ def lost_rows(book: Path, root: Path) -> list:
     return lost
 
 
-def provenance(part_rows: dict, res: dict, old: dict, old_rows: dict, gpu: set, gpu_roots: bool, device_log) -> dict:
+def provenance(part_rows: dict, res: dict, old: dict, old_rows: dict, gpu: set, gpu_roots: bool, device_log,
+               prior: tuple = ({}, {})) -> dict:
     """Where each row of a merged table came from: its job folder (``part_rows``: folder → its rows) and its
     machine. A row unchanged since the last recording keeps its recorded machine (the folders a lent GPU
-    returned do not outlive the session); a new or re-run row is 'gpu' when found in ``gpu`` (rows of the
-    GPU's folders), else 'cpu'."""
+    returned do not outlive the session), and so does a row identical to one another table recorded with its
+    machine (``prior``: rows and machines by key; the 160-step table's jobs start from the 80-step jobs' rows);
+    a new or re-run row is 'gpu' when found in ``gpu`` (rows of the GPU's folders), else 'cpu'. A table with
+    no machine on record, no shared row and no ``gpu_roots`` records none (unknown)."""
+    prior_rows, prior_machine = prior
     job_of = {r["key"]: p.name for p, rows in part_rows.items() for r in rows}
+    shared = {r["key"] for r in res["rows"] if r["key"] in prior_machine and prior_rows.get(r["key"]) == r}
     machine = None
-    if gpu_roots or old.get("machine"):
+    if gpu_roots or old.get("machine") or shared:
         before = old.get("machine") or {}
         machine = {r["key"]: (before[r["key"]] if r["key"] in before and old_rows.get(r["key"]) == r
+                              else prior_machine[r["key"]] if r["key"] in shared
                               else "gpu" if r["key"] in gpu else "cpu") for r in res["rows"]}
     return {"jobs": [p.name for p in part_rows], "rows": len(res["rows"]), "job_of": job_of, "machine": machine,
             "device": Path(device_log).read_text().strip() if device_log else old.get("device"),
@@ -369,15 +375,15 @@ def _main(args) -> int:
         out = Path(args.book) / table
         old = read_provenance(out)
         old_rows = {r["key"]: r for r in read_results(out)["rows"]} if (out / "results.json").is_file() else {}
-        if prior_machine:
-            old = {**old, "machine": {**prior_machine, **(old.get("machine") or {})}}
-            old_rows = {**prior_rows, **old_rows}
+        if (_protocol(table)[0].plan or {}).get("then"):  # the merged meta (plan, attack order) is the first part's: one
+            parts.sort(key=lambda p: not read_results(p)["meta"].get("plan", {}).get("then"))  # that ran both suites
         res = merge_results([p / "results.json" for p in parts], out, title=title, order=order,
                             expected=expected_groups(table), replan=replan(table))
         gpu = set()
         if args.gpu_root:
             gpu = {r["key"] for g in args.gpu_root for p in folders(Path(g), prefix) for r in read_results(p)["rows"]}
-        prov = provenance(part_rows, res, old, old_rows, gpu, bool(args.gpu_root), args.device_log)
+        prov = provenance(part_rows, res, old, old_rows, gpu, bool(args.gpu_root), args.device_log,
+                          prior=(prior_rows, prior_machine))
         atomic_write_json(out / "provenance.json", prov)
         print(f"{table}: {len(res['rows'])} rows from {len(parts)} jobs → {out}")
         print(markdown_table(res))

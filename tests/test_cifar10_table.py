@@ -73,6 +73,7 @@ def test_cli_runs_the_table_on_the_shipped_models(tmp_path, monkeypatch):
     (["--preset", "cifar10-cpu", "--eps", "0.03"], "attacks at ℓ∞"),
     (["--purifier-classifier", "clean"], "applies to --preset cifar10-cpu, not tiny"),
     (["--then-steps", "20", "--steps", "20"], "must exceed the first suite's 20 steps"),
+    (["--then-steps", "21", "--steps", "20"], "its attacks exact-APGD-T10, exact10 would repeat the first suite's"),
     (["--then-steps", "160", "--strong"], "choose one"),
     (["--then-steps", "40", "--preset", "cifar10-cpu"], "applies to the digits-style presets"),
 ])
@@ -366,3 +367,19 @@ def test_the_160_step_table_runs_the_longer_suite_on_the_80_step_survivors(rt):
     assert plan(("ERE descent (no SAM) ε_pur=0.3", "inf", 0.2), eighty) == eighty + [a.name for a in then]
     with pytest.raises(ValueError, match="share a name"):  # the same budget twice: the names would clash
         Protocol("ensemble", "x", (), suite_then(budget_at(80), budget_at(80)), (), None)
+
+
+def test_a_row_shared_with_another_table_keeps_its_machine(rt):
+    """The 160-step table's jobs start from the 80-step jobs' rows: a row identical to one recorded elsewhere keeps
+    the machine recorded there; a re-run row is 'cpu' (no GPU folders given); a table sharing nothing and with no
+    machine on record records none (unknown), not 'cpu'."""
+    row = {"key": "d|BPDA80|inf|0.2", "seconds": 1.0}
+    rerun = {"key": "d|BPDA160|inf|0.2", "seconds": 2.0}
+    res = {"rows": [row, rerun]}
+    parts = {Path("digits160-0.2-ere"): [row, rerun]}
+    prior = ({row["key"]: dict(row)}, {row["key"]: "gpu"})
+    prov = rt.provenance(parts, res, {}, {}, set(), False, None, prior=prior)
+    assert prov["machine"] == {row["key"]: "gpu", rerun["key"]: "cpu"}
+    changed = ({row["key"]: {**row, "seconds": 9.0}}, {row["key"]: "gpu"})  # not the same row: made here
+    assert rt.provenance(parts, res, {}, {}, set(), False, None, prior=changed)["machine"] is None
+    assert rt.provenance(parts, res, {}, {}, set(), False, None)["machine"] is None
