@@ -412,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the convergence curve's budget (book chapter 7): every attack at STEPS steps, exact STEPS/2")
     en.add_argument("--restarts", type=_positive_int, default=1, help="with --steps: APGD restarts")
     en.add_argument("--square-queries", type=int, default=None, help="Square's queries (the first suite's, with --then-steps)")
-    en.add_argument("--batch-size", type=int, default=None, help="attack batch size (speed only: each image's random choices come from its own seed)")
+    en.add_argument("--batch-size", type=int, default=None, help="attack batch size (speed only: each image's random choices come from its own seed); "
+                    "a row in progress is kept on disk after every batch, so a stopped run loses at most one")
     en.add_argument("--strong", action="store_true", help="double every step count, query budget and restart count: "
                                                        "a converged suite must not lose more than 1 image in 100 to it")
     en.add_argument("--then-steps", type=_positive_int, default=None, metavar="N",

@@ -342,6 +342,73 @@ def test_an_images_outcome_does_not_depend_on_its_batch(tmp_path):
     assert 0 < sum(a["rows"][0]["survived"]) < 16
 
 
+def _conv_case():
+    """Sixteen 6×6 float64 images and a small conv net (batch-invariant bit for bit), labelled by itself."""
+    torch.manual_seed(0)
+    clf = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.Tanh(), torch.nn.Conv2d(8, 5, 4), torch.nn.Flatten()).double().eval()
+    x = torch.rand(16, 1, 6, 6, dtype=torch.float64)
+    return clf, x, clf(x).argmax(1)
+
+
+def test_a_row_stopped_inside_resumes_after_its_finished_batches(tmp_path, monkeypatch):
+    """A run killed in the middle of a row keeps that row's finished batches; the resumed run attacks only the
+    rest, and every row (a later warm start from its end points included) equals the uninterrupted run's."""
+    import pursamere.evaluation.runner as ev
+
+    clf, x, y = _conv_case()
+    specs = [AttackSpec("weak", steps=1, step_size=0.002), AttackSpec("apgd", kind="apgd-ce", steps=4, cascade=True),
+             AttackSpec("warm", steps=3, cascade=True, warm_from="apgd")]
+    threat, kw = [Threat("inf", 0.05)], dict(progress=False, batch_size=4)
+    full = evaluate([Defence("n", clf)], specs, threat, x, y, tmp_path / "full", **kw)
+    assert not (tmp_path / "full" / "rows-in-progress").exists()  # cleared as each row finished
+
+    real, calls = ev._pgd_like, []
+
+    def cut_power(*a, **k):  # die in the second batch of the second row
+        calls.append(a[1].name)
+        if calls.count("apgd") == 2:
+            raise RuntimeError("power cut")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ev, "_pgd_like", cut_power)
+    with pytest.raises(RuntimeError, match="power cut"):
+        evaluate([Defence("n", clf)], specs, threat, x, y, tmp_path / "cut", **kw)
+    (held,) = (tmp_path / "cut" / "rows-in-progress").iterdir()
+    assert [r["attack"] for r in json.loads((tmp_path / "cut" / "results.json").read_text())["rows"]] == ["weak"]
+
+    calls.clear()
+    monkeypatch.setattr(ev, "_pgd_like", lambda *a, **k: (calls.append(a[1].name), real(*a, **k))[1])
+    said = []
+    again = evaluate([Defence("n", clf)], specs, threat, x, y, tmp_path / "cut", log=said.append, **kw)
+    n_apgd = int(torch.tensor(full["rows"][0]["survived"]).sum())
+    assert calls.count("apgd") == -(-n_apgd // 4) - 1  # its first batch was not attacked again
+    assert any("resumed after 4 of" in line for line in said)
+    assert [(r["key"], r["survived"]) for r in again["rows"]] == [(r["key"], r["survived"]) for r in full["rows"]]
+    assert 0 < sum(full["rows"][1]["survived"]) < sum(full["rows"][0]["survived"])  # the resumed row broke images
+    assert not held.exists() and not held.parent.exists()
+
+
+def test_a_row_in_progress_is_used_only_by_its_own_settings_and_a_corrupt_one_is_refused(tmp_path):
+    from pursamere.evaluation.runner import RowCheckpoint
+
+    clf, x, y = _conv_case()
+    flags, points = torch.zeros(16, dtype=torch.bool), x.clone()
+    mine = RowCheckpoint(tmp_path / "r.ckpt", {"key": "k", "seed": 0})
+    flags[:4] = True
+    points[:4] += 0.01
+    mine.save(4, flags, points)
+    other_f, other_p = torch.zeros(16, dtype=torch.bool), x.clone()
+    assert RowCheckpoint(tmp_path / "r.ckpt", {"key": "k", "seed": 1}).restore(other_f, other_p, 4) == 0
+    assert not other_f.any() and torch.equal(other_p, x)  # another seed's progress is not used
+    assert RowCheckpoint(tmp_path / "r.ckpt", {"key": "k", "seed": 0}).restore(other_f, other_p, 4) == 4
+    assert torch.equal(other_f, flags) and torch.equal(other_p, points)
+    with pytest.raises(ValueError, match="does not fit its row"):  # a batch cut that does not match
+        RowCheckpoint(tmp_path / "r.ckpt", {"key": "k", "seed": 0}).restore(other_f, other_p, 3)
+    (tmp_path / "r.ckpt").write_bytes(b"half a file")
+    with pytest.raises(ValueError, match="corrupt: delete it to restart the row"):
+        RowCheckpoint(tmp_path / "r.ckpt", {"key": "k", "seed": 0}).restore(other_f, other_p, 4)
+
+
 def _small_case(k: int):
     """Ten 4×4 images, ``k`` random linear nets (labels from the first), two PGD attacks (the second cascaded)."""
     torch.manual_seed(0)

@@ -1,13 +1,16 @@
 """Running attacks: clean predictions, one attack on a set of images, and THE evaluation loop.
 
 :func:`evaluate` runs every (defence × attack × threat) that applies, in table order, writes
-``results.json`` after every row (atomically) and resumes from the rows already there. Cascaded
-attacks see only the survivors of the rows before them; warm-started attacks start from an earlier
-attack's end points. Under ``torchrun`` the same loop shards its work over the ranks
+``results.json`` after every row (atomically) and resumes from the rows already there. A long row
+keeps its finished batches on disk as it goes (:class:`RowCheckpoint`), so a run stopped inside a
+row loses at most one batch. Cascaded attacks see only the survivors of the rows before them;
+warm-started attacks start from an earlier attack's end points. Under ``torchrun`` the same loop shards its work over the ranks
 (:mod:`pursamere.evaluation.sharding`); the rows are those of a single process.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import zlib
 from pathlib import Path
@@ -15,22 +18,84 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..io import atomic_write_json, fingerprint
+from ..io import CorruptCheckpointError, atomic_write_json, fingerprint, load_checkpoint, save_checkpoint
 from ..method.geometry import _per_item
 from .apgd import apgd, top_targets
 from .attacks import Threat, pgd
 from .square import square
 from .starts import image_seeds
 from .defences import Defence, Family
-from .results import SCHEMA, cumulative, load_done, load_plans, make_row, pending, suite_context, worst_case
+from .results import (SCHEMA, cumulative, effective_settings, load_done, load_plans, make_row, pending, row_key,
+                      suite_context, worst_case)
 from .sharding import DistContext, broadcast_from_rank0, map_batches
 from .suite import AttackSpec
 
-__all__ = ["predict", "attack_images", "attack_flags", "evaluate", "OutOfTime"]
+__all__ = ["predict", "attack_images", "attack_flags", "evaluate", "OutOfTime", "RowCheckpoint"]
 
 
 class OutOfTime(Exception):
     """The evaluation's time budget ran out (``evaluate(deadline=...)``); finished rows are kept."""
+
+
+class RowCheckpoint:
+    """The finished batches of one row in progress, on disk, so that a stopped run resumes inside the row.
+
+    :func:`evaluate` gives one to every row of a deterministic defence it runs in one process.
+    :func:`attack_images` writes the outcomes and end points of the images it has finished after
+    every batch (atomically, checksummed: :func:`pursamere.io.save_checkpoint`) and, on the next
+    run, starts after them. The file is used only when its ``identity`` matches: the same row,
+    attack settings, defence weights, seed, images, batch size, the same images to attack and the
+    same warm starts. The batches are then cut exactly as before and every image's random draws
+    come from its own seed, so the resumed row equals an uninterrupted one bit for bit. A
+    stochastic defence draws its noise from one stream per run, so its rows restart whole.
+    """
+
+    def __init__(self, path, identity: dict):
+        self.path = Path(path)
+        self.identity = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+        self.key = str(identity.get("key", ""))
+        self.seconds_before = 0.0  # time the row ran in earlier sessions (restored with the batches)
+        self.restored = 0  # images restored from disk
+        self._t0 = time.perf_counter()
+
+    def restore(self, flags: torch.Tensor, points: torch.Tensor, batch_size: int) -> int:
+        """Fill the first finished images of ``flags`` and ``points`` from disk; return how many (0: none usable)."""
+        if not self.path.exists():
+            return 0
+        try:
+            state = load_checkpoint(self.path)
+        except CorruptCheckpointError:
+            raise ValueError(f"{self.path} (a row in progress) is corrupt: delete it to restart the row") from None
+        if not isinstance(state, dict) or state.get("identity") != self.identity:
+            return 0  # written for other settings or data: that progress does not apply, and is overwritten
+        done, f, p = int(state["done"]), state["flags"], state["points"]
+        n = flags.shape[0]
+        if (not 0 < done <= n or (done < n and done % batch_size) or tuple(f.shape) != (done,)
+                or tuple(p.shape) != (done, *points.shape[1:])):
+            raise ValueError(f"{self.path} does not fit its row ({done} images of {n}): delete it to restart the row")
+        flags[:done] = f.to(flags.device, flags.dtype)
+        points[:done] = p.to(points.device, points.dtype)
+        self.seconds_before, self.restored = float(state["seconds"]), done
+        self._t0 = time.perf_counter()
+        return done
+
+    @property
+    def seconds(self) -> float:
+        """The row's running time over every session."""
+        return self.seconds_before + time.perf_counter() - self._t0
+
+    def save(self, done: int, flags: torch.Tensor, points: torch.Tensor) -> None:
+        save_checkpoint(self.path, {"identity": self.identity, "key": self.key, "done": int(done),
+                                    "flags": flags[:done].detach().cpu().clone(),
+                                    "points": points[:done].detach().cpu().clone(), "seconds": self.seconds})
+
+    def clear(self) -> None:
+        """The row is in ``results.json``: its batches are no longer needed."""
+        self.path.unlink(missing_ok=True)
+        try:
+            self.path.parent.rmdir()  # only when no other row is in progress there
+        except OSError:
+            pass
 
 
 @torch.no_grad()
@@ -94,7 +159,8 @@ def check_classes(defence: Defence, attacks: Sequence[AttackSpec], x: torch.Tens
 
 def attack_images(defence: Defence, spec: AttackSpec, threat: Threat, x, y, seed: int = 0, batch_size: int = 64,
                   x_init: Optional[torch.Tensor] = None, progress: Optional[Callable] = None,
-                  deadline: Optional[float] = None, stop_early: bool = True):
+                  deadline: Optional[float] = None, stop_early: bool = True,
+                  checkpoint: Optional[RowCheckpoint] = None):
     """Attack every image of ``x`` (in batches); return ``(survived, end points)``.
 
     Every random choice of an attack is drawn from the image's own seed (:func:`~pursamere.evaluation.starts.image_seeds`: a
@@ -105,7 +171,8 @@ def attack_images(defence: Defence, spec: AttackSpec, threat: Threat, x, y, seed
 
     ``x_init``: start points, one per image (a warm start). ``progress(alive, seen)`` is called after
     every batch. ``deadline`` (a ``time.monotonic()`` value): raise :class:`OutOfTime` before a batch
-    that would start after it.
+    that would start after it. ``checkpoint``: a :class:`RowCheckpoint`; the batches it holds are not
+    attacked again, and every finished batch is added to it.
     """
     eot = spec.eot if defence.stochastic else 1
     model = defence.model(spec.gradient, spec.unroll_last)
@@ -115,7 +182,10 @@ def attack_images(defence: Defence, spec: AttackSpec, threat: Threat, x, y, seed
     salt = _salt(seed, spec)
     flags = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     points = x.clone()
-    for i in range(0, x.shape[0], batch_size):
+    first = 0 if checkpoint is None else checkpoint.restore(flags, points, batch_size)
+    if first and progress is not None:
+        progress(int(flags[:first].sum()), first)
+    for i in range(first, x.shape[0], batch_size):
         if deadline is not None and time.monotonic() > deadline:
             raise OutOfTime(f"time budget spent during {defence.name} · {spec.name} · {threat}")
         b = slice(i, i + batch_size)
@@ -137,6 +207,8 @@ def attack_images(defence: Defence, spec: AttackSpec, threat: Threat, x, y, seed
                 ok = ok_r if ok is None else ok & ok_r
         flags[b] = ok
         points[b] = xa.detach().to(points.dtype)
+        if checkpoint is not None:
+            checkpoint.save(min(i + batch_size, x.shape[0]), flags, points)
         if progress is not None:
             progress(int(flags[: i + batch_size].sum()), min(i + batch_size, x.shape[0]))
     return flags, points
@@ -237,7 +309,21 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
             rows = results["rows"] + kept  # its worst cases cover the kept groups too, each with its own plan
             atomic_write_json(path, {**results, "rows": rows, "worst_case": worst_case(rows, {**old_plans, **planned})})
 
-    def run(d, spec, threat, todo, x_init=None, tick=None):
+    single = shards is None or not shards.active
+
+    def row_checkpoint(d, spec, threat, context, todo, x_init):
+        """A :class:`RowCheckpoint` for this row (one process, a deterministic defence, an output folder)."""
+        if path is None or not single or not d.deterministic:
+            return None
+        key = row_key(d.name, spec.name, threat)
+        idx = todo.nonzero().flatten()
+        identity = {"key": key, "attack_settings": effective_settings(spec, threat, d, context),
+                    "defence_fingerprint": d.fingerprint(), "seed": seed, "data": data_fp, "batch_size": batch_size,
+                    "todo": idx.tolist(), "x_init": None if x_init is None else fingerprint(x_init[idx].contiguous())}
+        name = hashlib.sha256(key.encode()).hexdigest()[:16]
+        return RowCheckpoint(path.parent / "rows-in-progress" / f"{name}.ckpt", identity)
+
+    def run(d, spec, threat, todo, x_init=None, tick=None, checkpoint=None):
         """``(survived, end points)`` over all n images; only the ``todo`` ones are attacked."""
         idx = todo.nonzero().flatten()
 
@@ -245,8 +331,8 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
             # inside a row the deadline is checked per batch only in one process: ranks would disagree
             return attack_images(d, spec, threat, x[own], y[own], seed=seed, batch_size=batch_size,
                                  x_init=None if x_init is None else x_init[own], progress=tick,
-                                 deadline=deadline if shards is None or not shards.active else None,
-                                 stop_early=stop_early)
+                                 deadline=deadline if single else None, stop_early=stop_early,
+                                 checkpoint=checkpoint if single else None)
 
         f, p = map_batches(shards, f"{d.name} · {spec.name} · {threat}", idx, batch_size, fn)
         flags, pts = torch.zeros_like(todo), x.clone()
@@ -288,15 +374,20 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
             bar.set_postfix(robust=f"{alive / max(seen, 1):.1%}")
             bar.refresh()
 
-        flags, pts = run(d, spec, threat, todo, x_init, tick)
+        ck = row_checkpoint(d, spec, threat, context, todo, x_init)
+        flags, pts = run(d, spec, threat, todo, x_init, tick, ck)
         bar.close()
         if spec.name in needed:
             points[(d.name, str(threat), spec.name)] = (pts, todo.clone())
-        results["rows"].append(make_row(d, spec, threat, clean, flags, time.perf_counter() - t0, seed, context))
+        seconds = ck.seconds if ck is not None else time.perf_counter() - t0
+        results["rows"].append(make_row(d, spec, threat, clean, flags, seconds, seed, context))
         if log is not None and rank0:
             r = results["rows"][-1]
-            log(f"{d.name} · {spec.name} · {threat}: {100 * r['robust_acc']:.1f}% of {n} ({r['seconds']:.0f} s)")
+            resumed = f", resumed after {ck.restored} of {int(todo.sum())} images" if ck is not None and ck.restored else ""
+            log(f"{d.name} · {spec.name} · {threat}: {100 * r['robust_acc']:.1f}% of {n} ({r['seconds']:.0f} s{resumed})")
         save()
+        if ck is not None:
+            ck.clear()
 
     try:
         for d, threat, spec, context in pending(defences, attacks, threats, applies, done, seed, results["rows"]):
