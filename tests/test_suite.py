@@ -139,9 +139,18 @@ def test_cascade_and_warm_start_in_evaluate(tmp_path):
         seen.clear()
         # a reordered suite: the cascaded row's "after" differs, so it is not reused
         specs3 = [specs2[0], AttackSpec("other", steps=1, step_size=0.02), *specs2[1:]]
+        import shutil
+
+        shutil.copytree(tmp_path, tmp_path / "lost", ignore=shutil.ignore_patterns("end-points"))
         evaluate([d], specs3, [threat], x, y, tmp_path, progress=False)
-        # fgsm's row is reused from disk, so its end points are recomputed for the warm start, on the images
-        # the warm start attacks only
+        # fgsm's row is reused from disk and its end points were kept: the warm start reads them
+        assert [n for n, _, _ in seen] == ["other", "pgd3", "warm"]
+        fgsm2_points = ev.attack_flags(d, specs2[0], threat, x, y, return_points=True)[1]
+        assert torch.equal(seen[2][2], fgsm2_points[seen[2][1]])
+        seen.clear()
+        # without them (a folder copied without end-points/), they are recomputed, on the images the warm start
+        # attacks only
+        evaluate([d], specs3, [threat], x, y, tmp_path / "lost", progress=False)
         assert [n for n, _, _ in seen] == ["other", "pgd3", "fgsm", "warm"]
         assert torch.equal(seen[2][1], seen[3][1])
     finally:
@@ -388,6 +397,46 @@ def test_a_row_stopped_inside_resumes_after_its_finished_batches(tmp_path, monke
     assert not held.exists() and not held.parent.exists()
 
 
+def test_a_resumed_warm_start_reads_the_end_points_it_starts_from(tmp_path, monkeypatch):
+    """Stopped inside the warm-started row: the resumed run reads the kept end points of the row it starts from
+    (no attack runs twice) and finishes with the uninterrupted rows; leftovers of finished rows are removed."""
+    import pursamere.evaluation.runner as ev
+
+    clf, x, y = _conv_case()
+    specs = [AttackSpec("weak", steps=1, step_size=0.002), AttackSpec("apgd", kind="apgd-ce", steps=4, cascade=True),
+             AttackSpec("warm", steps=3, cascade=True, warm_from="apgd")]
+    threat, kw = [Threat("inf", 0.05)], dict(progress=False, batch_size=4)
+    full = evaluate([Defence("n", clf)], specs, threat, x, y, tmp_path / "full", **kw)
+    real, calls = ev._pgd_like, []
+
+    def cut_power(*a, **k):
+        calls.append(a[1].name)
+        if a[1].name == "warm":
+            raise RuntimeError("power cut")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ev, "_pgd_like", cut_power)
+    with pytest.raises(RuntimeError, match="power cut"):
+        evaluate([Defence("n", clf)], specs, threat, x, y, tmp_path / "cut", **kw)
+    assert len(list((tmp_path / "cut" / "end-points").iterdir())) == 1  # apgd's: "warm" starts from it
+    import shutil
+
+    shutil.copytree(tmp_path / "cut", tmp_path / "cut-other")
+    stale = tmp_path / "cut" / "rows-in-progress" / ev._file_name(full["rows"][0]["key"])
+    stale.parent.mkdir(exist_ok=True)
+    stale.write_bytes(b"left behind by a crash after its row was written")
+    calls.clear()
+    monkeypatch.setattr(ev, "_pgd_like", lambda *a, **k: (calls.append(a[1].name), real(*a, **k))[1])
+    again = evaluate([Defence("n", clf)], specs, threat, x, y, tmp_path / "cut", **kw)
+    assert set(calls) == {"warm"}  # apgd was not run again to find warm's start points
+    assert [(r["key"], r["survived"]) for r in again["rows"]] == [(r["key"], r["survived"]) for r in full["rows"]]
+    assert not (tmp_path / "cut" / "rows-in-progress").exists()
+    # kept end points are used only by the settings that made them (here: images leave a broken attack or not)
+    calls.clear()
+    other = evaluate([Defence("n", clf)], specs, threat, x, y, tmp_path / "cut-other", stop_early=False, **kw)
+    assert "apgd" in calls and [r["survived"] for r in other["rows"]] == [r["survived"] for r in full["rows"]]
+
+
 def test_a_row_in_progress_is_used_only_by_its_own_settings_and_a_corrupt_one_is_refused(tmp_path):
     from pursamere.evaluation.runner import RowCheckpoint
 
@@ -404,6 +453,12 @@ def test_a_row_in_progress_is_used_only_by_its_own_settings_and_a_corrupt_one_is
     assert torch.equal(other_f, flags) and torch.equal(other_p, points)
     with pytest.raises(ValueError, match="does not fit its row"):  # a batch cut that does not match
         RowCheckpoint(tmp_path / "r.ckpt", {"key": "k", "seed": 0}).restore(other_f, other_p, 3)
+    lean = RowCheckpoint(tmp_path / "lean.ckpt", {"key": "k", "seed": 0}, keep_points=False)
+    lean.save(4, flags, points)  # outcomes only: no later row starts from this one's points
+    f2, p2 = torch.zeros(16, dtype=torch.bool), x.clone()
+    assert RowCheckpoint(tmp_path / "lean.ckpt", {"key": "k", "seed": 0}, keep_points=False).restore(f2, p2, 4) == 4
+    assert torch.equal(f2, flags) and torch.equal(p2, x)
+    assert RowCheckpoint(tmp_path / "lean.ckpt", {"key": "k", "seed": 0}).restore(f2, p2, 4) == 0  # not for a row that needs them
     (tmp_path / "r.ckpt").write_bytes(b"half a file")
     with pytest.raises(ValueError, match="corrupt: delete it to restart the row"):
         RowCheckpoint(tmp_path / "r.ckpt", {"key": "k", "seed": 0}).restore(other_f, other_p, 4)

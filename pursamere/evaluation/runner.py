@@ -4,7 +4,7 @@
 ``results.json`` after every row (atomically) and resumes from the rows already there. A long row
 keeps its finished batches on disk as it goes (:class:`RowCheckpoint`), so a run stopped inside a
 row loses at most one batch. Cascaded attacks see only the survivors of the rows before them;
-warm-started attacks start from an earlier attack's end points. Under ``torchrun`` the same loop shards its work over the ranks
+warm-started attacks start from an earlier attack's end points (kept in ``end-points/`` for a resumed run). Under ``torchrun`` the same loop shards its work over the ranks
 (:mod:`pursamere.evaluation.sharding`); the rows are those of a single process.
 """
 from __future__ import annotations
@@ -37,6 +37,14 @@ class OutOfTime(Exception):
     """The evaluation's time budget ran out (``evaluate(deadline=...)``); finished rows are kept."""
 
 
+def _digest(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _file_name(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:16] + ".ckpt"
+
+
 class RowCheckpoint:
     """The finished batches of one row in progress, on disk, so that a stopped run resumes inside the row.
 
@@ -48,11 +56,14 @@ class RowCheckpoint:
     same warm starts. The batches are then cut exactly as before and every image's random draws
     come from its own seed, so the resumed row equals an uninterrupted one bit for bit. A
     stochastic defence draws its noise from one stream per run, so its rows restart whole.
+    ``keep_points=False``: only the outcomes are kept (the end points of a row that no later row
+    starts from are not needed, and would make every save rewrite a growing file).
     """
 
-    def __init__(self, path, identity: dict):
+    def __init__(self, path, identity: dict, keep_points: bool = True):
         self.path = Path(path)
-        self.identity = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+        self.keep_points = keep_points  # False: only the outcomes are kept (no later row starts from these points)
+        self.identity = _digest({**identity, "keep_points": keep_points})
         self.key = str(identity.get("key", ""))
         self.seconds_before = 0.0  # time the row ran in earlier sessions (restored with the batches)
         self.restored = 0  # images restored from disk
@@ -71,10 +82,11 @@ class RowCheckpoint:
         done, f, p = int(state["done"]), state["flags"], state["points"]
         n = flags.shape[0]
         if (not 0 < done <= n or (done < n and done % batch_size) or tuple(f.shape) != (done,)
-                or tuple(p.shape) != (done, *points.shape[1:])):
+                or (self.keep_points and tuple(p.shape) != (done, *points.shape[1:]))):
             raise ValueError(f"{self.path} does not fit its row ({done} images of {n}): delete it to restart the row")
         flags[:done] = f.to(flags.device, flags.dtype)
-        points[:done] = p.to(points.device, points.dtype)
+        if self.keep_points:
+            points[:done] = p.to(points.device, points.dtype)
         self.seconds_before, self.restored = float(state["seconds"]), done
         self._t0 = time.perf_counter()
         return done
@@ -85,9 +97,10 @@ class RowCheckpoint:
         return self.seconds_before + time.perf_counter() - self._t0
 
     def save(self, done: int, flags: torch.Tensor, points: torch.Tensor) -> None:
+        kept = points[:done] if self.keep_points else points[:0]
         save_checkpoint(self.path, {"identity": self.identity, "key": self.key, "done": int(done),
                                     "flags": flags[:done].detach().cpu().clone(),
-                                    "points": points[:done].detach().cpu().clone(), "seconds": self.seconds})
+                                    "points": kept.detach().cpu().clone(), "seconds": self.seconds})
 
     def clear(self) -> None:
         """The row is in ``results.json``: its batches are no longer needed."""
@@ -310,18 +323,54 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
             atomic_write_json(path, {**results, "rows": rows, "worst_case": worst_case(rows, {**old_plans, **planned})})
 
     single = shards is None or not shards.active
+    # rows in progress and the end points later rows start from are kept on disk only where they can be
+    # reproduced exactly: one process, an output folder, a deterministic defence
+    on_disk = path is not None and single
+    in_progress, end_points = (None, None) if path is None else (path.parent / "rows-in-progress", path.parent / "end-points")
+
+    def identity(d, spec, threat, context) -> dict:
+        """Everything one image's result in this row depends on, but for the images and start points. Like a
+        finished row (:func:`~pursamere.evaluation.results.reusable`), not the package version: a change of what an
+        attack does changes its settings (``ATTACK_REVISION``)."""
+        return {"key": row_key(d.name, spec.name, threat), "attack_settings": effective_settings(spec, threat, d, context),
+                "defence_fingerprint": d.fingerprint(), "seed": seed, "data": data_fp, "eps": repr(threat.eps),
+                "stop_early": stop_early, "device": str(x.device), "dtype": str(x.dtype)}
 
     def row_checkpoint(d, spec, threat, context, todo, x_init):
         """A :class:`RowCheckpoint` for this row (one process, a deterministic defence, an output folder)."""
-        if path is None or not single or not d.deterministic:
+        if not on_disk or not d.deterministic:
             return None
-        key = row_key(d.name, spec.name, threat)
         idx = todo.nonzero().flatten()
-        identity = {"key": key, "attack_settings": effective_settings(spec, threat, d, context),
-                    "defence_fingerprint": d.fingerprint(), "seed": seed, "data": data_fp, "batch_size": batch_size,
-                    "todo": idx.tolist(), "x_init": None if x_init is None else fingerprint(x_init[idx].contiguous())}
-        name = hashlib.sha256(key.encode()).hexdigest()[:16]
-        return RowCheckpoint(path.parent / "rows-in-progress" / f"{name}.ckpt", identity)
+        ident = {**identity(d, spec, threat, context), "batch_size": batch_size, "todo": idx.tolist(),
+                 "x_init": None if x_init is None else fingerprint(x_init[idx].contiguous())}
+        return RowCheckpoint(in_progress / _file_name(ident["key"]), ident, keep_points=spec.name in needed)
+
+    def store_points(d, spec, threat, context, pts, attacked):
+        """Keep a finished row's end points when a later row starts from them: a resumed run then reads them
+        instead of running the attack again."""
+        if on_disk and d.deterministic:
+            save_checkpoint(end_points / _file_name(row_key(d.name, spec.name, threat)),
+                            {"identity": _digest(identity(d, spec, threat, context)), "attacked": attacked.cpu().clone(),
+                             "points": pts.detach().cpu().clone()})
+
+    def stored_points(d, spec, threat, todo):
+        """The end points :func:`store_points` kept for this row, if they are this run's and cover ``todo``."""
+        if not on_disk or not d.deterministic:
+            return None
+        file = end_points / _file_name(row_key(d.name, spec.name, threat))
+        if not file.exists():
+            return None
+        try:
+            state = load_checkpoint(file)
+        except CorruptCheckpointError:
+            raise ValueError(f"{file} (kept end points) is corrupt: delete it to recompute them") from None
+        context = suite_context(d, threat, attacks, applies)[spec.name]
+        if not isinstance(state, dict) or state.get("identity") != _digest(identity(d, spec, threat, context)):
+            return None
+        attacked, pts = state["attacked"].to(todo.device), state["points"].to(x.device, x.dtype)
+        if tuple(attacked.shape) != (n,) or tuple(pts.shape) != tuple(x.shape) or bool((todo & ~attacked).any()):
+            return None
+        return pts, attacked
 
     def run(d, spec, threat, todo, x_init=None, tick=None, checkpoint=None):
         """``(survived, end points)`` over all n images; only the ``todo`` ones are attacked."""
@@ -345,8 +394,10 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
         src = (d.name, str(threat), spec.warm_from)
         if src not in points:
             s_spec = by_name[spec.warm_from]
-            init = start_points(d, threat, s_spec, todo) if s_spec.warm_from else None
-            points[src] = (run(d, s_spec, threat, todo, init)[1], todo.clone())
+            points[src] = stored_points(d, s_spec, threat, todo)
+            if points[src] is None:
+                init = start_points(d, threat, s_spec, todo) if s_spec.warm_from else None
+                points[src] = (run(d, s_spec, threat, todo, init)[1], todo.clone())
         pts, attacked = points[src]
         missing = int((todo & ~attacked).sum())
         if missing:
@@ -379,6 +430,7 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
         bar.close()
         if spec.name in needed:
             points[(d.name, str(threat), spec.name)] = (pts, todo.clone())
+            store_points(d, spec, threat, context, pts, todo)
         seconds = ck.seconds if ck is not None else time.perf_counter() - t0
         results["rows"].append(make_row(d, spec, threat, clean, flags, seconds, seed, context))
         if log is not None and rank0:
@@ -398,5 +450,11 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
         results["meta"]["stopped"] = str(e)
         if log is not None and rank0:
             log(f"stopped: {e}; {len(results['rows'])} finished rows kept")
-    save(final="stopped" not in results["meta"])
+    complete = "stopped" not in results["meta"]
+    save(final=complete)
+    if complete and on_disk and in_progress.is_dir():  # rows finished or reused: what was kept of them is spent
+        for r in results["rows"]:
+            (in_progress / _file_name(r["key"])).unlink(missing_ok=True)
+        if not any(in_progress.iterdir()):
+            in_progress.rmdir()
     return results
