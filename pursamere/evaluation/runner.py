@@ -4,7 +4,8 @@
 ``results.json`` after every row (atomically) and resumes from the rows already there. A long row
 keeps its finished batches on disk as it goes (:class:`RowCheckpoint`), so a run stopped inside a
 row loses at most one batch. Cascaded attacks see only the survivors of the rows before them;
-warm-started attacks start from an earlier attack's end points (kept in ``end-points/`` for a resumed run). Under ``torchrun`` the same loop shards its work over the ranks
+warm-started attacks start from an earlier attack's end points (kept in ``end-points/`` for a
+resumed run). Under ``torchrun`` the same loop shards its work over the ranks
 (:mod:`pursamere.evaluation.sharding`); the rows are those of a single process.
 """
 from __future__ import annotations
