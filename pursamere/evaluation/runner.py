@@ -51,7 +51,7 @@ class RowCheckpoint:
 
     :func:`evaluate` gives one to every row of a deterministic defence it runs in one process.
     :func:`attack_images` writes the outcomes and end points of the images it has finished after
-    every batch (atomically, checksummed: :func:`pursamere.io.save_checkpoint`) and, on the next
+    every batch (atomically, checksummed: ``pursamere.io.save_checkpoint``) and, on the next
     run, starts after them. The file is used only when its ``identity`` matches: the same row,
     attack settings, defence weights, seed, images, batch size, the same images to attack and the
     same warm starts. The batches are then cut exactly as before and every image's random draws
