@@ -46,6 +46,17 @@ def _file_name(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16] + ".ckpt"
 
 
+def _load_kept(path: Path, what: str, remedy: str) -> Optional[dict]:
+    """A state this module kept on disk (checksummed), or ``None`` when there is none; a corrupt one is refused."""
+    if not path.exists():
+        return None
+    try:
+        state = load_checkpoint(path)
+    except CorruptCheckpointError:
+        raise ValueError(f"{path} ({what}) is corrupt: delete it to {remedy}") from None
+    return state if isinstance(state, dict) else None
+
+
 class RowCheckpoint:
     """The finished batches of one row in progress, on disk, so that a stopped run resumes inside the row.
 
@@ -72,13 +83,8 @@ class RowCheckpoint:
 
     def restore(self, flags: torch.Tensor, points: torch.Tensor, batch_size: int) -> int:
         """Fill the first finished images of ``flags`` and ``points`` from disk; return how many (0: none usable)."""
-        if not self.path.exists():
-            return 0
-        try:
-            state = load_checkpoint(self.path)
-        except CorruptCheckpointError:
-            raise ValueError(f"{self.path} (a row in progress) is corrupt: delete it to restart the row") from None
-        if not isinstance(state, dict) or state.get("identity") != self.identity:
+        state = _load_kept(self.path, "a row in progress", "restart the row")
+        if state is None or state.get("identity") != self.identity:
             return 0  # written for other settings or data: that progress does not apply, and is overwritten
         done, f, p = int(state["done"]), state["flags"], state["points"]
         n = flags.shape[0]
@@ -358,15 +364,10 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
         """The end points :func:`store_points` kept for this row, if they are this run's and cover ``todo``."""
         if not on_disk or not d.deterministic:
             return None
-        file = end_points / _file_name(row_key(d.name, spec.name, threat))
-        if not file.exists():
-            return None
-        try:
-            state = load_checkpoint(file)
-        except CorruptCheckpointError:
-            raise ValueError(f"{file} (kept end points) is corrupt: delete it to recompute them") from None
+        state = _load_kept(end_points / _file_name(row_key(d.name, spec.name, threat)), "kept end points",
+                           "recompute them")
         context = suite_context(d, threat, attacks, applies)[spec.name]
-        if not isinstance(state, dict) or state.get("identity") != _digest(identity(d, spec, threat, context)):
+        if state is None or state.get("identity") != _digest(identity(d, spec, threat, context)):
             return None
         attacked, pts = state["attacked"].to(todo.device), state["points"].to(x.device, x.dtype)
         if tuple(attacked.shape) != (n,) or tuple(pts.shape) != tuple(x.shape) or bool((todo & ~attacked).any()):
