@@ -1,4 +1,4 @@
-"""The README's first example runs as printed: same code, same output (so it cannot drift)."""
+"""The README as printed: its first example runs with the output it shows, and its headline tables are the recorded data."""
 import contextlib
 import io
 import re
@@ -27,3 +27,25 @@ def test_using_the_package_example_lands_on_the_mode_and_prints_what_the_readme_
     assert float((x_pur - x_adv).norm()) <= scope["cfg"].eps_pur + 1e-12  # inside the ball
     ere, score, draws = scope["ere"], scope["score"], scope["draws"]
     assert ere(score, x_pur, 0.05, draws).item() < ere(score, x_adv, 0.05, draws).item()
+
+
+BOOK_DATA = README.parent / "book" / "data"
+
+
+def _table_lines(text: str) -> list:
+    return [line for line in text.splitlines() if line.startswith("|")]
+
+
+def test_readme_headline_tables_are_the_recorded_ones():
+    """The README's digits whole-test and CIFAR-10 tables are pasted by hand after each recording; they must be
+    exactly what ``scripts/record_tables.py`` prints for the recorded data (no number drifts from its JSON)."""
+    from script_module import load_script  # tests/script_module.py
+    from pursamere.evaluation.results import read_results
+
+    record_tables = load_script("record_tables")
+    readme = README.read_text(encoding="utf-8")
+    for table in ("digits-whole-test", "cifar10-cpu-table"):
+        expected = _table_lines(record_tables.markdown_table(read_results(BOOK_DATA / table)))
+        assert len(expected) > 3, table
+        block = "\n".join(expected)
+        assert block in readme, f"README's {table} table differs from book/data/{table}; paste:\n{block}"
