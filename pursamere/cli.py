@@ -217,8 +217,6 @@ def cmd_ensemble(args) -> int:
     budget = budget.doubled() if args.strong else budget
     then = None
     if args.then_steps is not None:
-        if preset.models == "shipped":
-            raise ValueError(f"--then-steps applies to the digits-style presets, not --preset {preset.name}")
         if args.strong:
             raise ValueError("--then-steps and --strong are two ways to run longer attacks: choose one")
         if args.then_steps <= budget.apgd_steps:
@@ -250,7 +248,8 @@ def cmd_ensemble(args) -> int:
                              "(train it with scripts/train_cifar10.py purify-train, then eq17)")
         if args.purifier_classifier == "clean":
             have = tuple(r for r in have if r != "eq17")
-        protocol = cifar10_cpu.table_protocol(preset, args.part, n=args.n or plan.n_test, budget=budget, have=have)
+        protocol = cifar10_cpu.table_protocol(preset, args.part, n=args.n or plan.n_test, budget=budget, have=have,
+                                              then=then)
         protocol = dataclasses.replace(protocol, batch_size=plan.batch_size,
                                        defences=tuple(protocols.select_defences(protocol.defences, _items(args.only))),
                                        threats=tuple(t for t in protocol.threats
@@ -418,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "a converged suite must not lose more than 1 image in 100 to it")
     en.add_argument("--then-steps", type=_positive_int, default=None, metavar="N",
                     help="after the suite, run the whole suite again at N steps (N/2 exact, 5N Square queries) on "
-                         "the images it left, every attack cascaded: the worst case over both (book chapter 7)")
+                         "the images it left, every attack cascaded: the worst case over both (book chapter 7; "
+                         "--preset cifar10-cpu: at ℓ∞ only)")
     en.add_argument("--best", default="", help='purifier overrides chosen by the SAM study, as JSON, e.g. \'{"rho": 0.0}\'')
     en.add_argument("--only", default="", help="comma-separated families, classifiers or exact labels (default: all); a "
                     "family selects every row of that purifier: 'ERE descent' also picks 'PGD-AT + ERE descent …', an "

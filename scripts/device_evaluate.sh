@@ -20,6 +20,8 @@
 #      the ensemble at 80 steps × 1 restart (chapter 7's ladder), by ε and defence group; first of all the
 #      digits160-* jobs: at ℓ∞ 0.2, the 160-step suite on the 80-step suite's survivors (--then-steps 160,
 #      each started from its 80-step job's folder);
+#    - cifar40-* jobs: the CIFAR-10 key rows' convergence check at ℓ∞ 8/255, the 40-step suite on the 20-step suite's
+#      survivors (--then-steps 40, each started from its 20-step job's ℓ∞ rows);
 #    the unfinished work first (as recorded on 2026-11-30), then the convergence checks (doubled
 #    budgets), then the jobs already recorded (quick no-ops with RESUME_FROM, full re-runs without).
 #
@@ -55,8 +57,11 @@ ens() {  # ens NAME ARGS...: one ensemble job until DEADLINE (epoch seconds), it
     if [ -n "${RESUME_FROM:-}" ] && [ -f "$RESUME_FROM/$name/results.json" ]; then from="$RESUME_FROM/$name"
     elif [ -n "${RESUME_FROM:-}" ] && [ "${name#digits160-}" != "$name" ] && [ -f "$RESUME_FROM/digits-${name#digits160-}/results.json" ]; then
         from="$RESUME_FROM/digits-${name#digits160-}"  # a 160-step job starts from its 80-step job's rows
+    elif [ -n "${RESUME_FROM:-}" ] && [ "${name#cifar40-}" != "$name" ] && [ -f "$RESUME_FROM/cifar-${name#cifar40-}/results.json" ]; then
+        from="$RESUME_FROM/cifar-${name#cifar40-}"  # a 40-step CIFAR-10 job starts from its 20-step job's ℓ∞ rows
     fi
     if [ -n "$from" ]; then rm -rf "${W:?}/$name"; cp -r "$from" "$W/$name"; resume="--resume"; fi
+    if [ -n "$from" ] && [ "${name#cifar40-}" != "$name" ]; then "$PY" scripts/record_tables.py "$W/$name" --keep-linf; fi
     say "$name: start ($left s left)${resume:+, resuming}"
     if [ "${DRY:-}" = 1 ]; then say "$name: $PY -m pursamere ensemble $(printf "%q " "$@")--device $DEVICE $resume --out $W/$name"; return; fi
     timeout $(( left + 90 )) $PY -m pursamere ensemble "$@" --device "$DEVICE" --quiet $resume \
@@ -87,8 +92,9 @@ fi
 
 # ---- 2. the jobs
 # DT: the digits160-* jobs, the 160-step suite on the 80-step suite's survivors (chapter 7), at ℓ∞ 0.2
-if [ "$TINY" = tiny ]; then CN=4; CR=2; DN=8; CS="--steps 1"; CSS="--steps 2"; DS="--steps 1"; DSS="--steps 2 --restarts 2"; DT="--then-steps 4"
-else CN=256; CR=128; DN=476; CS=""; CSS="--strong"; DS="--steps 80"; DSS="--steps 160 --restarts 2"; DT="--then-steps 160"; fi
+# CT: the cifar40-* jobs, the 40-step suite on the 20-step suite's survivors, at ℓ∞ 8/255
+if [ "$TINY" = tiny ]; then CN=4; CR=2; DN=8; CS="--steps 1"; CSS="--steps 2"; CT="--then-steps 4"; DS="--steps 1"; DSS="--steps 2 --restarts 2"; DT="--then-steps 4"
+else CN=256; CR=128; DN=476; CS=""; CSS="--strong"; CT="--then-steps 40"; DS="--steps 80"; DSS="--steps 160 --restarts 2"; DT="--then-steps 160"; fi
 export DEADLINE=$(( T0 + SECONDS_TOTAL - 100 ))
 say "jobs: $PARALLEL at a time for $(( DEADLINE - $(date +%s) )) s"
 if command -v nvidia-smi > /dev/null; then
@@ -105,6 +111,8 @@ ens digits160-0.2-plain $D $DS $DT --eps 0.2 --only 'undefended,adversarial trai
 ens digits160-0.2-adp $D $DS $DT --eps 0.2 --only ADP
 ens digits160-0.2-diffpure $D $DS $DT --eps 0.2 --only DiffPure-style
 ens cifar-pursamere $C --n $CN --part key $CS --only PurSAMERE --purifier-classifier clean
+ens cifar40-ere $C --n $CN --part key $CS $CT --only 'ERE descent' --purifier-classifier clean
+ens cifar40-pursamere $C --n $CN --part key $CS $CT --only PurSAMERE --purifier-classifier clean
 ens digits-0.2-diffpure $D $DS --eps 0.2 --only DiffPure-style
 ens digits-0.2-adp $D $DS --eps 0.2 --only ADP
 ens cifar-rest-at $C --n $CR --part rest $CS --only adversarial
@@ -126,6 +134,9 @@ ens digits-0.15-adp $D $DS --eps 0.15 --only ADP
 ens digits-0.2-ere-strong $D $DSS --eps 0.2 --only 'ERE descent (no SAM) ε_pur=0.3'
 ens cifar-ere-strong $C --n $CN --part key $CSS --only 'ERE descent' --purifier-classifier clean
 ens cifar-at-strong $C --n $CN --part key $CSS --only adversarial
+ens cifar40-at $C --n $CN --part key $CS $CT --only adversarial
+ens cifar40-plain $C --n $CN --part key $CS $CT --only undefended
+ens cifar40-diffpure $C --n $CN --part key $CS $CT --only DiffPure-style --purifier-classifier clean
 ens cifar-plain $C --n $CN --part key $CS --only undefended
 ens cifar-at $C --n $CN --part key $CS --only adversarial
 ens cifar-diffpure $C --n $CN --part key $CS --only DiffPure-style --purifier-classifier clean

@@ -1,6 +1,6 @@
 """Join the results folders of split evaluation jobs into the book's recorded tables.
 
-    python scripts/record_tables.py results/whole            # → book/data/cifar10-cpu-table, book/data/digits-whole-test(-160)
+    python scripts/record_tables.py results/whole            # → book/data/cifar10-cpu-table(-40), book/data/digits-whole-test(-160)
     python scripts/record_tables.py results/whole --restore  # the reverse: the recorded rows back into their job folders
                                                              # (recording refuses a root that lacks recorded rows)
 
@@ -29,6 +29,8 @@ TABLES = {
     "cifar10-cpu-table": ("cifar-", "CIFAR-10 (cifar10-cpu, shipped CPU-trained models): the key rows, worst case per image"),
     "cifar10-cpu-rest": ("cifar-rest-", "CIFAR-10 (cifar10-cpu): the other rows, on the first 128 of the same images"),
     "cifar10-cpu-eq17": ("cifar-eq17-", "CIFAR-10 (cifar10-cpu): the purifiers in front of the eq.-17 classifier, on the same images"),
+    "cifar10-cpu-table-40": ("cifar40-", "CIFAR-10 (cifar10-cpu) at ℓ∞ 8/255: the key rows' suite at 20 steps, then at 40 "
+                                         "steps on the images it left (--then-steps 40)"),
     "digits-whole-test": ("digits-", "digits, every table image (n = 476), the ensemble at 80 steps × 1 restart"),
     "digits-whole-test-160": ("digits160-", "digits, every table image (n = 476) at ℓ∞ 0.2: the ensemble at 80 steps, "
                                             "then at 160 steps on the images it left (--then-steps 160)"),
@@ -47,6 +49,9 @@ def _protocol(table: str) -> tuple:
         pr = protocols.ensemble(DIGITS, plan)
         return pr, pr.defences
     part = "rest" if table == "cifar10-cpu-rest" else "key"
+    if table == "cifar10-cpu-table-40":  # the convergence check of the key rows: 20 steps, then 40 on what is left
+        pr = cifar10_cpu.table_protocol(CIFAR10_CPU, "key", have=("plain", "adversarial"), then=protocols.budget_at(40, 1))
+        return pr, pr.defences
     if table == "cifar10-cpu-eq17":  # the paper's pairing: the key table's two Algorithm-1 rows, eq.-17 classifier
         pr = cifar10_cpu.table_protocol(CIFAR10_CPU, "key", have=("plain", "adversarial", "eq17"))
         keep = [d for d in pr.defences if d.classifier == "eq17" and d.label.startswith(("PurSAMERE", "ERE descent"))]
@@ -245,6 +250,19 @@ def restore(book: Path, root: Path) -> tuple:
     return written, kept
 
 
+def keep_linf(folder: Path) -> int:
+    """Drop every row and worst case but the ℓ∞ ones from a job folder's ``results.json`` (atomic); returns how many
+    rows were dropped. A cifar40-* job starts from a copy of its 20-step job, which may hold ℓ2 and ℓ1 rows that the
+    40-step table (ℓ∞ only) does not plan."""
+    from pursamere.io import atomic_write_json
+
+    path = Path(folder) / "results.json"
+    res = read_results(path)
+    rows = [r for r in res["rows"] if str(r["norm"]) == "inf"]
+    atomic_write_json(path, {**res, "rows": rows, "worst_case": [w for w in res["worst_case"] if str(w["norm"]) == "inf"]})
+    return len(res["rows"]) - len(rows)
+
+
 def lost_rows(book: Path, root: Path) -> list:
     """Recorded rows that no job folder of their table under ``root`` holds (``"table: key (job)"``):
     re-recording without them would drop them from the table."""
@@ -322,6 +340,8 @@ def main(argv=None) -> int:
                     help="also draw the CIFAR-10 table's example images (clean, BPDA20, purified) on the CPU")
     ap.add_argument("--restore", action="store_true",
                     help="the reverse: write the recorded rows back into their job folders under ROOT (to --resume them)")
+    ap.add_argument("--keep-linf", action="store_true",
+                    help="ROOT is one job folder: keep only its ℓ∞ rows (a cifar40-* job seeded from its 20-step job)")
     ap.add_argument("--allow-dropped", action="store_true",
                     help="record even when recorded rows are in no job folder under ROOT (they leave the table)")
     args = ap.parse_args(argv)
@@ -333,6 +353,9 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
+    if args.keep_linf:
+        print(f"{args.root}: dropped {keep_linf(Path(args.root))} rows that are not ℓ∞")
+        return 0
     if args.restore:
         written, kept = restore(Path(args.book), Path(args.root))
         print(f"restored {len(written)} job folders under {args.root}"

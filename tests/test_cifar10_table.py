@@ -37,6 +37,21 @@ def test_key_rows_and_which_norms_they_meet():
     assert not by[Family.DIFFPURE].purifier.fixed_noise and pr.images.n == 256
 
 
+def test_then_runs_the_longer_suite_on_what_the_first_left_at_linf_only():
+    from pursamere.experiments import protocols
+
+    first = C.table_protocol(CIFAR10_CPU, "key", n=256, have=("plain", "adversarial"))
+    pr = C.table_protocol(CIFAR10_CPU, "key", n=256, have=("plain", "adversarial"), then=protocols.budget_at(40))
+    assert [str(t.norm) for t in pr.threats] == ["inf"]  # the ℓ1 suite runs at 40 already: same names
+    linf = [a for a in first.attacks if a.norms is None or "inf" in a.norms]
+    names = [a.name for a in pr.attacks]
+    assert [a.name for a in linf] == names[:len(linf)]  # the recorded 20-step rows stay reusable, in their order
+    longer = pr.attacks[len(linf):]
+    assert [a.name for a in longer][:2] == ["gPGD40", "BPDA40"] and all(a.cascade for a in longer)
+    assert len(set(names)) == len(names) and pr.plan["then"]["apgd_steps"] == 40 and "at ℓ∞ only" in pr.describe
+    assert [d.label for d in pr.defences] == [d.label for d in first.defences]
+
+
 def test_rows_without_their_classifier_are_left_out_and_said():
     pr = C.table_protocol(CIFAR10_CPU, "key", have=("plain",))
     assert all(d.classifier == "plain" for d in pr.defences)
@@ -75,7 +90,7 @@ def test_cli_runs_the_table_on_the_shipped_models(tmp_path, monkeypatch):
     (["--then-steps", "20", "--steps", "20"], "must exceed the first suite's 20 steps"),
     (["--then-steps", "21", "--steps", "20"], "its attacks exact-APGD-T10, exact10 would repeat the first suite's"),
     (["--then-steps", "160", "--strong"], "choose one"),
-    (["--then-steps", "40", "--preset", "cifar10-cpu"], "applies to the digits-style presets"),
+    (["--then-steps", "40", "--preset", "cifar10-cpu", "--steps", "40"], "must exceed the first suite's 40 steps"),
 ])
 def test_ensemble_budget_options_refuse_bad_values(args, message, capsys):
     from pursamere.cli import main
@@ -383,3 +398,27 @@ def test_a_row_shared_with_another_table_keeps_its_machine(rt):
     changed = ({row["key"]: {**row, "seconds": 9.0}}, {row["key"]: "gpu"})  # not the same row: made here
     assert rt.provenance(parts, res, {}, {}, set(), False, None, prior=changed)["machine"] is None
     assert rt.provenance(parts, res, {}, {}, set(), False, None)["machine"] is None
+
+
+def test_the_40_step_cifar_table_checks_the_key_rows_at_linf(rt, tmp_path):
+    """cifar10-cpu-table-40: the key rows at ℓ∞ 8/255, the 20-step suite then the 40-step one on what it left; its
+    jobs (cifar40-*) start from a copy of their 20-step job with only the ℓ∞ rows kept (--keep-linf)."""
+    pr, keep = rt._protocol("cifar10-cpu-table-40")
+    assert [str(t.norm) for t in pr.threats] == ["inf"] and {g[1] for g in rt.expected_groups("cifar10-cpu-table-40")} == {"inf"}
+    planned = rt.planned_attacks("cifar10-cpu-table-40")
+    assert {("BPDA20", "inf"), ("BPDA40", "inf"), ("exact-APGD-T40-long", "inf")} <= planned
+    assert ("BPDA40", "inf") not in rt.planned_attacks("cifar10-cpu-table")
+    assert rt.belongs("cifar40-ere", "cifar40-") and not rt.belongs("cifar40-ere", "cifar-")
+    # the recorded 20-step rows are the 40-step table's budget too (reused, not re-run)
+    rows = json.loads((ROOT / "book" / "data" / "cifar10-cpu-table" / "results.json").read_text())["rows"]
+    rt.check_budget("cifar10-cpu-table-40", {Path("cifar40-at"): [r for r in rows if r["norm"] == "inf"]})
+    with pytest.raises(ValueError, match="does not plan"):  # an ℓ2 row left in a seeded folder is refused by name
+        rt.check_budget("cifar10-cpu-table-40", {Path("cifar40-at"): [r for r in rows if r["norm"] == "2"][:1]})
+    job = tmp_path / "cifar40-at"
+    job.mkdir()
+    (job / "results.json").write_text((ROOT / "book" / "data" / "cifar10-cpu-table" / "results.json").read_text())
+    n_linf = sum(r["norm"] == "inf" for r in rows)
+    assert rt.main([str(job), "--keep-linf"]) == 0
+    kept = json.loads((job / "results.json").read_text())
+    assert len(kept["rows"]) == n_linf < len(rows) and all(r["norm"] == "inf" for r in kept["rows"])
+    assert kept["worst_case"] and all(w["norm"] == "inf" for w in kept["worst_case"])

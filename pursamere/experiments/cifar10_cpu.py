@@ -214,7 +214,8 @@ def load_artifacts(data_root=None, cache=DEFAULT_CACHE, log=print, root=None):
                      {"weights": "shipped (weights/cifar10/, trained on the CPU by scripts/train_cifar10.py)"})
 
 
-def table_protocol(preset, part: str = "key", n: Optional[int] = None, budget=None, have: tuple = ("plain",)):
+def table_protocol(preset, part: str = "key", n: Optional[int] = None, budget=None, have: tuple = ("plain",),
+                   then=None):
     """The CIFAR-10 table of the ``cifar10-cpu`` preset, split in two parts on the same images.
 
     ``key`` (≥ 256 images): undefended, adversarial training (FGSM-RS), PurSAMERE with the paper's SAM at
@@ -224,10 +225,15 @@ def table_protocol(preset, part: str = "key", n: Optional[int] = None, budget=No
     fixed-seed baselines. Rows whose classifier is not in ``have`` (shipped) are left out, and the
     protocol's description says so. Purifier rows sit in front of the eq.-17 classifier when it is
     shipped, else the clean one (said in each row's label).
+
+    ``then`` (a :class:`~pursamere.evaluation.suite.Budget`, ``ensemble --then-steps``): after the suite, the
+    whole suite again at that budget on the images it left, every attack cascaded (the convergence check of
+    book chapter 7, as for digits), at ℓ∞ only: the ℓ1 suite already runs at twice the counts
+    (:func:`~pursamere.evaluation.suite.threat_budget`), so its attacks would share the longer suite's names.
     """
     from ..evaluation.defences import Family
     from ..evaluation.suite import Role, ensemble_suite, threat_budget
-    from .protocols import DefenceSpec, Images, Protocol
+    from .protocols import DefenceSpec, Images, Protocol, suite_then
 
     if part not in ("key", "rest", "demo"):
         raise ValueError(f"part must be 'key', 'rest' or 'demo', got {part!r}")
@@ -263,7 +269,7 @@ def table_protocol(preset, part: str = "key", n: Optional[int] = None, budget=No
     dropped = [d.label for d in defs if d.classifier not in have]
     defs = [d for d in defs if d.classifier in have]
     budget = budget or preset.ensemble.budget
-    threats = tuple(Threat(k, v) for k, v in preset.threats.items() if part != "demo" or k == "inf")
+    threats = tuple(Threat(k, v) for k, v in preset.threats.items() if (part != "demo" and then is None) or k == "inf")
     describe = (f"The standard ensemble at gPGD{budget.gpgd_steps}, BPDA{budget.bpda_steps}, APGD{budget.apgd_steps} "
                 f"(CE, DLR, targeted over {budget.apgd_targets} classes), exact{budget.exact_steps} (random start and from "
                 f"APGD-CE's end points), partial unrolling, Square{budget.square_queries} and APGD{budget.exact_steps} on the "
@@ -273,12 +279,18 @@ def table_protocol(preset, part: str = "key", n: Optional[int] = None, budget=No
                 + f"; EoT {budget.eot} against "
                 "stochastic purifiers; at ℓ1 every count doubled (no Square there). Models: the shipped CPU-trained "
                 "weights of weights/cifar10/."
+                + (f" Then the whole suite again at {then.apgd_steps} steps ({then.exact_steps} on the exact gradient, "
+                   f"Square{then.square_queries}) on the images it left, every attack cascaded, at ℓ∞ only: the worst "
+                   "case is over both." if then is not None else "")
                 + (f" Left out (classifier not shipped): {', '.join(dropped)}." if dropped else ""))
     plan = {"part": part, "budget": dataclasses.asdict(budget), "left_out": dropped}
+    if then is not None:
+        plan["then"] = dataclasses.asdict(then)
     if any(t.norm == 1 for t in threats):
         plan["budget_l1"] = dataclasses.asdict(threat_budget(budget, 1))
     return Protocol("cifar10-table", f"{preset.name}: CIFAR-10 ({part} rows), worst case per image", tuple(defs),
-                    tuple(ensemble_suite(budget, threats)), threats, Images("table", n), batch_size=preset.ensemble.batch_size,
+                    tuple(ensemble_suite(budget, threats)) if then is None else suite_then(budget, then), threats,
+                    Images("table", n), batch_size=preset.ensemble.batch_size,
                     describe=describe, plan=plan,
                     check_plan=dataclasses.replace(preset.full, bpda_steps=budget.bpda_steps, check_steps=budget.exact_steps,
                                                    square_queries=budget.square_queries) if part == "key" else None)
