@@ -79,6 +79,15 @@ def test_cli_runs_the_table_on_the_shipped_models(tmp_path, monkeypatch):
     assert res["meta"]["preset"] == "cifar10-cpu" and res["meta"]["n"] == 3
     assert {r["defence"] for r in res["rows"]} == {"undefended"} and res["meta"]["models"]["score"]
     assert res["worst_case"][0]["complete"]
+    # the convergence check resumes the same folder: the first suite's rows reused, the longer one cascaded after them
+    first = {r["key"]: r for r in res["rows"]}
+    rc = main(["ensemble", "--preset", "cifar10-cpu", "--data-root", str(tmp_path / "data"), "--n", "3", "--steps", "1",
+               "--then-steps", "4", "--only", "undefended", "--quiet", "--resume", "--out", str(out)])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert all(first[k] == r for k, r in ((r["key"], r) for r in res["rows"]) if k in first)
+    assert {r["attack"] for r in res["rows"]} > {r["attack"] for r in first.values()} and "BPDA4" in {r["attack"] for r in res["rows"]}
+    assert res["meta"]["plan"]["then"]["apgd_steps"] == 4 and res["worst_case"][0]["complete"]
 
 
 @pytest.mark.parametrize("args, message", [
