@@ -431,3 +431,24 @@ def test_the_40_step_cifar_table_checks_the_key_rows_at_linf(rt, tmp_path):
     kept = json.loads((job / "results.json").read_text())
     assert len(kept["rows"]) == n_linf < len(rows) and all(r["norm"] == "inf" for r in kept["rows"])
     assert kept["worst_case"] and all(w["norm"] == "inf" for w in kept["worst_case"])
+
+
+def test_longer_suite_frame_counts_what_the_longer_suite_broke_image_by_image():
+    """The chapters' table of a --then-steps run against its first suite (chapter 7: 80 then 160; chapter 6: 20 then 40),
+    on the recorded digits tables: finished groups give counts, unfinished ones bounds."""
+    from pursamere.book import frames
+
+    data = ROOT / "book" / "data"
+    first = json.loads((data / "digits-whole-test" / "results.json").read_text())
+    longer = json.loads((data / "digits-whole-test-160" / "results.json").read_text())
+    df = frames.longer_suite_frame(first, longer, (80, 160))
+    for w in longer["worst_case"]:
+        row = df.loc[w["defence"]]
+        before = next(b for b in first["worst_case"] if (b["defence"], b["eps"]) == (w["defence"], w["eps"]))
+        assert row["robust after 80 steps"] == sum(before["survived"])
+        if w.get("complete", True):
+            assert row["broken by the 160-step suite"] == sum(before["survived"]) - sum(w["survived"]) >= 0
+        else:
+            assert str(row["after 160 steps too"]).startswith("≤ ") and str(row["broken by the 160-step suite"]).startswith("≥ ")
+    assert frames.longer_suite_frame(json.loads((data / "cifar10-cpu-table" / "results.json").read_text()), longer,
+                                     (20, 40)) is None  # nothing in common

@@ -13,6 +13,7 @@ from ..evaluation.results import norm_label, paired, robust_flags, worst_case
 __all__ = ["pct", "rows_frame", "worst_frame", "headline", "table1", "table2", "table3", "paper_tables",
            "comparison_sentences", "attack_comparison", "baselines_frame", "eps_curves", "checks_frame", "auroc_frame",
            "sweep_frame", "cost_model", "ensemble_frame", "sam_frame", "find_defence", "paired_frame", "role_attack",
+           "longer_suite_frame",
            "PAPER_CIFAR10"]
 
 #: The paper's CIFAR-10 numbers (method.md, "The paper's CIFAR-10 numbers"), in %.
@@ -96,6 +97,33 @@ def headline(results: dict):
     for m in results.get("not_run") or []:  # planned groups where no attack finished (merged tables)
         lines.setdefault(m["defence"], {"clean": "–"})[f"worst case, {norm_label(m['norm'], m['eps'])}"] = "not run yet"
     return pd.DataFrame.from_dict(lines, orient="index").fillna("–"), numbers
+
+
+def longer_suite_frame(first: dict, longer: dict, steps: tuple):
+    """Image by image, what a longer suite run on a first suite's survivors (``ensemble --then-steps``) broke
+    beyond it: one row per group of ``longer`` that ``first`` also holds, with the robust images after the first
+    suite, after both, how many the longer suite broke and how many of its attacks have run. While the longer
+    suite is unfinished its counts are bounds ("≤", "≥"). ``steps``: the two suites' step counts, for the column
+    names, e.g. ``(80, 160)``. Returns ``None`` when the two share no group."""
+    import pandas as pd
+
+    a, b = steps
+    before_of = {(w["defence"], str(w["norm"]), w["eps"]): w for w in _worst(first)}
+    rows = []
+    for w in _worst(longer):
+        before = before_of.get((w["defence"], str(w["norm"]), w["eps"]))
+        if before is None:
+            continue
+        suite = set(before.get("planned", before["attacks"]))  # the first suite's attacks
+        ran = [x for x in w["attacks"] if x not in suite]
+        planned = [x for x in w.get("planned", w["attacks"]) if x not in suite]
+        kept_a, kept = sum(before["survived"]), sum(w["survived"])
+        done = w.get("complete", True)
+        rows.append({"defence": w["defence"], "threat": norm_label(w["norm"], w["eps"]), f"robust after {a} steps": kept_a,
+                     f"after {b} steps too": kept if done else f"≤ {kept}",
+                     f"broken by the {b}-step suite": kept_a - kept if done else f"≥ {kept_a - kept}",
+                     f"{b}-step attacks run": f"{len(ran)} of {len(planned)}"})
+    return pd.DataFrame(rows).set_index("defence") if rows else None
 
 
 def role_attack(results: dict, role: str) -> Optional[str]:
