@@ -181,6 +181,17 @@ def test_chapter_frames_on_the_recorded_table():
         assert p["A keeps, B loses"] == sum(x and not y for x, y in zip(a["survived"], b["survived"]))
         assert p["B keeps, A loses"] == sum(y and not x for x, y in zip(a["survived"], b["survived"]))
         assert p["both rows complete"] == (a.get("complete", True) and b.get("complete", True))
+    # SAM against SAM off: rows that have not run the same attacks are compared on the attacks both ran, not as they are
+    sam, ere = chapter._find(res, family="PurSAMERE"), chapter._find(res, family="ERE descent", classifier="plain")
+    common = [a for a in sam["attacks"] if a in ere["attacks"]]
+    fair = [s for s in lines if s.startswith(f"On the {len(common)} attacks both have run")]
+    if set(sam["attacks"]) != set(ere["attacks"]):
+        assert "do not compare them" in lines[1] and "SAM is ahead" not in lines[1] and len(fair) == 1
+        both = [r for r in res["rows"] if r["norm"] == "inf" and r["attack"] in common]
+        kept = [sum(all(r["survived"][i] for r in both if r["defence"] == w["defence"]) for i in range(n)) for w in (sam, ere)]
+        assert f"SAM {100 * kept[0] / n:.1f}% vs SAM off {100 * kept[1] / n:.1f}%" in fair[0]
+    else:
+        assert not fair
 
 
 def test_demo_part_is_the_key_rows_at_linf_without_checks():

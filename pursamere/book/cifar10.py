@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..evaluation.defences import Family
+from ..evaluation.results import paired, robust_flags
 from .frames import PAPER_CIFAR10, paired_frame, pct, rows_frame
 
 __all__ = ["against_paper", "findings", "key_pairs", "attack_frame", "paired_rows", "timing_frame"]
@@ -116,12 +117,29 @@ def findings(results: dict) -> list[str]:
 
     if sam and ere:
         p = pair("PurSAMERE (paper's SAM)", "ERE descent (SAM off)")
-        better = sam["robust_acc"] > ere["robust_acc"]
+        common = [a for a in sam["attacks"] if a in set(ere["attacks"])]
+        same = set(common) == set(sam["attacks"]) == set(ere["attacks"])
+
+        def verdict(better: bool) -> str:
+            return "On CIFAR-10 SAM is ahead, the opposite of the digits finding" if better else \
+                "As on the digits, SAM does not help"
+
         out.append(f"SAM (the paper's ρ = ε_pur/2) against SAM off: {pct(sam['robust_acc'])}% vs {pct(ere['robust_acc'])}%; "
                    f"{p['A keeps, B loses']} images kept only with SAM, {p['B keeps, A loses']} only without (sign test p = "
-                   f"{p['sign-test p']:.3g}). " + ("On CIFAR-10 SAM is ahead, the opposite of the digits finding"
-                                                   if better else "As on the digits, SAM does not help")
-                   + ("" if p["both rows complete"] else " — provisional: a row is incomplete") + ".")
+                   f"{p['sign-test p']:.3g}). "
+                   + ((verdict(sam["robust_acc"] > ere["robust_acc"])
+                       + ("" if p["both rows complete"] else " — provisional: a row is incomplete") + ".") if same else
+                      f"The two rows have not run the same attacks ({len(sam['attacks'])} and {len(ere['attacks'])}), so "
+                      "these numbers do not compare them."))
+        if not same and common:  # the fair comparison meanwhile: the worst case over the attacks both have run
+            sel = [r for r in results["rows"] if r["norm"] == "inf" and r["attack"] in common]
+            fs, fe = robust_flags(sel, sam["defence"], eps=sam["eps"]), robust_flags(sel, ere["defence"], eps=ere["eps"])
+            q = paired(fs, fe)
+            out.append(f"On the {len(common)} attacks both have run: SAM {pct(q['a_robust'] / q['n'])}% vs SAM off "
+                       f"{pct(q['b_robust'] / q['n'])}%; {q['a_keeps_b_loses']} images kept only with SAM, "
+                       f"{q['b_keeps_a_loses']} only without (sign test p = {q['p']:.3g}). "
+                       + verdict(q["a_robust"] > q["b_robust"]) + " on those attacks — provisional until both rows have "
+                       "run every attack.")
     if ere and at:
         p = pair("ERE descent (SAM off)", "adversarial training")
         out.append(f"Purification against adversarial training: ERE descent {pct(ere['robust_acc'])}% vs adversarial "
