@@ -21,7 +21,8 @@
 #      digits160-* jobs: at ℓ∞ 0.2, the 160-step suite on the 80-step suite's survivors (--then-steps 160,
 #      each started from its 80-step job's folder);
 #    - cifar40-* jobs: the CIFAR-10 key rows' convergence check at ℓ∞ 8/255, the 40-step suite on the 20-step suite's
-#      survivors (--then-steps 40, each started from its 20-step job's ℓ∞ rows);
+#      survivors (--then-steps 40, each started from its 20-step job's ℓ∞ rows; cifar40-pursamere after
+#      cifar-pursamere on the same queue line, so the 20-step attacks it lacks run once);
 #    the unfinished work first (as recorded on 2026-11-30), then the convergence checks (doubled
 #    budgets), then the jobs already recorded (quick no-ops with RESUME_FROM, full re-runs without).
 #
@@ -57,16 +58,23 @@ ens() {  # ens NAME ARGS...: one ensemble job until DEADLINE (epoch seconds), it
     if [ -n "${RESUME_FROM:-}" ] && [ -f "$RESUME_FROM/$name/results.json" ]; then from="$RESUME_FROM/$name"
     elif [ -n "${RESUME_FROM:-}" ] && [ "${name#digits160-}" != "$name" ] && [ -f "$RESUME_FROM/digits-${name#digits160-}/results.json" ]; then
         from="$RESUME_FROM/digits-${name#digits160-}"  # a 160-step job starts from its 80-step job's rows
+    elif [ "${name#cifar40-}" != "$name" ] && [ -f "$W/logs/cifar-${name#cifar40-}.finished" ]; then
+        from="$W/cifar-${name#cifar40-}"  # a 40-step CIFAR-10 job starts from its 20-step job's rows, finished in this call
     elif [ -n "${RESUME_FROM:-}" ] && [ "${name#cifar40-}" != "$name" ] && [ -f "$RESUME_FROM/cifar-${name#cifar40-}/results.json" ]; then
-        from="$RESUME_FROM/cifar-${name#cifar40-}"  # a 40-step CIFAR-10 job starts from its 20-step job's ℓ∞ rows
+        from="$RESUME_FROM/cifar-${name#cifar40-}"  # ... or as recorded
     fi
     if [ -n "$from" ]; then rm -rf "${W:?}/$name"; cp -r "$from" "$W/$name"; resume="--resume"; fi
-    if [ -n "$from" ] && [ "${name#cifar40-}" != "$name" ]; then "$PY" scripts/record_tables.py "$W/$name" --keep-linf; fi
+    if [ -n "$from" ] && [ "$from" != "${RESUME_FROM:-}/$name" ] && [ "${name#cifar40-}" != "$name" ]; then  # ℓ∞ rows only
+        $PY scripts/record_tables.py "$W/$name" --keep-linf >> "$W/logs/$name.log" 2>&1 || { say "$name: --keep-linf failed"; return; }
+    fi
     say "$name: start ($left s left)${resume:+, resuming}"
     if [ "${DRY:-}" = 1 ]; then say "$name: $PY -m pursamere ensemble $(printf "%q " "$@")--device $DEVICE $resume --out $W/$name"; return; fi
     timeout $(( left + 90 )) $PY -m pursamere ensemble "$@" --device "$DEVICE" --quiet $resume \
-        --minutes "$(awk "BEGIN {print $left / 60}")" --out "$W/$name" > "$W/logs/$name.log" 2>&1
-    say "$name: exit $?"
+        --minutes "$(awk "BEGIN {print $left / 60}")" --out "$W/$name" >> "$W/logs/$name.log" 2>&1
+    local rc=$?
+    say "$name: exit $rc"
+    # finished: exit 0 and not stopped by the deadline (the engine then writes meta "stopped")
+    if [ "$rc" = 0 ] && ! grep -q '"stopped":' "$W/$name/results.json" 2> /dev/null; then touch "$W/logs/$name.finished"; fi
 }
 export -f say ens
 
@@ -110,9 +118,8 @@ ens digits160-0.2-pursamere $D $DS $DT --eps 0.2 --only PurSAMERE
 ens digits160-0.2-plain $D $DS $DT --eps 0.2 --only 'undefended,adversarial training,TRADES'
 ens digits160-0.2-adp $D $DS $DT --eps 0.2 --only ADP
 ens digits160-0.2-diffpure $D $DS $DT --eps 0.2 --only DiffPure-style
-ens cifar-pursamere $C --n $CN --part key $CS --only PurSAMERE --purifier-classifier clean
+ens cifar-pursamere $C --n $CN --part key $CS --only PurSAMERE --purifier-classifier clean; ens cifar40-pursamere $C --n $CN --part key $CS $CT --only PurSAMERE --purifier-classifier clean
 ens cifar40-ere $C --n $CN --part key $CS $CT --only 'ERE descent' --purifier-classifier clean
-ens cifar40-pursamere $C --n $CN --part key $CS $CT --only PurSAMERE --purifier-classifier clean
 ens digits-0.2-diffpure $D $DS --eps 0.2 --only DiffPure-style
 ens digits-0.2-adp $D $DS --eps 0.2 --only ADP
 ens cifar-rest-at $C --n $CR --part rest $CS --only adversarial

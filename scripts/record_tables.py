@@ -123,6 +123,11 @@ def check_budget(table: str, part_rows: dict) -> None:
                 got = r.get("attack_settings", {})
                 if all(got.get(k) == v for k, v in want.items() if k != "eot" or r.get("deterministic") is False):
                     continue
+            if str(r["norm"]) not in {str(t.norm) for t in pr.threats}:
+                raise ValueError(f"{folder} holds a row at {norm_label(r['norm'], r['eps'])}, but {table} runs at "
+                                 f"{', '.join(sorted(norm_label(t.norm) for t in pr.threats))} only: a job seeded from "
+                                 f"another job's folder? `python scripts/record_tables.py {folder} --keep-linf` drops the "
+                                 "other rows")
             names = sorted(a for a, n in planned if n == str(r["norm"]))
             raise ValueError(f"{folder} holds a row of attack {r['attack']!r} at {norm_label(r['norm'], r['eps'])} that "
                              f"{table}'s budget does not plan there ({', '.join(names) or 'no attack'}; or other settings "
@@ -259,7 +264,8 @@ def keep_linf(folder: Path) -> int:
     path = Path(folder) / "results.json"
     res = read_results(path)
     rows = [r for r in res["rows"] if str(r["norm"]) == "inf"]
-    atomic_write_json(path, {**res, "rows": rows, "worst_case": [w for w in res["worst_case"] if str(w["norm"]) == "inf"]})
+    atomic_write_json(path, {**res, "rows": rows,
+                             "worst_case": [w for w in res.get("worst_case") or [] if str(w["norm"]) == "inf"]})
     return len(res["rows"]) - len(rows)
 
 
@@ -354,6 +360,8 @@ def main(argv=None) -> int:
 
 def _main(args) -> int:
     if args.keep_linf:
+        if args.restore or args.examples or args.checks:
+            raise ValueError("--keep-linf works on one job folder alone: give it without --restore, --examples or --checks")
         print(f"{args.root}: dropped {keep_linf(Path(args.root))} rows that are not ℓ∞")
         return 0
     if args.restore:

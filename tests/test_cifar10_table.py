@@ -183,7 +183,8 @@ def test_chapter_frames_on_the_recorded_table():
         assert p["both rows complete"] == (a.get("complete", True) and b.get("complete", True))
     # SAM against SAM off: rows that have not run the same attacks are compared on the attacks both ran, not as they are
     sam, ere = chapter._find(res, family="PurSAMERE"), chapter._find(res, family="ERE descent", classifier="plain")
-    common = [a for a in sam["attacks"] if a in ere["attacks"]]
+    common = [a for a, b in zip(sam["attacks"], ere["attacks"])]
+    common = common[:next((i for i, (a, b) in enumerate(zip(sam["attacks"], ere["attacks"])) if a != b), len(common))]
     fair = [s for s in lines if s.startswith(f"On the {len(common)} attacks both have run")]
     if set(sam["attacks"]) != set(ere["attacks"]):
         assert "do not compare them" in lines[1] and "SAM is ahead" not in lines[1] and len(fair) == 1
@@ -432,7 +433,7 @@ def test_the_40_step_cifar_table_checks_the_key_rows_at_linf(rt, tmp_path):
     # the recorded 20-step rows are the 40-step table's budget too (reused, not re-run)
     rows = json.loads((ROOT / "book" / "data" / "cifar10-cpu-table" / "results.json").read_text())["rows"]
     rt.check_budget("cifar10-cpu-table-40", {Path("cifar40-at"): [r for r in rows if r["norm"] == "inf"]})
-    with pytest.raises(ValueError, match="does not plan"):  # an ℓ2 row left in a seeded folder is refused by name
+    with pytest.raises(ValueError, match="runs at ℓ∞ only.*--keep-linf"):  # an ℓ2 row left in a seeded folder: said how to fix
         rt.check_budget("cifar10-cpu-table-40", {Path("cifar40-at"): [r for r in rows if r["norm"] == "2"][:1]})
     job = tmp_path / "cifar40-at"
     job.mkdir()
@@ -456,10 +457,33 @@ def test_longer_suite_frame_counts_what_the_longer_suite_broke_image_by_image():
     for w in longer["worst_case"]:
         row = df.loc[w["defence"]]
         before = next(b for b in first["worst_case"] if (b["defence"], b["eps"]) == (w["defence"], w["eps"]))
-        assert row["robust after 80 steps"] == sum(before["survived"])
+        assert row["robust after 80 steps"] == sum(before["survived"])  # the same rows in both tables here
         if w.get("complete", True):
             assert row["broken by the 160-step suite"] == sum(before["survived"]) - sum(w["survived"]) >= 0
         else:
             assert str(row["after 160 steps too"]).startswith("≤ ") and str(row["broken by the 160-step suite"]).startswith("≥ ")
+    # the longer table's job finishing the first suite itself: what those attacks broke is not the longer suite's
+    ere = "ERE descent (no SAM) ε_pur=0.3"
+    last80 = "exact-APGD-T80-long"
+    cut = {**first, "rows": [r for r in first["rows"] if not (r["defence"] == ere and r["attack"] == last80)],
+           "worst_case": [{**w, "attacks": [a for a in w["attacks"] if a != last80]} if w["defence"] == ere else w
+                          for w in first["worst_case"]]}
+    only80 = {**longer, "rows": [r for r in longer["rows"] if r["defence"] != ere or r["attack"] != last80],
+              "worst_case": [{**w, "attacks": [a for a in w["attacks"] if a != last80]} if w["defence"] == ere else w
+                             for w in longer["worst_case"]]}
+    row = frames.longer_suite_frame(cut, only80, (80, 160)).loc[ere]
+    assert str(row["robust after 80 steps"]).startswith("≤ ") and row["broken by the 160-step suite"] == "–"
+    row = frames.longer_suite_frame(cut, longer, (80, 160)).loc[ere]  # first suite finished in the longer table only
+    assert row["robust after 80 steps"] == sum(next(w for w in first["worst_case"] if w["defence"] == ere
+                                                    and w["eps"] == 0.2)["survived"])
     assert frames.longer_suite_frame(json.loads((data / "cifar10-cpu-table" / "results.json").read_text()), longer,
                                      (20, 40)) is None  # nothing in common
+
+
+def test_keep_linf_refuses_other_modes_in_one_line(rt, tmp_path, capsys):
+    assert rt.main([str(tmp_path), "--keep-linf", "--restore"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--keep-linf works on one job folder alone" in err
+    assert rt.main([str(tmp_path / "none"), "--keep-linf"]) == 2  # no results file: one line, no traceback
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no results file" in err and "Traceback" not in err

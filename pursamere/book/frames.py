@@ -102,8 +102,9 @@ def headline(results: dict):
 def longer_suite_frame(first: dict, longer: dict, steps: tuple):
     """Image by image, what a longer suite run on a first suite's survivors (``ensemble --then-steps``) broke
     beyond it: one row per group of ``longer`` that ``first`` also holds, with the robust images after the first
-    suite, after both, how many the longer suite broke and how many of its attacks have run. While the longer
-    suite is unfinished its counts are bounds ("≤", "≥"). ``steps``: the two suites' step counts, for the column
+    suite, after both, how many the longer suite broke and how many of its attacks have run. ``first`` only says
+    which attacks make the first suite; every count comes from ``longer``'s own rows (its job may have finished
+    the first suite itself). While a suite is unfinished its counts are bounds ("≤", "≥"). ``steps``: the two suites' step counts, for the column
     names, e.g. ``(80, 160)``. Returns ``None`` when the two share no group."""
     import pandas as pd
 
@@ -115,14 +116,19 @@ def longer_suite_frame(first: dict, longer: dict, steps: tuple):
         if before is None:
             continue
         suite = set(before.get("planned", before["attacks"]))  # the first suite's attacks
+        # both counts from the longer table's own rows: its job may have finished the first suite itself
+        own = [r for r in longer["rows"] if (r["defence"], str(r["norm"]), r["eps"]) == (w["defence"], str(w["norm"]), w["eps"])]
+        first_rows = [r for r in own if r["attack"] in suite]
+        first_done = {r["attack"] for r in first_rows} >= suite
+        kept_a = sum(robust_flags(first_rows, w["defence"])) if first_rows else None
         ran = [x for x in w["attacks"] if x not in suite]
         planned = [x for x in w.get("planned", w["attacks"]) if x not in suite]
-        kept_a, kept = sum(before["survived"]), sum(w["survived"])
-        done = w.get("complete", True)
-        rows.append({"defence": w["defence"], "threat": norm_label(w["norm"], w["eps"]), f"robust after {a} steps": kept_a,
+        kept, done = sum(w["survived"]), w.get("complete", True)
+        rows.append({"defence": w["defence"], "threat": norm_label(w["norm"], w["eps"]),
+                     f"robust after {a} steps": kept_a if first_done else f"≤ {kept_a} (the {a}-step suite unfinished)",
                      f"after {b} steps too": kept if done else f"≤ {kept}",
-                     f"broken by the {b}-step suite": kept_a - kept if done else f"≥ {kept_a - kept}",
-                     f"{b}-step attacks run": f"{len(ran)} of {len(planned)}"})
+                     f"broken by the {b}-step suite": (kept_a - kept if done else f"≥ {kept_a - kept}") if first_done
+                     else "–", f"{b}-step attacks run": f"{len(ran)} of {len(planned)}"})
     return pd.DataFrame(rows).set_index("defence") if rows else None
 
 

@@ -276,9 +276,9 @@ def table_protocol(preset, part: str = "key", n: Optional[int] = None, budget=No
                 f"exact gradient (from APGD-CE's end points, and targeted)"
                 + (f", then targeted APGD{budget.apgd_steps} on the exact gradient"
                    if budget.apgd_steps > budget.exact_steps else "")
-                + f"; EoT {budget.eot} against "
-                "stochastic purifiers; at ℓ1 every count doubled (no Square there). Models: the shipped CPU-trained "
-                "weights of weights/cifar10/."
+                + f"; EoT {budget.eot} against stochastic purifiers"
+                + ("; at ℓ1 every count doubled (no Square there)" if any(str(t.norm) == "1" for t in threats) else "")
+                + ". Models: the shipped CPU-trained weights of weights/cifar10/."
                 + (f" Then the whole suite again at {then.apgd_steps} steps ({then.exact_steps} on the exact gradient, "
                    f"Square{then.square_queries}) on the images it left, every attack cascaded, at ℓ∞ only: the worst "
                    "case is over both." if then is not None else "")
@@ -293,4 +293,5 @@ def table_protocol(preset, part: str = "key", n: Optional[int] = None, budget=No
                     Images("table", n), batch_size=preset.ensemble.batch_size,
                     describe=describe, plan=plan,
                     check_plan=dataclasses.replace(preset.full, bpda_steps=budget.bpda_steps, check_steps=budget.exact_steps,
-                                                   square_queries=budget.square_queries) if part == "key" else None)
+                                                   square_queries=budget.square_queries)
+                    if part == "key" and then is None else None)  # the 40-step check reruns no obfuscation check
