@@ -104,8 +104,8 @@ def longer_suite_frame(first: dict, longer: dict, steps: tuple):
     beyond it: one row per group of ``longer`` that ``first`` also holds, with the robust images after the first
     suite, after both, how many the longer suite broke and how many of its attacks have run. ``first`` only says
     which attacks make the first suite; every count comes from ``longer``'s own rows (its job may have finished
-    the first suite itself). While a suite is unfinished its counts are bounds ("≤", "≥"). ``steps``: the two suites' step counts, for the column
-    names, e.g. ``(80, 160)``. Returns ``None`` when the two share no group."""
+    the first suite itself). While a suite is unfinished its counts are bounds ("≤", "≥"). ``steps``: the two
+    suites' step counts, for the column names, e.g. ``(80, 160)``. Returns ``None`` when the two share no group."""
     import pandas as pd
 
     a, b = steps
@@ -125,7 +125,8 @@ def longer_suite_frame(first: dict, longer: dict, steps: tuple):
         planned = [x for x in w.get("planned", w["attacks"]) if x not in suite]
         kept, done = sum(w["survived"]), w.get("complete", True)
         rows.append({"defence": w["defence"], "threat": norm_label(w["norm"], w["eps"]),
-                     f"robust after {a} steps": kept_a if first_done else f"≤ {kept_a} (the {a}-step suite unfinished)",
+                     f"robust after {a} steps": kept_a if first_done else
+                     (f"≤ {kept_a} (the {a}-step suite unfinished)" if kept_a is not None else "–"),
                      f"after {b} steps too": kept if done else f"≤ {kept}",
                      f"broken by the {b}-step suite": (kept_a - kept if done else f"≥ {kept_a - kept}") if first_done
                      else "–", f"{b}-step attacks run": f"{len(ran)} of {len(planned)}"})
