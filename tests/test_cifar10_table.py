@@ -1,4 +1,5 @@
 """The cifar10-cpu preset's table: its protocol, the CLI around it, merged tables and the chapter's frames."""
+import itertools
 import json
 from pathlib import Path
 
@@ -183,8 +184,7 @@ def test_chapter_frames_on_the_recorded_table():
         assert p["both rows complete"] == (a.get("complete", True) and b.get("complete", True))
     # SAM against SAM off: rows that have not run the same attacks are compared on the attacks both ran, not as they are
     sam, ere = chapter._find(res, family="PurSAMERE"), chapter._find(res, family="ERE descent", classifier="plain")
-    common = [a for a, b in zip(sam["attacks"], ere["attacks"])]
-    common = common[:next((i for i, (a, b) in enumerate(zip(sam["attacks"], ere["attacks"])) if a != b), len(common))]
+    common = [a for a, b in itertools.takewhile(lambda ab: ab[0] == ab[1], zip(sam["attacks"], ere["attacks"]))]
     fair = [s for s in lines if s.startswith(f"On the {len(common)} attacks both have run")]
     if set(sam["attacks"]) != set(ere["attacks"]):
         assert "do not compare them" in lines[1] and "SAM is ahead" not in lines[1] and len(fair) == 1

@@ -5,6 +5,7 @@ returns a pandas frame or plain sentences; the chapter only displays them.
 """
 from __future__ import annotations
 
+from itertools import takewhile
 from typing import Optional
 
 from ..evaluation.defences import Family
@@ -118,11 +119,9 @@ def findings(results: dict) -> list[str]:
     if sam and ere:
         p = pair("PurSAMERE (paper's SAM)", "ERE descent (SAM off)")
         same = set(sam["attacks"]) == set(ere["attacks"])
-        common = []  # the attacks both ran, as long as both ran them in the same order (cascaded rows' flags count
-        for x, z in zip(sam["attacks"], ere["attacks"]):  # what the earlier attacks broke: a worst case over a prefix)
-            if x != z:
-                break
-            common.append(x)
+        # the attacks both ran, as long as both ran them in the same order (cascaded rows' flags count what the
+        # earlier attacks broke, so a worst case over a subset of attacks is only right for a shared prefix)
+        common = [x for x, _ in takewhile(lambda pair: pair[0] == pair[1], zip(sam["attacks"], ere["attacks"]))]
 
         def verdict(better: bool) -> str:
             return "On CIFAR-10 SAM is ahead, the opposite of the digits finding" if better else \
