@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "save_checkpoint", "load_checkpoint",
-           "CorruptCheckpointError", "fingerprint", "config_hash", "save_figure"]
+           "save_tensor_state", "load_tensor_state", "CorruptCheckpointError", "fingerprint", "config_hash", "save_figure"]
 
 _TRAILER = b"\nPURSAMERE-SHA256:"
 
@@ -72,6 +72,51 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if hashlib.sha256(payload).hexdigest().encode() != digest:
         raise CorruptCheckpointError(f"{path} fails its SHA-256 check: the file is corrupt; delete it and retrain (or use --fresh)")
     return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+
+
+def _state_digest(tensors: dict, values: str) -> str:
+    h = hashlib.sha256(values.encode())
+    for k in sorted(tensors):
+        t = tensors[k]
+        h.update(f"\0{k}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_tensor_state(path, state: dict) -> Path:
+    """A flat state (string keys; tensors, and JSON values beside them) as a ``safetensors`` file, written atomically.
+
+    Unlike :func:`save_checkpoint` it holds no pickle, so it can be committed and read on any machine. Its metadata
+    holds the JSON values and a SHA-256 over names, dtypes, shapes, bytes and values, checked by
+    :func:`load_tensor_state`.
+    """
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    values = json.dumps({k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}, sort_keys=True)
+    return atomic_write_bytes(path, save(tensors, metadata={"values": values, "sha256": _state_digest(tensors, values)}))
+
+
+def load_tensor_state(path) -> dict:
+    """Read a state written by :func:`save_tensor_state` (no code runs: ``safetensors``); verify its SHA-256."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = Path(path)
+    blob = path.read_bytes()
+    try:
+        tensors = load(blob)
+        size = int.from_bytes(blob[:8], "little")
+        meta = json.loads(blob[8:8 + size]).get("__metadata__") or {}
+        values = meta["values"]
+        state = json.loads(values)
+    except (SafetensorError, ValueError, KeyError, TypeError) as e:
+        raise CorruptCheckpointError(f"{path} is not a pursamere tensor state ({type(e).__name__})") from None
+    if not isinstance(state, dict) or meta.get("sha256") != _state_digest(tensors, values):
+        raise CorruptCheckpointError(f"{path} fails its SHA-256 check: the file is corrupt")
+    if set(state) & set(tensors):
+        raise CorruptCheckpointError(f"{path} names an entry twice")
+    return {**state, **tensors}
 
 
 def fingerprint(*tensors: torch.Tensor) -> str:

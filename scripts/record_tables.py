@@ -14,6 +14,11 @@ Results folders live on the machine that ran them; the book's tables are what is
 writes each recorded row back into its job's folder under ROOT (``job_of`` in ``provenance.json``), so a
 later session, on a fresh machine, continues an unfinished job with the same command and ``--resume``:
 finished rows are reused, only the missing attacks run. It never overwrites a folder that holds results.
+
+Rows in progress are not lost either: recording also keeps, for every job with an unfinished group, its rows'
+finished batches and the end points its later rows start from, as safetensors files (no pickle) under
+``book/data/in-progress/<job>/``; ``--restore`` writes them back (never over a file the job folder holds), so the
+resumed job goes on after the last batch the earlier machine saved.
 """
 from __future__ import annotations
 
@@ -255,6 +260,52 @@ def restore(book: Path, root: Path) -> tuple:
     return written, kept
 
 
+IN_PROGRESS = "in-progress"  # under --book: the rows in progress of unfinished jobs (pursamere.evaluation.runner.export_progress)
+
+
+def _job_table(name: str):
+    return next((t for t, (prefix, _) in TABLES.items() if belongs(name, prefix)), None)
+
+
+def record_progress(book: Path, found: dict) -> list:
+    """Keep the rows in progress and end points of every job folder in ``found`` (table → folder → rows) that has
+    an unfinished group under ``book/in-progress/<job>``; a job whose groups are all finished keeps none (its
+    kept end points serve no row). Jobs not in ``found`` keep what was recorded for them. Returns
+    ``[(job, files kept)]`` for the jobs that keep some."""
+    import shutil
+
+    from pursamere.evaluation.runner import export_progress
+
+    kept = []
+    for part_rows in found.values():
+        for folder in part_rows:
+            dest = Path(book) / IN_PROGRESS / folder.name
+            if all(w.get("complete", True) for w in read_results(folder).get("worst_case") or []):
+                shutil.rmtree(dest, ignore_errors=True)
+                continue
+            n = export_progress(folder, dest)
+            if n:
+                kept.append((folder.name, n))
+    return kept
+
+
+def restore_progress(book: Path, root: Path) -> tuple:
+    """Write every kept row in progress under ``book/in-progress`` back into its job folder under ``root`` (never
+    over a file there). Returns ``(files written, files kept as they were)``."""
+    from pursamere.evaluation.runner import import_progress
+
+    src = Path(book) / IN_PROGRESS
+    jobs = sorted(p for p in src.iterdir() if not p.name.startswith(".")) if src.is_dir() else []
+    for job in jobs:
+        if not job.is_dir() or _job_table(job.name) is None:
+            raise ValueError(f"{job} is not the kept progress of a job of a recorded table")
+    written = kept = 0
+    for job in jobs:
+        w, k = import_progress(job, Path(root) / job.name)
+        written, kept = written + w, kept + k
+    return written, kept
+
+
 def keep_linf(folder: Path) -> int:
     """Drop every row and worst case but the ℓ∞ ones from a job folder's ``results.json`` (atomic); returns how many
     rows were dropped. A cifar40-* job starts from a copy of its 20-step job, which may hold ℓ2 and ℓ1 rows that the
@@ -366,10 +417,13 @@ def _main(args) -> int:
         return 0
     if args.restore:
         written, kept = restore(Path(args.book), Path(args.root))
+        states, held = restore_progress(Path(args.book), Path(args.root))
         print(f"restored {len(written)} job folders under {args.root}"
               + (f": {', '.join(p.name for p in written)}" if written else "")
               + (f"; left {len(kept)} that already hold results as they are: {', '.join(p.name for p in kept)}"
-                 if kept else ""))
+                 if kept else "")
+              + (f"; restored {states} kept rows in progress and end points" if states else "")
+              + (f" (left {held} that the folders already hold)" if held else ""))
         return 0
     if args.examples:
         cifar_examples(Path(args.book) / "cifar10-cpu-table" / "examples.png")
@@ -405,11 +459,24 @@ def _main(args) -> int:
         order = list(ORDER) + sorted({r["defence"] for rows in part_rows.values() for r in rows} - set(ORDER))
         out = Path(args.book) / table
         old = read_provenance(out)
-        old_rows = {r["key"]: r for r in read_results(out)["rows"]} if (out / "results.json").is_file() else {}
-        if (_protocol(table)[0].plan or {}).get("then"):  # the merged meta (plan, attack order) is the first part's: one
-            parts.sort(key=lambda p: not read_results(p)["meta"].get("plan", {}).get("then"))  # that ran both suites
+        recorded = read_results(out) if (out / "results.json").is_file() else {"meta": {}, "rows": []}
+        old_rows = {r["key"]: r for r in recorded["rows"]}
+        # the merged meta (plan, attack order) is the first part's: in a table of two suites one that ran both, else
+        # the part that was first when the table was last recorded (a restored folder has no plan of its own)
+        then = bool((_protocol(table)[0].plan or {}).get("then"))
+        before = [Path(m).parent.name for m in recorded["meta"].get("merged_from") or []]
+        parts.sort(key=lambda p: (then and not (read_results(p)["meta"].get("plan") or {}).get("then"),
+                                  before.index(p.name) if p.name in before else len(before)))
         res = merge_results([p / "results.json" for p in parts], out, title=title, order=order,
                             expected=expected_groups(table), replan=replan(table))
+        if "restored_from" in res["meta"] or ("plan" not in res["meta"] and "plan" in recorded["meta"]):
+            # the first part was restored and has not run since: the table keeps the plan it was recorded with
+            meta = {k: v for k, v in res["meta"].items() if k != "restored_from"}
+            old_meta = recorded["meta"]
+            keep = {k: old_meta[k] for k in ("plan", "threats") if k in old_meta and k not in meta}
+            res["meta"] = {k: meta.get(k, keep.get(k)) for k in old_meta if k in meta or k in keep}  # recorded order
+            res["meta"].update({k: v for k, v in meta.items() if k not in res["meta"]})
+            atomic_write_json(out / "results.json", res)
         gpu = set()
         if args.gpu_root:
             gpu = {r["key"] for g in args.gpu_root for p in folders(Path(g), prefix) for r in read_results(p)["rows"]}
@@ -418,6 +485,10 @@ def _main(args) -> int:
         atomic_write_json(out / "provenance.json", prov)
         print(f"{table}: {len(res['rows'])} rows from {len(parts)} jobs → {out}")
         print(markdown_table(res))
+    kept = record_progress(Path(args.book), found)
+    if kept:
+        print(f"kept the rows in progress of {len(kept)} unfinished jobs under {Path(args.book) / IN_PROGRESS}: "
+              + ", ".join(f"{job} ({n} files)" for job, n in kept))
     return 0
 
 

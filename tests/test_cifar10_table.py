@@ -250,10 +250,49 @@ def test_recorded_tables_restore_into_their_job_folders_and_merge_back(rt, tmp_p
     prov = {t: json.loads((book / t / "provenance.json").read_text()) for t in before}
     assert rt.main([str(tmp_path / "jobs"), "--book", str(book)]) == 0
     for t in before:
-        assert read_results(book / t)["rows"] == json.loads(before[t]["results.json"])["rows"]
+        again_res, was = read_results(book / t), json.loads(before[t]["results.json"])
+        assert again_res["rows"] == was["rows"]
+        # the meta too (plan, budget: a restored folder has none of its own), in its order, but for where the parts were
+        assert [(k, v) for k, v in again_res["meta"].items() if k != "merged_from"] == \
+            [(k, v) for k, v in was["meta"].items() if k != "merged_from"]
+        assert [Path(m).parent.name for m in again_res["meta"]["merged_from"]] == \
+            [Path(m).parent.name for m in was["meta"]["merged_from"]]
         assert (book / t / "table.md").read_text() == before[t]["table.md"]
         again = json.loads((book / t / "provenance.json").read_text())
         assert {k: again[k] for k in ("jobs", "job_of", "machine")} == {k: prov[t][k] for k in ("jobs", "job_of", "machine")}
+
+
+def test_recording_keeps_the_rows_in_progress_of_unfinished_jobs_and_restore_brings_them_back(rt, tmp_path):
+    """A job stopped inside a row loses nothing with the machine: recording keeps its finished batches (safetensors,
+    under book/data/in-progress/<job>), --restore writes them back; a finished job keeps none."""
+    import shutil
+
+    import torch
+
+    from pursamere.evaluation.runner import RowCheckpoint, _file_name
+    from pursamere.io import load_checkpoint, save_checkpoint
+
+    book, jobs = tmp_path / "book", tmp_path / "jobs"
+    shutil.copytree(ROOT / "book" / "data" / "digits-whole-test", book / "digits-whole-test")
+    assert rt.main([str(jobs), "--book", str(book), "--restore"]) == 0
+    open_job, done_job = "digits-0.1-pursamere", "digits-0.1-ere"  # one group unfinished, one finished
+    flags, points = torch.tensor([True, False, True, True]), torch.rand(4, 1, 8, 8)
+    RowCheckpoint(jobs / open_job / "rows-in-progress" / _file_name("row"), {"key": "row"}).save(4, flags, points)
+    save_checkpoint(jobs / done_job / "end-points" / _file_name("src"),
+                    {"identity": "x", "attacked": torch.tensor([True, False]), "points": torch.rand(2, 1, 8, 8)})
+    assert rt.main([str(jobs), "--book", str(book)]) == 0
+    kept = book / "in-progress"
+    assert [p.relative_to(kept).parts[:2] for p in kept.rglob("*.safetensors")] == [(open_job, "rows-in-progress")]
+    fresh = tmp_path / "fresh"
+    assert rt.main([str(fresh), "--book", str(book), "--restore"]) == 0
+    back = load_checkpoint(fresh / open_job / "rows-in-progress" / (_file_name("row")))
+    assert back["done"] == 4 and torch.equal(back["flags"], flags) and torch.equal(back["points"], points)
+    # the row finished (its file cleared, the group still open): recording again drops what was kept of it
+    (jobs / open_job / "rows-in-progress" / _file_name("row")).unlink()
+    assert rt.main([str(jobs), "--book", str(book)]) == 0
+    assert not (kept / open_job).exists()
+    (kept / "somewhere-else").mkdir(parents=True)
+    assert rt.main([str(fresh), "--book", str(book), "--restore"]) == 2  # not a job of a recorded table
 
 
 def test_restore_refuses_a_table_that_does_not_say_which_job_made_a_row(rt, tmp_path, capsys):

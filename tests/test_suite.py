@@ -437,6 +437,59 @@ def test_a_resumed_warm_start_reads_the_end_points_it_starts_from(tmp_path, monk
     assert "apgd" in calls and [r["survived"] for r in other["rows"]] == [r["survived"] for r in full["rows"]]
 
 
+def test_rows_in_progress_travel_to_another_machine_as_safetensors(tmp_path, monkeypatch):
+    """A run stopped inside a warm-started row: its kept batches and end points, exported as safetensors (what is
+    committed) and imported into a fresh folder holding only results.json, resume it exactly where it stopped."""
+    import shutil
+
+    import pursamere.evaluation.runner as ev
+
+    clf, x, y = _conv_case()
+    specs = [AttackSpec("weak", steps=1, step_size=0.002), AttackSpec("apgd", kind="apgd-ce", steps=4, cascade=True),
+             AttackSpec("warm", steps=3, cascade=True, warm_from="apgd")]
+    threat, kw = [Threat("inf", 0.05)], dict(progress=False, batch_size=4)
+    full = evaluate([Defence("n", clf)], specs, threat, x, y, tmp_path / "full", **kw)
+    real, calls = ev._pgd_like, []
+
+    def cut_power(*a, **k):  # die in the second batch of the warm-started row
+        calls.append(a[1].name)
+        if calls.count("warm") == 2:
+            raise RuntimeError("power cut")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ev, "_pgd_like", cut_power)
+    with pytest.raises(RuntimeError, match="power cut"):
+        evaluate([Defence("n", clf)], specs, threat, x, y, tmp_path / "cut", **kw)
+    assert ev.export_progress(tmp_path / "cut", tmp_path / "kept") == 2  # warm's first batch, apgd's end points
+    kept = sorted((tmp_path / "kept").rglob("*.safetensors"))
+    assert [f.parent.name for f in kept] == ["end-points", "rows-in-progress"]
+    assert all(b"PURSAMERE-SHA256" not in f.read_bytes() and f.read_bytes()[8:9] == b"{" for f in kept)  # no pickle
+    (tmp_path / "fresh").mkdir()
+    shutil.copy(tmp_path / "cut" / "results.json", tmp_path / "fresh")
+    assert ev.import_progress(tmp_path / "kept", tmp_path / "fresh") == (2, 0)
+    assert ev.import_progress(tmp_path / "kept", tmp_path / "fresh") == (0, 2)  # never over a file the folder holds
+    calls.clear()
+    monkeypatch.setattr(ev, "_pgd_like", lambda *a, **k: (calls.append(a[1].name), real(*a, **k))[1])
+    said = []
+    again = evaluate([Defence("n", clf)], specs, threat, x, y, tmp_path / "fresh", log=said.append, **kw)
+    n_warm = int(torch.tensor(full["rows"][1]["survived"]).sum())
+    assert set(calls) == {"warm"} and len(calls) == -(-n_warm // 4) - 1  # apgd not rerun, warm's first batch kept
+    assert any("resumed after 4 of" in line for line in said)
+    assert [(r["key"], r["survived"]) for r in again["rows"]] == [(r["key"], r["survived"]) for r in full["rows"]]
+    # a finished folder keeps nothing but its end points; an altered file is refused before anything is written
+    assert ev.export_progress(tmp_path / "fresh", tmp_path / "kept") == 1
+    (f,) = (tmp_path / "kept").rglob("*.safetensors")
+    blob = bytearray(f.read_bytes())
+    blob[-1] ^= 1
+    f.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="SHA-256"):
+        ev.import_progress(tmp_path / "kept", tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+    (tmp_path / "kept" / "end-points" / "notes.txt").write_text("not a state")
+    with pytest.raises(ValueError, match="not a kept state"):
+        ev.export_progress(tmp_path / "kept", tmp_path / "again")  # names are checked too (here: the wrong suffix)
+
+
 def test_a_row_in_progress_is_used_only_by_its_own_settings_and_a_corrupt_one_is_refused(tmp_path):
     from pursamere.evaluation.runner import RowCheckpoint
 

@@ -19,7 +19,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..io import CorruptCheckpointError, atomic_write_json, fingerprint, load_checkpoint, save_checkpoint
+from ..io import (CorruptCheckpointError, atomic_write_json, fingerprint, load_checkpoint, load_tensor_state, save_checkpoint,
+                  save_tensor_state)
 from ..method.geometry import _per_item
 from .apgd import apgd, top_targets
 from .attacks import Threat, pgd
@@ -31,7 +32,8 @@ from .results import (SCHEMA, cumulative, effective_settings, load_done, load_pl
 from .sharding import DistContext, broadcast_from_rank0, map_batches
 from .suite import AttackSpec
 
-__all__ = ["predict", "attack_images", "attack_flags", "evaluate", "OutOfTime", "RowCheckpoint"]
+__all__ = ["predict", "attack_images", "attack_flags", "evaluate", "OutOfTime", "RowCheckpoint", "export_progress",
+           "import_progress"]
 
 
 class OutOfTime(Exception):
@@ -116,6 +118,89 @@ class RowCheckpoint:
             self.path.parent.rmdir()  # only when no other row is in progress there
         except OSError:
             pass
+
+
+PROGRESS = ("rows-in-progress", "end-points")  # what a results folder keeps beside results.json to resume inside rows
+_KEPT_KEYS = {"rows-in-progress": {"identity", "key", "done", "flags", "points", "seconds"},
+              "end-points": {"identity", "attacked", "points"}}
+
+
+def _kept_files(folder: Path, suffix: str):
+    """``(kind, file)`` for every kept state under ``folder``'s progress folders; a name not written by this module
+    (16 hex digits and ``suffix``) is refused."""
+    for kind in PROGRESS:
+        sub = Path(folder) / kind
+        for f in sorted(sub.iterdir()) if sub.is_dir() else ():
+            if f.name.startswith("."):  # an atomic write's temporary file
+                continue
+            stem = f.name[:-len(suffix)] if f.name.endswith(suffix) else ""
+            if len(stem) != 16 or any(c not in "0123456789abcdef" for c in stem):
+                raise ValueError(f"{f} is not a kept state of pursamere (expected 16 hex digits and {suffix})")
+            yield kind, f
+
+
+def _checked(state, kind: str, f: Path) -> dict:
+    if not isinstance(state, dict) or set(state) != _KEPT_KEYS[kind]:
+        raise ValueError(f"{f} does not hold a {kind} state (entries {sorted(state) if isinstance(state, dict) else type(state).__name__})")
+    return state
+
+
+def export_progress(folder, dest) -> int:
+    """Copy a results folder's rows in progress and kept end points (``torch.save`` checkpoints) to ``dest`` as
+    ``safetensors`` files: no pickle, so they can be committed, and a later session on another machine resumes
+    inside the rows with :func:`import_progress` and ``--resume``. ``dest`` is replaced as a whole (it ends empty,
+    and is removed, when the folder keeps nothing). Of the end points only the attacked images' are stored: no
+    later row reads the others. Returns how many files were written."""
+    import shutil
+
+    dest = Path(dest)
+    states = []
+    for kind, f in _kept_files(folder, ".ckpt"):
+        state = _load_kept(f, f"a kept {kind} state", "start that row again")
+        if state is None:  # its row finished (a live run cleared it) since the folder was listed
+            continue
+        state = _checked(state, kind, f)
+        if kind == "end-points":
+            attacked = state["attacked"].bool()
+            state = {**state, "attacked": attacked, "points": state["points"][attacked]}
+        states.append((kind, f.name[:-5], state))
+    tmp = dest.with_name(f".{dest.name}.new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for kind, stem, state in states:
+        save_tensor_state(tmp / kind / f"{stem}.safetensors", state)
+    shutil.rmtree(dest, ignore_errors=True)
+    if states:
+        tmp.rename(dest)
+    return len(states)
+
+
+def import_progress(src, folder) -> tuple:
+    """The reverse of :func:`export_progress`: write the states under ``src`` back into the results folder as the
+    checkpoints :func:`evaluate` reads, each only where the folder holds none (a live run's file may be newer).
+    Each state is checked (its SHA-256, its entries, its shapes) before anything is written. Returns
+    ``(written, kept)``."""
+    todo = []
+    for kind, f in _kept_files(src, ".safetensors"):
+        try:
+            state = _checked(load_tensor_state(f), kind, f)
+        except CorruptCheckpointError as e:
+            raise ValueError(str(e)) from None
+        if kind == "end-points":
+            attacked, pts = state["attacked"], state["points"]
+            if attacked.dtype != torch.bool or attacked.dim() != 1 or pts.shape[0] != int(attacked.sum()):
+                raise ValueError(f"{f}: its end points do not match its attacked images")
+            full = torch.zeros((attacked.shape[0], *pts.shape[1:]), dtype=pts.dtype)
+            full[attacked] = pts  # the images not attacked are never read (a warm start covers only attacked ones)
+            state = {**state, "points": full}
+        todo.append((Path(folder) / kind / (f.name[:-len(".safetensors")] + ".ckpt"), state))
+    written = kept = 0
+    for target, state in todo:
+        if target.exists():
+            kept += 1
+            continue
+        save_checkpoint(target, state)
+        written += 1
+    return written, kept
 
 
 @torch.no_grad()
@@ -333,7 +418,7 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
     # rows in progress and the end points later rows start from are kept on disk only where they can be
     # reproduced exactly: one process, an output folder, a deterministic defence
     on_disk = path is not None and single
-    in_progress, end_points = (None, None) if path is None else (path.parent / "rows-in-progress", path.parent / "end-points")
+    in_progress, end_points = (None, None) if path is None else (path.parent / PROGRESS[0], path.parent / PROGRESS[1])
 
     def identity(d, spec, threat, context) -> dict:
         """Everything one image's result in this row depends on, but for the images and start points. Like a
