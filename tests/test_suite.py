@@ -153,6 +153,11 @@ def test_cascade_and_warm_start_in_evaluate(tmp_path):
         evaluate([d], specs3, [threat], x, y, tmp_path / "lost", progress=False)
         assert [n for n, _, _ in seen] == ["other", "pgd3", "fgsm", "warm"]
         assert torch.equal(seen[2][1], seen[3][1])
+        # recomputed end points are kept like any others: a later run whose warm start changed reads them
+        seen.clear()
+        specs5 = [*specs3[:-1], AttackSpec("warm", steps=3, cascade=True, warm_from="fgsm")]
+        evaluate([d], specs5, [threat], x, y, tmp_path / "lost", progress=False)
+        assert [n for n, _, _ in seen] == ["warm"]
     finally:
         ev.attack_images = real
     with pytest.raises(ValueError, match="earlier attack"):

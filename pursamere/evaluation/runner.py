@@ -485,6 +485,9 @@ def evaluate(defences: Sequence[Defence], attacks: Sequence[AttackSpec], threats
             if points[src] is None:
                 init = start_points(d, threat, s_spec, todo) if s_spec.warm_from else None
                 points[src] = (run(d, s_spec, threat, todo, init)[1], todo.clone())
+                # kept like a finished row's (every image's start is its own: the same points as the first run's on
+                # these images), so a run stopped later in this row does not recompute them again
+                store_points(d, s_spec, threat, suite_context(d, threat, attacks, applies)[s_spec.name], *points[src])
         pts, attacked = points[src]
         missing = int((todo & ~attacked).sum())
         if missing:
