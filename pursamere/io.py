@@ -79,7 +79,7 @@ def _state_digest(tensors: dict, values: str) -> str:
     for k in sorted(tensors):
         t = tensors[k]
         h.update(f"\0{k}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # raw bytes of any dtype (bfloat16 too)
     return h.hexdigest()
 
 

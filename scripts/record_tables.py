@@ -267,43 +267,65 @@ def _job_table(name: str):
     return next((t for t, (prefix, _) in TABLES.items() if belongs(name, prefix)), None)
 
 
-def record_progress(book: Path, found: dict) -> list:
-    """Keep the rows in progress and end points of every job folder in ``found`` (table → folder → rows) that has
-    an unfinished group under ``book/in-progress/<job>``; a job whose groups are all finished keeps none (its
-    kept end points serve no row). Jobs not in ``found`` keep what was recorded for them. Returns
-    ``[(job, files kept)]`` for the jobs that keep some."""
+def _finished(folder: Path) -> bool:
+    """A job with nothing left to resume: every group it ran is complete, it was not stopped, no row is in progress.
+    (A group it has not started has no end points to keep; its first row in progress makes the job unfinished.)"""
+    if not (folder / "results.json").is_file():
+        return False
+    res = read_results(folder)
+    worst = res.get("worst_case") or []
+    sub = folder / "rows-in-progress"
+    return (bool(worst) and all(w.get("complete", True) for w in worst) and "stopped" not in res["meta"]
+            and not (sub.is_dir() and any(sub.iterdir())))
+
+
+def record_progress(book: Path, root: Path) -> list:
+    """Keep the rows in progress and end points of every unfinished job folder of a table under ``root`` (one that a
+    run left before writing any results.json included) under ``book/in-progress/<job>``, merged with what was kept
+    there before (:func:`pursamere.evaluation.runner.export_progress`: nothing is dropped but rows that finished); a
+    finished job keeps none (its end points serve no row). Jobs with no folder under ``root`` keep what was kept for
+    them. Returns ``[(job, states kept)]`` for the jobs that keep some."""
     import shutil
 
     from pursamere.evaluation.runner import export_progress
 
     kept = []
-    for part_rows in found.values():
-        for folder in part_rows:
-            dest = Path(book) / IN_PROGRESS / folder.name
-            if all(w.get("complete", True) for w in read_results(folder).get("worst_case") or []):
-                shutil.rmtree(dest, ignore_errors=True)
-                continue
-            n = export_progress(folder, dest)
-            if n:
-                kept.append((folder.name, n))
+    jobs = sorted(p for p in Path(root).iterdir() if p.is_dir() and _job_table(p.name)) if Path(root).is_dir() else []
+    for folder in jobs:
+        dest = Path(book) / IN_PROGRESS / folder.name
+        if _finished(folder):
+            shutil.rmtree(dest, ignore_errors=True)
+            continue
+        rows = read_results(folder)["rows"] if (folder / "results.json").is_file() else []
+        n = export_progress(folder, dest, finished_rows={r["key"] for r in rows})
+        if n:
+            kept.append((folder.name, n))
     return kept
 
 
-def restore_progress(book: Path, root: Path) -> tuple:
-    """Write every kept row in progress under ``book/in-progress`` back into its job folder under ``root`` (never
-    over a file there). Returns ``(files written, files kept as they were)``."""
-    from pursamere.evaluation.runner import import_progress
+def kept_progress(book: Path) -> dict:
+    """Every job's kept rows in progress under ``book/in-progress``, read and checked (nothing written yet):
+    ``{job: states}`` for :func:`restore_progress`."""
+    from pursamere.evaluation.runner import read_progress
 
     src = Path(book) / IN_PROGRESS
     jobs = sorted(p for p in src.iterdir() if not p.name.startswith(".")) if src.is_dir() else []
     for job in jobs:
-        if not job.is_dir() or _job_table(job.name) is None:
+        if job.is_symlink() or not job.is_dir() or _job_table(job.name) is None:
             raise ValueError(f"{job} is not the kept progress of a job of a recorded table")
-    written = kept = 0
-    for job in jobs:
-        w, k = import_progress(job, Path(root) / job.name)
-        written, kept = written + w, kept + k
-    return written, kept
+    return {job.name: read_progress(job) for job in jobs}
+
+
+def restore_progress(root: Path, kept: dict) -> tuple:
+    """Write :func:`kept_progress`'s states back into their job folders under ``root`` (never over a file there).
+    Returns ``(files written, files kept as they were)``."""
+    from pursamere.evaluation.runner import write_progress
+
+    written = held = 0
+    for job, states in kept.items():
+        w, k = write_progress(states, Path(root) / job)
+        written, held = written + w, held + k
+    return written, held
 
 
 def keep_linf(folder: Path) -> int:
@@ -416,8 +438,9 @@ def _main(args) -> int:
         print(f"{args.root}: dropped {keep_linf(Path(args.root))} rows that are not ℓ∞")
         return 0
     if args.restore:
+        progress = kept_progress(Path(args.book))  # every kept state checked before anything is written
         written, kept = restore(Path(args.book), Path(args.root))
-        states, held = restore_progress(Path(args.book), Path(args.root))
+        states, held = restore_progress(Path(args.root), progress)
         print(f"restored {len(written)} job folders under {args.root}"
               + (f": {', '.join(p.name for p in written)}" if written else "")
               + (f"; left {len(kept)} that already hold results as they are: {', '.join(p.name for p in kept)}"
@@ -485,7 +508,7 @@ def _main(args) -> int:
         atomic_write_json(out / "provenance.json", prov)
         print(f"{table}: {len(res['rows'])} rows from {len(parts)} jobs → {out}")
         print(markdown_table(res))
-    kept = record_progress(Path(args.book), found)
+    kept = record_progress(Path(args.book), root)
     if kept:
         print(f"kept the rows in progress of {len(kept)} unfinished jobs under {Path(args.book) / IN_PROGRESS}: "
               + ", ".join(f"{job} ({n} files)" for job, n in kept))

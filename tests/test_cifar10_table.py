@@ -264,33 +264,50 @@ def test_recorded_tables_restore_into_their_job_folders_and_merge_back(rt, tmp_p
 
 def test_recording_keeps_the_rows_in_progress_of_unfinished_jobs_and_restore_brings_them_back(rt, tmp_path):
     """A job stopped inside a row loses nothing with the machine: recording keeps its finished batches (safetensors,
-    under book/data/in-progress/<job>), --restore writes them back; a finished job keeps none."""
+    under book/data/in-progress/<job>), --restore writes them back; a finished job keeps none, and what was kept is
+    dropped only when its row has finished, never because a folder lacks it."""
     import shutil
 
     import torch
 
-    from pursamere.evaluation.runner import RowCheckpoint, _file_name
-    from pursamere.io import load_checkpoint, save_checkpoint
+    from pursamere.evaluation.results import SCHEMA
+    from pursamere.evaluation.runner import RowCheckpoint, _file_name, export_progress
+    from pursamere.io import atomic_write_json, load_checkpoint, save_checkpoint
 
     book, jobs = tmp_path / "book", tmp_path / "jobs"
     shutil.copytree(ROOT / "book" / "data" / "digits-whole-test", book / "digits-whole-test")
     assert rt.main([str(jobs), "--book", str(book), "--restore"]) == 0
-    open_job, done_job = "digits-0.1-pursamere", "digits-0.1-ere"  # one group unfinished, one finished
+    open_job, done_job, new_job = "digits-0.1-pursamere", "digits-0.1-ere", "digits-0.3-new"
     flags, points = torch.tensor([True, False, True, True]), torch.rand(4, 1, 8, 8)
-    RowCheckpoint(jobs / open_job / "rows-in-progress" / _file_name("row"), {"key": "row"}).save(4, flags, points)
-    save_checkpoint(jobs / done_job / "end-points" / _file_name("src"),
+    for job in (open_job, new_job):  # the new job was stopped in its first row: it has no results.json yet
+        RowCheckpoint(jobs / job / "rows-in-progress" / _file_name("row"), {"key": "row"}).save(4, flags, points)
+    save_checkpoint(jobs / done_job / "end-points" / _file_name("src"),  # a finished job's: serve no row
                     {"identity": "x", "attacked": torch.tensor([True, False]), "points": torch.rand(2, 1, 8, 8)})
     assert rt.main([str(jobs), "--book", str(book)]) == 0
     kept = book / "in-progress"
-    assert [p.relative_to(kept).parts[:2] for p in kept.rglob("*.safetensors")] == [(open_job, "rows-in-progress")]
+    assert sorted(p.relative_to(kept).parts[:2] for p in kept.rglob("*.safetensors")) == \
+        [(open_job, "rows-in-progress"), (new_job, "rows-in-progress")]
     fresh = tmp_path / "fresh"
     assert rt.main([str(fresh), "--book", str(book), "--restore"]) == 0
     back = load_checkpoint(fresh / open_job / "rows-in-progress" / (_file_name("row")))
     assert back["done"] == 4 and torch.equal(back["flags"], flags) and torch.equal(back["points"], points)
-    # the row finished (its file cleared, the group still open): recording again drops what was kept of it
-    (jobs / open_job / "rows-in-progress" / _file_name("row")).unlink()
+    # a folder that lacks the kept state (never restored, or a GPU's folder without it) does not drop it
+    shutil.rmtree(jobs / open_job / "rows-in-progress")
     assert rt.main([str(jobs), "--book", str(book)]) == 0
-    assert not (kept / open_job).exists()
+    assert (kept / open_job / "rows-in-progress").is_dir()
+    # once its row is finished it is dropped
+    assert export_progress(jobs / open_job, kept / open_job, finished_rows={"row"}) == 0 and not (kept / open_job).exists()
+    # a job stopped inside its first row, or with nothing run, is unfinished; a complete one is finished
+    atomic_write_json(tmp_path / "empty" / "results.json", {"meta": {"schema": SCHEMA}, "rows": [], "worst_case": []})
+    assert not rt._finished(tmp_path / "empty") and not rt._finished(jobs / new_job) and rt._finished(jobs / done_job)
+    # restoring is all or nothing: one altered state and no folder is written
+    (f,) = (kept / new_job).rglob("*.safetensors")
+    blob = bytearray(f.read_bytes())
+    blob[-1] ^= 1
+    f.write_bytes(bytes(blob))
+    assert rt.main([str(tmp_path / "fresh2"), "--book", str(book), "--restore"]) == 2
+    assert not (tmp_path / "fresh2").exists()
+    f.unlink()
     (kept / "somewhere-else").mkdir(parents=True)
     assert rt.main([str(fresh), "--book", str(book), "--restore"]) == 2  # not a job of a recorded table
 

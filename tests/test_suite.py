@@ -482,7 +482,8 @@ def test_rows_in_progress_travel_to_another_machine_as_safetensors(tmp_path, mon
     assert any("resumed after 4 of" in line for line in said)
     assert [(r["key"], r["survived"]) for r in again["rows"]] == [(r["key"], r["survived"]) for r in full["rows"]]
     # a finished folder keeps nothing but its end points; an altered file is refused before anything is written
-    assert ev.export_progress(tmp_path / "fresh", tmp_path / "kept") == 1
+    assert ev.export_progress(tmp_path / "fresh", tmp_path / "kept") == 2  # merged: what was kept before stays
+    assert ev.export_progress(tmp_path / "fresh", tmp_path / "kept", finished_rows={r["key"] for r in again["rows"]}) == 1
     (f,) = (tmp_path / "kept").rglob("*.safetensors")
     blob = bytearray(f.read_bytes())
     blob[-1] ^= 1
@@ -490,6 +491,14 @@ def test_rows_in_progress_travel_to_another_machine_as_safetensors(tmp_path, mon
     with pytest.raises(ValueError, match="SHA-256"):
         ev.import_progress(tmp_path / "kept", tmp_path / "other")
     assert not (tmp_path / "other").exists()
+    from pursamere.io import save_tensor_state
+
+    save_tensor_state(f, {"identity": "x", "attacked": torch.ones(3, dtype=torch.bool), "points": torch.zeros(2, 4)})
+    with pytest.raises(ValueError, match="do not match its attacked images"):  # checksummed, but inconsistent
+        ev.import_progress(tmp_path / "kept", tmp_path / "other")
+    save_tensor_state(f, {"identity": "x", "attacked": torch.ones(3, dtype=torch.bool), "points": torch.tensor(0.0)})
+    with pytest.raises(ValueError, match="wrong type or shape"):
+        ev.import_progress(tmp_path / "kept", tmp_path / "other")
     (tmp_path / "kept" / "end-points" / "notes.txt").write_text("not a state")
     with pytest.raises(ValueError, match="not a kept state"):
         ev.export_progress(tmp_path / "kept", tmp_path / "again")  # names are checked too (here: the wrong suffix)

@@ -72,6 +72,35 @@ def test_checkpoint_payload_is_loaded_without_code(tmp_path):
         load_checkpoint(tmp_path / "e.pt")
 
 
+def test_tensor_state_round_trips_any_dtype_and_refuses_alterations(tmp_path):
+    """save_tensor_state: safetensors, no pickle; every dtype and shape back bit for bit, values exact; any altered
+    byte, value or a foreign file is refused as corrupt."""
+    import json
+
+    from pursamere.io import load_tensor_state, save_tensor_state
+
+    state = {"bf16": torch.randn(3, 2).bfloat16(), "flags": torch.tensor([True, False]), "empty": torch.zeros(0, 3),
+             "scalar": torch.tensor(2.5, dtype=torch.float64), "key": "k", "done": 3, "seconds": 0.1 + 0.2}
+    path = save_tensor_state(tmp_path / "s.safetensors", state)
+    back = load_tensor_state(path)
+    assert set(back) == set(state) and all(
+        torch.equal(back[k], v) and back[k].dtype == v.dtype if isinstance(v, torch.Tensor) else back[k] == v
+        for k, v in state.items())
+    blob = path.read_bytes()
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + size])
+    values = json.loads(header["__metadata__"]["values"])
+    header["__metadata__"]["values"] = json.dumps({**values, "done": 4}, sort_keys=True)  # a value, same length
+    forged = json.dumps(header, separators=(",", ":")).encode()
+    assert len(forged) <= size
+    for altered, why in ((blob[:-1] + bytes([blob[-1] ^ 1]), "SHA-256"),  # a tensor byte
+                         (blob[:8] + forged.ljust(size) + blob[8 + size:], "SHA-256"),
+                         (b"not a safetensors file at all", "not a pursamere tensor state")):
+        (tmp_path / "bad").write_bytes(altered)
+        with pytest.raises(CorruptCheckpointError, match=why):
+            load_tensor_state(tmp_path / "bad")
+
+
 def test_dsm_training_learns_a_gaussian_score():
     # data ~ N(0.5, 0.1²) per pixel: the true smoothed score is -(x - 0.5)/(0.01 + σ²)
     torch.manual_seed(0)

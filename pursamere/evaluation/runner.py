@@ -33,7 +33,7 @@ from .sharding import DistContext, broadcast_from_rank0, map_batches
 from .suite import AttackSpec
 
 __all__ = ["predict", "attack_images", "attack_flags", "evaluate", "OutOfTime", "RowCheckpoint", "export_progress",
-           "import_progress"]
+           "import_progress", "read_progress", "write_progress"]
 
 
 class OutOfTime(Exception):
@@ -123,84 +123,127 @@ class RowCheckpoint:
 PROGRESS = ("rows-in-progress", "end-points")  # what a results folder keeps beside results.json to resume inside rows
 _KEPT_KEYS = {"rows-in-progress": {"identity", "key", "done", "flags", "points", "seconds"},
               "end-points": {"identity", "attacked", "points"}}
+_MAX_FILLED = 2 ** 30  # elements: end points of more images than any evaluation here attacks are refused on import
 
 
 def _kept_files(folder: Path, suffix: str):
-    """``(kind, file)`` for every kept state under ``folder``'s progress folders; a name not written by this module
-    (16 hex digits and ``suffix``) is refused."""
+    """``(kind, stem, file)`` for every kept state under ``folder``'s progress folders. A name not written by this
+    module (16 hex digits and ``suffix``) or a link is refused; a file a live run removes meanwhile is skipped."""
     for kind in PROGRESS:
         sub = Path(folder) / kind
-        for f in sorted(sub.iterdir()) if sub.is_dir() else ():
+        if sub.is_symlink():
+            raise ValueError(f"{sub} is a link: kept states are plain files in plain folders")
+        try:
+            names = sorted(sub.iterdir()) if sub.is_dir() else []
+        except FileNotFoundError:  # the run finished its rows and removed the folder since
+            continue
+        for f in names:
             if f.name.startswith("."):  # an atomic write's temporary file
                 continue
             stem = f.name[:-len(suffix)] if f.name.endswith(suffix) else ""
             if len(stem) != 16 or any(c not in "0123456789abcdef" for c in stem):
                 raise ValueError(f"{f} is not a kept state of pursamere (expected 16 hex digits and {suffix})")
-            yield kind, f
+            if f.is_symlink() or (f.exists() and not f.is_file()):
+                raise ValueError(f"{f} is not a plain file")
+            yield kind, stem, f
 
 
 def _checked(state, kind: str, f: Path) -> dict:
+    """``state`` if it has exactly the entries of a ``kind`` state, of the right types and ranks."""
     if not isinstance(state, dict) or set(state) != _KEPT_KEYS[kind]:
-        raise ValueError(f"{f} does not hold a {kind} state (entries {sorted(state) if isinstance(state, dict) else type(state).__name__})")
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{f} does not hold a {kind} state (entries {got})")
+    tensor = lambda k, rank=None: isinstance(state[k], torch.Tensor) and (rank is None or state[k].dim() == rank)  # noqa: E731
+    if kind == "rows-in-progress":
+        ok = (isinstance(state["identity"], str) and isinstance(state["key"], str) and type(state["done"]) is int
+              and type(state["seconds"]) in (int, float) and tensor("flags", 1) and state["flags"].dtype == torch.bool
+              and state["flags"].shape[0] == state["done"] and tensor("points") and state["points"].dim() >= 1)
+    else:
+        ok = (isinstance(state["identity"], str) and tensor("attacked", 1) and state["attacked"].dtype == torch.bool
+              and tensor("points") and state["points"].dim() >= 1)
+    if not ok:
+        raise ValueError(f"{f}: its {kind} state has entries of the wrong type or shape")
     return state
 
 
-def export_progress(folder, dest) -> int:
-    """Copy a results folder's rows in progress and kept end points (``torch.save`` checkpoints) to ``dest`` as
-    ``safetensors`` files: no pickle, so they can be committed, and a later session on another machine resumes
-    inside the rows with :func:`import_progress` and ``--resume``. ``dest`` is replaced as a whole (it ends empty,
-    and is removed, when the folder keeps nothing). Of the end points only the attacked images' are stored: no
-    later row reads the others. Returns how many files were written."""
-    import shutil
-
-    dest = Path(dest)
-    states = []
-    for kind, f in _kept_files(folder, ".ckpt"):
-        state = _load_kept(f, f"a kept {kind} state", "start that row again")
-        if state is None:  # its row finished (a live run cleared it) since the folder was listed
-            continue
-        state = _checked(state, kind, f)
-        if kind == "end-points":
-            attacked = state["attacked"].bool()
-            state = {**state, "attacked": attacked, "points": state["points"][attacked]}
-        states.append((kind, f.name[:-5], state))
-    tmp = dest.with_name(f".{dest.name}.new")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for kind, stem, state in states:
-        save_tensor_state(tmp / kind / f"{stem}.safetensors", state)
-    shutil.rmtree(dest, ignore_errors=True)
-    if states:
-        tmp.rename(dest)
-    return len(states)
-
-
-def import_progress(src, folder) -> tuple:
-    """The reverse of :func:`export_progress`: write the states under ``src`` back into the results folder as the
-    checkpoints :func:`evaluate` reads, each only where the folder holds none (a live run's file may be newer).
-    Each state is checked (its SHA-256, its entries, its shapes) before anything is written. Returns
-    ``(written, kept)``."""
-    todo = []
-    for kind, f in _kept_files(src, ".safetensors"):
-        try:
-            state = _checked(load_tensor_state(f), kind, f)
-        except CorruptCheckpointError as e:
-            raise ValueError(str(e)) from None
+def read_progress(src) -> list:
+    """Every state :func:`export_progress` kept under ``src``, checked (SHA-256, entries, types, shapes) and made
+    back into what :func:`evaluate` reads: ``[(kind, stem, state)]``. Nothing is written."""
+    out = []
+    for kind, stem, f in _kept_files(src, ".safetensors"):
+        state = _checked(load_tensor_state(f), kind, f)  # CorruptCheckpointError is a ValueError naming the file
         if kind == "end-points":
             attacked, pts = state["attacked"], state["points"]
-            if attacked.dtype != torch.bool or attacked.dim() != 1 or pts.shape[0] != int(attacked.sum()):
+            n = attacked.shape[0]
+            if pts.shape[0] != int(attacked.sum()) or n * pts[0].numel() > _MAX_FILLED:
                 raise ValueError(f"{f}: its end points do not match its attacked images")
-            full = torch.zeros((attacked.shape[0], *pts.shape[1:]), dtype=pts.dtype)
+            full = torch.zeros((n, *pts.shape[1:]), dtype=pts.dtype)
             full[attacked] = pts  # the images not attacked are never read (a warm start covers only attacked ones)
             state = {**state, "points": full}
-        todo.append((Path(folder) / kind / (f.name[:-len(".safetensors")] + ".ckpt"), state))
+        out.append((kind, stem, state))
+    return out
+
+
+def write_progress(states: list, folder) -> tuple:
+    """Write :func:`read_progress`'s states into the results folder as checkpoints, each only where the folder holds
+    none (a live run's file may be newer). Returns ``(written, kept)``."""
     written = kept = 0
-    for target, state in todo:
+    for kind, stem, state in states:
+        target = Path(folder) / kind / f"{stem}.ckpt"
         if target.exists():
             kept += 1
             continue
         save_checkpoint(target, state)
         written += 1
     return written, kept
+
+
+def import_progress(src, folder) -> tuple:
+    """The reverse of :func:`export_progress`: every state under ``src`` checked, then written back into the results
+    folder (never over a file there). Returns ``(written, kept)``."""
+    return write_progress(read_progress(src), folder)
+
+
+def export_progress(folder, dest, finished_rows=frozenset()) -> int:
+    """Copy a results folder's rows in progress and kept end points (``torch.save`` checkpoints) to ``dest`` as
+    ``safetensors`` files: no pickle, so they can be committed, and a later session on another machine resumes
+    inside the rows with :func:`import_progress` and ``--resume`` (on the same kind of device: a row's identity
+    includes it). Of the end points only the attacked images' are stored: no later row reads the others.
+
+    What ``dest`` already holds is merged, not dropped: a state the folder has no file for stays (the folder may
+    never have had it restored), unless it is a row in progress whose row is finished (its key in
+    ``finished_rows``). ``dest`` is then replaced as a whole (removed when nothing is left). Returns how many
+    states it holds."""
+    import shutil
+
+    dest = Path(dest)
+    states = {}
+    if dest.is_dir():
+        for kind, stem, f in _kept_files(dest, ".safetensors"):
+            state = _checked(load_tensor_state(f), kind, f)
+            if not (kind == "rows-in-progress" and state["key"] in finished_rows):
+                states[kind, stem] = state
+    for kind, stem, f in _kept_files(folder, ".ckpt"):
+        try:
+            state = _load_kept(f, f"a kept {kind} state", "start that row again")
+        except FileNotFoundError:
+            state = None
+        if state is None:  # its row finished (a live run cleared it) since the folder was listed
+            continue
+        state = _checked(state, kind, f)
+        if kind == "end-points":
+            if state["points"].shape[0] != state["attacked"].shape[0]:
+                raise ValueError(f"{f}: its end points do not match its attacked images")
+            state = {**state, "points": state["points"][state["attacked"]]}
+        states[kind, stem] = state
+    tmp = dest.with_name(f".{dest.name}.new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for (kind, stem), state in sorted(states.items()):
+        save_tensor_state(tmp / kind / f"{stem}.safetensors", state)
+    shutil.rmtree(dest, ignore_errors=True)
+    if states:
+        tmp.rename(dest)
+    return len(states)
 
 
 @torch.no_grad()
