@@ -364,36 +364,59 @@ def _conv_case():
     return clf, x, clf(x).argmax(1)
 
 
-def test_a_row_stopped_inside_resumes_after_its_finished_batches(tmp_path, monkeypatch):
-    """A run killed in the middle of a row keeps that row's finished batches; the resumed run attacks only the
-    rest, and every row (a later warm start from its end points included) equals the uninterrupted run's."""
-    import pursamere.evaluation.runner as ev
-
+def _warm_case(tmp_path):
+    """Three rows on :func:`_conv_case` (the last warm-started from the second's end points), batches of 4: the
+    uninterrupted results (in ``tmp_path/full``) and ``run(folder, **more)``, the same evaluation into another folder."""
     clf, x, y = _conv_case()
     specs = [AttackSpec("weak", steps=1, step_size=0.002), AttackSpec("apgd", kind="apgd-ce", steps=4, cascade=True),
              AttackSpec("warm", steps=3, cascade=True, warm_from="apgd")]
-    threat, kw = [Threat("inf", 0.05)], dict(progress=False, batch_size=4)
-    full = evaluate([Defence("n", clf)], specs, threat, x, y, tmp_path / "full", **kw)
-    assert not (tmp_path / "full" / "rows-in-progress").exists()  # cleared as each row finished
 
+    def run(folder, **more):
+        return evaluate([Defence("n", clf)], specs, [Threat("inf", 0.05)], x, y, folder, progress=False, batch_size=4,
+                        **more)
+
+    return run(tmp_path / "full"), run
+
+
+def _power_cut(monkeypatch, ev, run, attack: str, nth: int) -> None:
+    """``run()`` killed in the ``nth`` batch of ``attack``'s row (a power cut), as a stopped job is."""
     real, calls = ev._pgd_like, []
 
-    def cut_power(*a, **k):  # die in the second batch of the second row
+    def cut_power(*a, **k):
         calls.append(a[1].name)
-        if calls.count("apgd") == 2:
+        if a[1].name == attack and calls.count(attack) == nth:
             raise RuntimeError("power cut")
         return real(*a, **k)
 
     monkeypatch.setattr(ev, "_pgd_like", cut_power)
     with pytest.raises(RuntimeError, match="power cut"):
-        evaluate([Defence("n", clf)], specs, threat, x, y, tmp_path / "cut", **kw)
+        run()
+    monkeypatch.setattr(ev, "_pgd_like", real)
+
+
+def _count_attacks(monkeypatch, ev) -> list:
+    """The attack name of every batch ``_pgd_like`` runs from now on."""
+    real, calls = ev._pgd_like, []
+    monkeypatch.setattr(ev, "_pgd_like", lambda *a, **k: (calls.append(a[1].name), real(*a, **k))[1])
+    return calls
+
+
+def test_a_row_stopped_inside_resumes_after_its_finished_batches(tmp_path, monkeypatch):
+    """A run killed in the middle of a row keeps that row's finished batches; the resumed run attacks only the
+    rest, and every row (a later warm start from its end points included) equals the uninterrupted run's."""
+    import pursamere.evaluation.runner as ev
+
+    full, run = _warm_case(tmp_path)
+    assert not (tmp_path / "full" / "rows-in-progress").exists()  # cleared as each row finished
+
+    _power_cut(monkeypatch, ev, lambda: run(tmp_path / "cut"),
+               "apgd", 2)  # die in the second batch of the second row
     (held,) = (tmp_path / "cut" / "rows-in-progress").iterdir()
     assert [r["attack"] for r in json.loads((tmp_path / "cut" / "results.json").read_text())["rows"]] == ["weak"]
 
-    calls.clear()
-    monkeypatch.setattr(ev, "_pgd_like", lambda *a, **k: (calls.append(a[1].name), real(*a, **k))[1])
+    calls = _count_attacks(monkeypatch, ev)
     said = []
-    again = evaluate([Defence("n", clf)], specs, threat, x, y, tmp_path / "cut", log=said.append, **kw)
+    again = run(tmp_path / "cut", log=said.append)
     n_apgd = int(torch.tensor(full["rows"][0]["survived"]).sum())
     assert calls.count("apgd") == -(-n_apgd // 4) - 1  # its first batch was not attacked again
     assert any("resumed after 4 of" in line for line in said)
@@ -407,22 +430,9 @@ def test_a_resumed_warm_start_reads_the_end_points_it_starts_from(tmp_path, monk
     (no attack runs twice) and finishes with the uninterrupted rows; leftovers of finished rows are removed."""
     import pursamere.evaluation.runner as ev
 
-    clf, x, y = _conv_case()
-    specs = [AttackSpec("weak", steps=1, step_size=0.002), AttackSpec("apgd", kind="apgd-ce", steps=4, cascade=True),
-             AttackSpec("warm", steps=3, cascade=True, warm_from="apgd")]
-    threat, kw = [Threat("inf", 0.05)], dict(progress=False, batch_size=4)
-    full = evaluate([Defence("n", clf)], specs, threat, x, y, tmp_path / "full", **kw)
-    real, calls = ev._pgd_like, []
-
-    def cut_power(*a, **k):
-        calls.append(a[1].name)
-        if a[1].name == "warm":
-            raise RuntimeError("power cut")
-        return real(*a, **k)
-
-    monkeypatch.setattr(ev, "_pgd_like", cut_power)
-    with pytest.raises(RuntimeError, match="power cut"):
-        evaluate([Defence("n", clf)], specs, threat, x, y, tmp_path / "cut", **kw)
+    full, run = _warm_case(tmp_path)
+    _power_cut(monkeypatch, ev, lambda: run(tmp_path / "cut"),
+               "warm", 1)
     assert len(list((tmp_path / "cut" / "end-points").iterdir())) == 1  # apgd's: "warm" starts from it
     import shutil
 
@@ -430,15 +440,14 @@ def test_a_resumed_warm_start_reads_the_end_points_it_starts_from(tmp_path, monk
     stale = tmp_path / "cut" / "rows-in-progress" / ev._file_name(full["rows"][0]["key"])
     stale.parent.mkdir(exist_ok=True)
     stale.write_bytes(b"left behind by a crash after its row was written")
-    calls.clear()
-    monkeypatch.setattr(ev, "_pgd_like", lambda *a, **k: (calls.append(a[1].name), real(*a, **k))[1])
-    again = evaluate([Defence("n", clf)], specs, threat, x, y, tmp_path / "cut", **kw)
+    calls = _count_attacks(monkeypatch, ev)
+    again = run(tmp_path / "cut")
     assert set(calls) == {"warm"}  # apgd was not run again to find warm's start points
     assert [(r["key"], r["survived"]) for r in again["rows"]] == [(r["key"], r["survived"]) for r in full["rows"]]
     assert not (tmp_path / "cut" / "rows-in-progress").exists()
     # kept end points are used only by the settings that made them (here: images leave a broken attack or not)
     calls.clear()
-    other = evaluate([Defence("n", clf)], specs, threat, x, y, tmp_path / "cut-other", stop_early=False, **kw)
+    other = run(tmp_path / "cut-other", stop_early=False)
     assert "apgd" in calls and [r["survived"] for r in other["rows"]] == [r["survived"] for r in full["rows"]]
 
 
@@ -449,22 +458,9 @@ def test_rows_in_progress_travel_to_another_machine_as_safetensors(tmp_path, mon
 
     import pursamere.evaluation.runner as ev
 
-    clf, x, y = _conv_case()
-    specs = [AttackSpec("weak", steps=1, step_size=0.002), AttackSpec("apgd", kind="apgd-ce", steps=4, cascade=True),
-             AttackSpec("warm", steps=3, cascade=True, warm_from="apgd")]
-    threat, kw = [Threat("inf", 0.05)], dict(progress=False, batch_size=4)
-    full = evaluate([Defence("n", clf)], specs, threat, x, y, tmp_path / "full", **kw)
-    real, calls = ev._pgd_like, []
-
-    def cut_power(*a, **k):  # die in the second batch of the warm-started row
-        calls.append(a[1].name)
-        if calls.count("warm") == 2:
-            raise RuntimeError("power cut")
-        return real(*a, **k)
-
-    monkeypatch.setattr(ev, "_pgd_like", cut_power)
-    with pytest.raises(RuntimeError, match="power cut"):
-        evaluate([Defence("n", clf)], specs, threat, x, y, tmp_path / "cut", **kw)
+    full, run = _warm_case(tmp_path)
+    _power_cut(monkeypatch, ev, lambda: run(tmp_path / "cut"),
+               "warm", 2)  # die in the second batch of the warm-started row
     assert ev.export_progress(tmp_path / "cut", tmp_path / "kept") == 2  # warm's first batch, apgd's end points
     kept = sorted((tmp_path / "kept").rglob("*.safetensors"))
     assert [f.parent.name for f in kept] == ["end-points", "rows-in-progress"]
@@ -473,10 +469,9 @@ def test_rows_in_progress_travel_to_another_machine_as_safetensors(tmp_path, mon
     shutil.copy(tmp_path / "cut" / "results.json", tmp_path / "fresh")
     assert ev.import_progress(tmp_path / "kept", tmp_path / "fresh") == (2, 0)
     assert ev.import_progress(tmp_path / "kept", tmp_path / "fresh") == (0, 2)  # never over a file the folder holds
-    calls.clear()
-    monkeypatch.setattr(ev, "_pgd_like", lambda *a, **k: (calls.append(a[1].name), real(*a, **k))[1])
+    calls = _count_attacks(monkeypatch, ev)
     said = []
-    again = evaluate([Defence("n", clf)], specs, threat, x, y, tmp_path / "fresh", log=said.append, **kw)
+    again = run(tmp_path / "fresh", log=said.append)
     n_warm = int(torch.tensor(full["rows"][1]["survived"]).sum())
     assert set(calls) == {"warm"} and len(calls) == -(-n_warm // 4) - 1  # apgd not rerun, warm's first batch kept
     assert any("resumed after 4 of" in line for line in said)
