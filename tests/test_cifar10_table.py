@@ -386,6 +386,48 @@ def test_device_queue_runs_each_recorded_row_in_exactly_one_job(rt, tmp_path, mo
                 assert seen[(table, r["defence"], str(r["norm"]), round(r["eps"], 9))] == job_of[r["key"]], r["key"]
 
 
+def test_cpu_queue_continues_every_unfinished_recorded_group_in_its_own_job(rt, tmp_path, monkeypatch):
+    """scripts/cpu_queue.sh, as its dry run prints it: every command is one the CLI takes, and every group a recorded
+    table has not finished is continued by the job folder that holds its rows (job_of), with the batch size its rows
+    in progress were kept at (CIFAR-10 8, digits 64)."""
+    import os
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    from pursamere import cli
+
+    env = dict(os.environ, DRY="1", PY=sys.executable, LC_ALL="C.UTF-8")
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "cpu_queue.sh"), "2"], cwd=tmp_path, env=env, check=True,
+                         capture_output=True, text=True, timeout=300).stdout
+    jobs = {}
+    for line in out.splitlines():
+        m = re.match(r"^\S+ -m pursamere ensemble (.*)--quiet --resume --out results/whole/(\S+)$", line)
+        if m:
+            assert m.group(2) not in jobs, f"{m.group(2)} twice in the queue"
+            jobs[m.group(2)] = shlex.split(m.group(1))
+    assert len(jobs) >= 5, out
+    runs = {}
+    for name, argv in jobs.items():
+        box = {}
+        monkeypatch.setattr(cli, "_engine", lambda args, protocol, kind, **kw: box.update(p=protocol))
+        assert cli.main(["ensemble", *argv]) == 0, (name, argv)
+        assert argv[argv.index("--batch-size") + 1] == ("8" if name.startswith("cifar") else "64")
+        runs[name] = {(d.label, str(t.norm), round(t.eps, 9)) for d in box["p"].defences for t in box["p"].threats}
+    for table, (prefix, _) in rt.TABLES.items():
+        src = ROOT / "book" / "data" / table
+        if not (src / "results.json").is_file():
+            continue
+        res, job_of = json.loads((src / "results.json").read_text()), json.loads((src / "provenance.json").read_text())["job_of"]
+        for w in res["worst_case"]:
+            if w["complete"]:
+                continue
+            group = (w["defence"], str(w["norm"]), round(w["eps"], 9))
+            (job,) = {job_of[r["key"]] for r in res["rows"] if (r["defence"], str(r["norm"]), round(r["eps"], 9)) == group}
+            assert group in runs.get(job, set()), f"{table}: {group} is unfinished and no queued job {job} continues it"
+
+
 def test_recording_refuses_a_folder_run_at_another_budget(rt, tmp_path, capsys):
     """A convergence check run at a doubled budget into a folder named like a table job would be merged into the
     table: recording names the folder and the attack instead."""

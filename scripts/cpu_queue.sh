@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The recorded tables' unfinished jobs, continued on this machine's CPU, in priority order:
+#
+#   python scripts/record_tables.py results/whole --restore   # a fresh checkout: recorded rows + rows in progress
+#   nohup bash scripts/cpu_queue.sh [LANES] > results/whole/queue.log 2>&1 &
+#   ...                                                       # stop whenever: kill the queue, its lanes and jobs
+#   python scripts/record_tables.py results/whole             # record finished rows and the rows in progress
+#
+# LANES jobs at a time (default 2, one thread each: the machine's two cores). Each job continues its folder under
+# results/whole with --resume and its log is results/whole/NAME.cpu.log. A stopped job loses at most the batch it
+# was in (CIFAR-10 batches of 8, digits of 64: a row in progress is kept per batch, and the batch size is part of
+# its identity, so keep these). A cifar40-* job (the 40-step check) starts from a copy of its 20-step job's ℓ∞ rows,
+# once that job has finished (same line, after it). Take a line out when its job is finished and recorded.
+# DRY=1: print the commands instead of running them.
+set -u
+LANES=${1:-2}
+ROOT=results/whole
+PY=${PY:-.venv/bin/python}
+DATA=${CIFAR_DATA:-../shared/data/cifar10-jpeg}
+export ROOT PY DATA OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONUNBUFFERED=1
+
+job() {  # job NAME ARGS...: one ensemble job, resumed; exit 0 only when it finished (not stopped)
+    local name=$1; shift
+    if [ "${name#cifar40-}" != "$name" ] && [ ! -f "$ROOT/$name/results.json" ] && [ "${DRY:-}" != 1 ]; then
+        local src="$ROOT/cifar-${name#cifar40-}"
+        [ -f "$src/results.json" ] || { echo "$name: no $src to start from"; return 1; }
+        { cp -r "$src" "$ROOT/$name" && $PY scripts/record_tables.py "$ROOT/$name" --keep-linf; } || return 1
+    fi
+    echo "$(date -u +%FT%TZ) $name: start"
+    if [ "${DRY:-}" = 1 ]; then echo "$PY -m pursamere ensemble $(printf '%q ' "$@")--quiet --resume --out $ROOT/$name"; return 0; fi
+    $PY -m pursamere ensemble "$@" --quiet --resume --out "$ROOT/$name" >> "$ROOT/$name.cpu.log" 2>&1
+    local rc=$?
+    echo "$(date -u +%FT%TZ) $name: exit $rc"
+    [ "$rc" = 0 ] && ! grep -q '"stopped":' "$ROOT/$name/results.json" 2> /dev/null
+}
+export -f job
+
+C="--preset cifar10-cpu --data-root $DATA --n 256 --part key --batch-size 8"
+D="--preset digits --weights shipped --n 476 --batch-size 64 --steps 80"
+ERE="'ERE descent (no SAM) ε_pur=0.3'"
+ATERE="'PGD-AT + ERE descent (no SAM) ε_pur=0.3'"
+xargs -P "$LANES" -d '\n' -I{} bash -c '{}' <<JOBS
+job digits-0.15-at-ere $D --eps 0.15 --only $ATERE
+job cifar40-ere $C --then-steps 40 --only 'ERE descent' --purifier-classifier clean
+job cifar-pursamere $C --only PurSAMERE --purifier-classifier clean && job cifar40-pursamere $C --then-steps 40 --only PurSAMERE --purifier-classifier clean
+job digits-0.1-at-ere $D --eps 0.1 --only $ATERE
+job cifar40-plain $C --then-steps 40 --only undefended; job cifar40-at $C --then-steps 40 --only adversarial
+job digits-0.1-pursamere $D --eps 0.1 --only PurSAMERE
+job cifar-ere $C --only 'ERE descent' --purifier-classifier clean
+job digits160-0.2-ere $D --then-steps 160 --eps 0.2 --only $ERE
+job cifar40-diffpure $C --then-steps 40 --only DiffPure-style --purifier-classifier clean
+job digits160-0.2-at-ere $D --then-steps 160 --eps 0.2 --only $ATERE
+JOBS
