@@ -25,6 +25,11 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _step_list(text: str) -> tuple:
+    """``"40"`` or ``"40,80"``: step counts, each a whole number >= 1."""
+    return tuple(_positive_int(t.strip()) for t in text.split(","))
+
+
 def _options(args, resume: bool = False):
     from .evaluation.sharding import init_distributed
     from .experiments.engine import Options
@@ -219,15 +224,18 @@ def cmd_ensemble(args) -> int:
     if args.then_steps is not None:
         if args.strong:
             raise ValueError("--then-steps and --strong are two ways to run longer attacks: choose one")
-        if args.then_steps <= budget.apgd_steps:
-            raise ValueError(f"--then-steps {args.then_steps} must exceed the first suite's {budget.apgd_steps} steps "
-                             "(the longer suite runs on the first one's survivors)")
-        then = protocols.budget_at(args.then_steps, args.restarts)
+        steps = (budget.apgd_steps, *args.then_steps)
+        if any(b <= a for a, b in zip(steps, steps[1:])):
+            raise ValueError(f"--then-steps {','.join(map(str, args.then_steps))}: each suite's steps must exceed the one "
+                             f"before it (the first suite's are {budget.apgd_steps}; each longer suite runs on what the "
+                             "ones before it left)")
+        rungs = tuple(protocols.budget_at(n, args.restarts) for n in args.then_steps)
+        then = rungs[0] if len(rungs) == 1 else rungs
         names = [a.name for a in protocols.suite_then(budget, then)]
         clash = sorted({x for x in names if names.count(x) > 1})
         if clash:
-            raise ValueError(f"--then-steps {args.then_steps}: its attacks {', '.join(clash)} would repeat the first "
-                             "suite's (the same step or query counts): choose other counts")
+            raise ValueError(f"--then-steps {','.join(map(str, args.then_steps))}: its attacks {', '.join(clash)} would "
+                             "repeat an earlier suite's (the same step or query counts): choose other counts")
     if args.purifier_classifier and preset.models != "shipped":
         raise ValueError(f"--purifier-classifier applies to --preset cifar10-cpu, not {preset.name} (its purifier rows "
                          "name their classifier)")
@@ -415,10 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "a row in progress is kept on disk after every batch, so a stopped run loses at most one")
     en.add_argument("--strong", action="store_true", help="double every step count, query budget and restart count: "
                                                        "a converged suite must not lose more than 1 image in 100 to it")
-    en.add_argument("--then-steps", type=_positive_int, default=None, metavar="N",
+    en.add_argument("--then-steps", type=_step_list, default=None, metavar="N[,M...]",
                     help="after the suite, run the whole suite again at N steps (N/2 exact, 5N Square queries) on "
                          "the images it left, every attack cascaded: the worst case over both (book chapter 7; "
-                         "--preset cifar10-cpu: at ℓ∞ only)")
+                         "--preset cifar10-cpu: at ℓ∞ only); N,M: then again at M steps on what both left")
     en.add_argument("--best", default="", help='purifier overrides chosen by the SAM study, as JSON, e.g. \'{"rho": 0.0}\'')
     en.add_argument("--only", default="", help="comma-separated families, classifiers or exact labels (default: all); a "
                     "family selects every row of that purifier: 'ERE descent' also picks 'PGD-AT + ERE descent …', an "

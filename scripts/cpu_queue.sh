@@ -9,8 +9,9 @@
 # LANES jobs at a time (default 2, one thread each: the machine's two cores). Each job continues its folder under
 # results/whole with --resume and its log is results/whole/NAME.cpu.log. A stopped job loses at most the batch it
 # was in (CIFAR-10 batches of 8, digits of 64: a row in progress is kept per batch, and the batch size is part of
-# its identity, so keep these). A cifar40-* job (the 40-step check) starts from a copy of its 20-step job's ℓ∞ rows,
-# once that job has finished (same line, after it). Take a line out when its job is finished and recorded.
+# its identity, so keep these). A cifar40-* job (the 40-step check) starts from a copy of its 20-step job's ℓ∞ rows
+# and a cifar80-* job (the next rung) from its 40-step job's, once that job has finished (same line, after it).
+# Take a line out when its job is finished and recorded.
 # DRY=1: print the commands instead of running them.
 set -u
 LANES=${1:-2}
@@ -21,8 +22,12 @@ export ROOT PY DATA OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONUNBUFFERED=1
 
 job() {  # job NAME ARGS...: one ensemble job, resumed; exit 0 only when it finished (not stopped)
     local name=$1; shift
-    if [ "${name#cifar40-}" != "$name" ] && [ ! -f "$ROOT/$name/results.json" ] && [ "${DRY:-}" != 1 ]; then
-        local src="$ROOT/cifar-${name#cifar40-}"
+    local src=""
+    case $name in
+        cifar40-*) src="$ROOT/cifar-${name#cifar40-}" ;;    # the 40-step check starts from the 20-step job's rows
+        cifar80-*) src="$ROOT/cifar40-${name#cifar80-}" ;;  # the 80-step rung from the 40-step check's
+    esac
+    if [ -n "$src" ] && [ ! -f "$ROOT/$name/results.json" ] && [ "${DRY:-}" != 1 ]; then
         [ -f "$src/results.json" ] || { echo "$name: no $src to start from"; return 1; }
         { cp -r "$src" "$ROOT/$name" && $PY scripts/record_tables.py "$ROOT/$name" --keep-linf; } || return 1
     fi
@@ -43,6 +48,7 @@ xargs -P "$LANES" -d '\n' -I{} bash -c '{}' <<JOBS
 job digits-0.15-at-ere $D --eps 0.15 --only $ATERE
 job cifar40-ere $C --then-steps 40 --only 'ERE descent' --purifier-classifier clean
 job cifar-pursamere $C --only PurSAMERE --purifier-classifier clean && job cifar40-pursamere $C --then-steps 40 --only PurSAMERE --purifier-classifier clean
+job cifar80-ere $C --then-steps 40,80 --only 'ERE descent' --purifier-classifier clean
 job digits-0.1-at-ere $D --eps 0.1 --only $ATERE
 job cifar40-plain $C --then-steps 40 --only undefended; job cifar40-at $C --then-steps 40 --only adversarial
 job digits-0.1-pursamere $D --eps 0.1 --only PurSAMERE

@@ -1,6 +1,6 @@
 """Join the results folders of split evaluation jobs into the book's recorded tables.
 
-    python scripts/record_tables.py results/whole            # → book/data/cifar10-cpu-table(-40), book/data/digits-whole-test(-160)
+    python scripts/record_tables.py results/whole            # → book/data/cifar10-cpu-table(-40, -80), book/data/digits-whole-test(-160)
     python scripts/record_tables.py results/whole --restore  # the reverse: the recorded rows back into their job folders
                                                              # (recording refuses a root that lacks recorded rows)
 
@@ -36,6 +36,8 @@ TABLES = {
     "cifar10-cpu-eq17": ("cifar-eq17-", "CIFAR-10 (cifar10-cpu): the purifiers in front of the eq.-17 classifier, on the same images"),
     "cifar10-cpu-table-40": ("cifar40-", "CIFAR-10 (cifar10-cpu) at ℓ∞ 8/255: the key rows' suite at 20 steps, then at 40 "
                                          "steps on the images it left (--then-steps 40)"),
+    "cifar10-cpu-table-80": ("cifar80-", "CIFAR-10 (cifar10-cpu) at ℓ∞ 8/255: the key rows' suite at 20 steps, then at 40 "
+                                         "steps on the images it left, then at 80 on what both left (--then-steps 40,80)"),
     "digits-whole-test": ("digits-", "digits, every table image (n = 476), the ensemble at 80 steps × 1 restart"),
     "digits-whole-test-160": ("digits160-", "digits, every table image (n = 476) at ℓ∞ 0.2: the ensemble at 80 steps, "
                                             "then at 160 steps on the images it left (--then-steps 160)"),
@@ -54,8 +56,11 @@ def _protocol(table: str) -> tuple:
         pr = protocols.ensemble(DIGITS, plan)
         return pr, pr.defences
     part = "rest" if table == "cifar10-cpu-rest" else "key"
-    if table == "cifar10-cpu-table-40":  # the convergence check of the key rows: 20 steps, then 40 on what is left
-        pr = cifar10_cpu.table_protocol(CIFAR10_CPU, "key", have=("plain", "adversarial"), then=protocols.budget_at(40, 1))
+    if table in ("cifar10-cpu-table-40", "cifar10-cpu-table-80"):  # the key rows' convergence checks: 20 steps, then
+        rungs = (40,) if table.endswith("-40") else (40, 80)  # 40 on what is left (then 80 on what both left)
+        then = tuple(protocols.budget_at(r, 1) for r in rungs)
+        pr = cifar10_cpu.table_protocol(CIFAR10_CPU, "key", have=("plain", "adversarial"),
+                                        then=then[0] if len(then) == 1 else then)
         return pr, pr.defences
     if table == "cifar10-cpu-eq17":  # the paper's pairing: the key table's two Algorithm-1 rows, eq.-17 classifier
         pr = cifar10_cpu.table_protocol(CIFAR10_CPU, "key", have=("plain", "adversarial", "eq17"))

@@ -53,6 +53,23 @@ def test_then_runs_the_longer_suite_on_what_the_first_left_at_linf_only():
     assert [d.label for d in pr.defences] == [d.label for d in first.defences]
 
 
+def test_then_with_several_rungs_runs_each_suite_on_what_all_before_it_left():
+    """--then-steps 40,80: the 20-step suite, the 40-step one and the 80-step one, each cascaded after all before it;
+    the 40-step table's rows are a prefix (reused by a cifar80-* job started from its cifar40-* folder)."""
+    from pursamere.experiments import protocols
+
+    forty = C.table_protocol(CIFAR10_CPU, "key", n=256, have=("plain",), then=protocols.budget_at(40))
+    both = C.table_protocol(CIFAR10_CPU, "key", n=256, have=("plain",), then=(protocols.budget_at(40), protocols.budget_at(80)))
+    names = [a.name for a in both.attacks]
+    assert names[:len(forty.attacks)] == [a.name for a in forty.attacks] and len(set(names)) == len(names)
+    rung = both.attacks[len(forty.attacks):]
+    assert [a.name for a in rung][:2] == ["gPGD80", "BPDA80"] and rung[-1].name == "exact-APGD-T80-long"
+    assert all(a.cascade for a in rung) and [t.norm for t in both.threats] == ["inf"]
+    assert [b["apgd_steps"] for b in both.plan["then"]] == [40, 80] and forty.plan["then"]["apgd_steps"] == 40
+    assert "80 steps (40 on the exact gradient, Square400) on the images all before it left" in both.describe
+    assert protocols.then_budgets(None) == () and protocols.then_budgets(protocols.budget_at(40)) == (protocols.budget_at(40),)
+
+
 def test_rows_without_their_classifier_are_left_out_and_said():
     pr = C.table_protocol(CIFAR10_CPU, "key", have=("plain",))
     assert all(d.classifier == "plain" for d in pr.defences)
@@ -97,15 +114,17 @@ def test_cli_runs_the_table_on_the_shipped_models(tmp_path, monkeypatch):
     (["--minutes", "0"], "--minutes must be > 0"),
     (["--preset", "cifar10-cpu", "--eps", "0.03"], "attacks at ℓ∞"),
     (["--purifier-classifier", "clean"], "applies to --preset cifar10-cpu, not tiny"),
-    (["--then-steps", "20", "--steps", "20"], "must exceed the first suite's 20 steps"),
-    (["--then-steps", "21", "--steps", "20"], "its attacks exact-APGD-T10, exact10 would repeat the first suite's"),
+    (["--then-steps", "20", "--steps", "20"], "must exceed the one before it (the first suite's are 20"),
+    (["--then-steps", "21", "--steps", "20"], "its attacks exact-APGD-T10, exact10 would repeat an earlier suite's"),
     (["--then-steps", "160", "--strong"], "choose one"),
-    (["--then-steps", "40", "--preset", "cifar10-cpu", "--steps", "40"], "must exceed the first suite's 40 steps"),
+    (["--then-steps", "40", "--preset", "cifar10-cpu", "--steps", "40"], "the first suite's are 40"),
+    (["--then-steps", "80,40", "--steps", "20"], "--then-steps 80,40: each suite's steps must exceed the one before it"),
+    (["--then-steps", "40,x"], "expected a whole number >= 1, got 'x'"),
 ])
 def test_ensemble_budget_options_refuse_bad_values(args, message, capsys):
     from pursamere.cli import main
 
-    with pytest.raises(SystemExit) if args[0] == "--steps" else _no_raise():
+    with pytest.raises(SystemExit) if args[0] == "--steps" or args[1] == "40,x" else _no_raise():
         rc = main(["ensemble", "--preset", "tiny", "--out", "/nonexistent/x", *args])
         assert rc != 0
     err = capsys.readouterr().err
@@ -541,6 +560,18 @@ def test_the_40_step_cifar_table_checks_the_key_rows_at_linf(rt, tmp_path):
     kept = json.loads((job / "results.json").read_text())
     assert len(kept["rows"]) == n_linf < len(rows) and all(r["norm"] == "inf" for r in kept["rows"])
     assert kept["worst_case"] and all(w["norm"] == "inf" for w in kept["worst_case"])
+
+
+def test_the_80_step_rung_table_starts_from_the_40_step_rows(rt):
+    """cifar10-cpu-table-80: the 40-step table's suites, then 80 steps; its jobs (cifar80-*) start from a copy of their
+    40-step job, whose rows are all its budget (reused, not re-run)."""
+    planned = rt.planned_attacks("cifar10-cpu-table-80")
+    assert rt.planned_attacks("cifar10-cpu-table-40") < planned and ("exact-APGD-T80-long", "inf") in planned
+    assert rt.belongs("cifar80-ere", "cifar80-") and not rt.belongs("cifar80-ere", "cifar-")
+    assert not rt.belongs("cifar80-ere", "cifar40-")
+    rows = json.loads((ROOT / "book" / "data" / "cifar10-cpu-table-40" / "results.json").read_text())["rows"]
+    rt.check_budget("cifar10-cpu-table-80", {Path("cifar80-ere"): rows})
+    assert rt.expected_groups("cifar10-cpu-table-80") == rt.expected_groups("cifar10-cpu-table-40")
 
 
 def test_longer_suite_frame_counts_what_the_longer_suite_broke_image_by_image():

@@ -230,10 +230,11 @@ def table_protocol(preset, part: str = "key", n: Optional[int] = None, budget=No
     whole suite again at that budget on the images it left, every attack cascaded (the convergence check of
     book chapter 7, as for digits), at ℓ∞ only: the ℓ1 suite already runs at twice the counts
     (:func:`~pursamere.evaluation.suite.threat_budget`), so its attacks would share the longer suite's names.
+    A tuple of budgets runs one longer suite after another (``--then-steps 40,80``), each on what all before it left.
     """
     from ..evaluation.defences import Family
     from ..evaluation.suite import Role, ensemble_suite, threat_budget
-    from .protocols import DefenceSpec, Images, Protocol, suite_then
+    from .protocols import DefenceSpec, Images, Protocol, suite_then, then_budgets
 
     if part not in ("key", "rest", "demo"):
         raise ValueError(f"part must be 'key', 'rest' or 'demo', got {part!r}")
@@ -270,6 +271,7 @@ def table_protocol(preset, part: str = "key", n: Optional[int] = None, budget=No
     defs = [d for d in defs if d.classifier in have]
     budget = budget or preset.ensemble.budget
     threats = tuple(Threat(k, v) for k, v in preset.threats.items() if (part != "demo" and then is None) or k == "inf")
+    rungs = then_budgets(then)
     describe = (f"The standard ensemble at gPGD{budget.gpgd_steps}, BPDA{budget.bpda_steps}, APGD{budget.apgd_steps} "
                 f"(CE, DLR, targeted over {budget.apgd_targets} classes), exact{budget.exact_steps} (random start and from "
                 f"APGD-CE's end points), partial unrolling, Square{budget.square_queries} and APGD{budget.exact_steps} on the "
@@ -279,13 +281,15 @@ def table_protocol(preset, part: str = "key", n: Optional[int] = None, budget=No
                 + f"; EoT {budget.eot} against stochastic purifiers"
                 + ("; at ℓ1 every count doubled (no Square there)" if any(str(t.norm) == "1" for t in threats) else "")
                 + ". Models: the shipped CPU-trained weights of weights/cifar10/."
-                + (f" Then the whole suite again at {then.apgd_steps} steps ({then.exact_steps} on the exact gradient, "
-                   f"Square{then.square_queries}) on the images it left, every attack cascaded, at ℓ∞ only: the worst "
-                   "case is over both." if then is not None else "")
+                + "".join(f" Then the whole suite again at {b.apgd_steps} steps ({b.exact_steps} on the exact gradient, "
+                          f"Square{b.square_queries}) on the images {'it' if i == 0 else 'all before it'} left, every "
+                          "attack cascaded, at ℓ∞ only" + (": the worst case is over both." if len(rungs) == 1 else ".")
+                          for i, b in enumerate(rungs))
+                + (" The worst case is over all of them." if len(rungs) > 1 else "")
                 + (f" Left out (classifier not shipped): {', '.join(dropped)}." if dropped else ""))
     plan = {"part": part, "budget": dataclasses.asdict(budget), "left_out": dropped}
-    if then is not None:
-        plan["then"] = dataclasses.asdict(then)
+    if rungs:  # one longer suite as before (a dict), several as a list
+        plan["then"] = dataclasses.asdict(rungs[0]) if len(rungs) == 1 else [dataclasses.asdict(b) for b in rungs]
     if any(t.norm == 1 for t in threats):
         plan["budget_l1"] = dataclasses.asdict(threat_budget(budget, 1))
     return Protocol("cifar10-table", f"{preset.name}: CIFAR-10 ({part} rows), worst case per image", tuple(defs),

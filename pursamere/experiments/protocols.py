@@ -27,7 +27,7 @@ from ..evaluation.suite import AttackSpec, Budget, Role, applies as standard_app
 
 __all__ = ["Plan", "EnsemblePlan", "DefenceSpec", "Images", "Protocol", "tables", "ensemble", "sam_study",
            "sam_settings", "attack_study", "schedule_sweep", "custom", "NAMED_ATTACKS", "select_defences", "budget_at",
-           "suite_then",
+           "suite_then", "then_budgets",
            "CONVERGENCE_LADDER", "convergence"]
 
 ALL_NORMS = ("inf", "2", "1")
@@ -61,7 +61,7 @@ class EnsemblePlan:
     batch_size: int = 64
     # a longer suite run after ``budget``'s on the images it left, every attack cascaded (``ensemble --then-steps``):
     # the worst case over both runs, at the cost of the longer one on the survivors only
-    then: Optional[Budget] = None
+    then: Optional[Budget] = None  # or a tuple of budgets, each run on what all before it left
 
 
 # ----------------------------------------------------------------------------------------- the data
@@ -224,15 +224,23 @@ def ensemble(preset, plan: EnsemblePlan, best: Optional[dict] = None, only: tupl
                     plan={**dataclasses.asdict(plan), "best": best or {}})
 
 
-def suite_then(budget: Budget, then: Optional[Budget] = None) -> tuple:
+def then_budgets(then) -> tuple:
+    """``then`` as a tuple of budgets: ``None`` → ``()``, one :class:`Budget` → ``(it,)``, a sequence as it is."""
+    if then is None:
+        return ()
+    return (then,) if isinstance(then, Budget) else tuple(then)
+
+
+def suite_then(budget: Budget, then=None) -> tuple:
     """The standard suite at ``budget``, then (when given) the whole standard suite at ``then``, every attack of it
     cascaded: it runs only on the images no attack of the first suite broke, so a group's worst case is over both
-    runs. The step counts in the names keep the two suites' attacks apart (a ``then`` with the same counts is
-    refused by :class:`Protocol`)."""
-    first = tuple(standard_suite(budget))
-    if then is None:
-        return first
-    return first + tuple(dataclasses.replace(a, cascade=True) for a in standard_suite(then))
+    runs. ``then`` may also be a sequence of budgets, each suite run on what all before it left (``--then-steps
+    40,80``: the next rung when the longer suite still breaks images). The step counts in the names keep the
+    suites' attacks apart (counts that repeat are refused by :class:`Protocol`)."""
+    out = tuple(standard_suite(budget))
+    for b in then_budgets(then):
+        out += tuple(dataclasses.replace(a, cascade=True) for a in standard_suite(b))
+    return out
 
 
 def select_defences(defs, only) -> list:
