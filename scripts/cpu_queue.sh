@@ -29,7 +29,10 @@ job() {  # job NAME ARGS...: one ensemble job, resumed; exit 0 only when it fini
     esac
     if [ -n "$src" ] && [ ! -f "$ROOT/$name/results.json" ] && [ "${DRY:-}" != 1 ]; then
         [ -f "$src/results.json" ] || { echo "$name: no $src to start from"; return 1; }
-        { cp -r "$src" "$ROOT/$name" && $PY scripts/record_tables.py "$ROOT/$name" --keep-linf; } || return 1
+        # into the folder, never over what it holds (rows in progress a restore wrote back before any results.json)
+        # (cp -n: some coreutils versions exit 1 when they skip a file; what counts is the copied results.json)
+        mkdir -p "$ROOT/$name" && { cp -rn "$src"/. "$ROOT/$name"/; [ -f "$ROOT/$name/results.json" ]; } \
+            && $PY scripts/record_tables.py "$ROOT/$name" --keep-linf || return 1
     fi
     echo "$(date -u +%FT%TZ) $name: start"
     if [ "${DRY:-}" = 1 ]; then echo "$PY -m pursamere ensemble $(printf '%q ' "$@")--quiet --resume --out $ROOT/$name"; return 0; fi
@@ -46,9 +49,8 @@ ERE="'ERE descent (no SAM) ε_pur=0.3'"
 ATERE="'PGD-AT + ERE descent (no SAM) ε_pur=0.3'"
 xargs -P "$LANES" -d '\n' -I{} bash -c '{}' <<JOBS
 job digits-0.15-at-ere $D --eps 0.15 --only $ATERE
-job cifar40-ere $C --then-steps 40 --only 'ERE descent' --purifier-classifier clean
 job cifar-pursamere $C --only PurSAMERE --purifier-classifier clean && job cifar40-pursamere $C --then-steps 40 --only PurSAMERE --purifier-classifier clean
-job cifar80-ere $C --then-steps 40,80 --only 'ERE descent' --purifier-classifier clean
+job cifar40-ere $C --then-steps 40 --only 'ERE descent' --purifier-classifier clean && job cifar80-ere $C --then-steps 40,80 --only 'ERE descent' --purifier-classifier clean
 job digits-0.1-at-ere $D --eps 0.1 --only $ATERE
 job cifar40-plain $C --then-steps 40 --only undefended; job cifar40-at $C --then-steps 40 --only adversarial
 job digits-0.1-pursamere $D --eps 0.1 --only PurSAMERE

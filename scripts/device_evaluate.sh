@@ -66,6 +66,9 @@ ens() {  # ens NAME ARGS...: one ensemble job until DEADLINE (epoch seconds), it
     elif [ "${name#cifar80-}" != "$name" ] && [ -f "$W/logs/cifar40-${name#cifar80-}.finished" ]; then
         from="$W/cifar40-${name#cifar80-}"  # the 80-step rung starts from its 40-step job, finished in this call
     fi
+    if [ -z "$from" ] && [ "${name#cifar80-}" != "$name" ] && [ "${DRY:-}" != 1 ]; then  # never all three suites from scratch
+        say "$name: skipped (cifar40-${name#cifar80-} has not finished)"; return
+    fi
     if [ -n "$from" ]; then rm -rf "${W:?}/$name"; cp -r "$from" "$W/$name"; resume="--resume"; fi
     if [ -n "$from" ] && [ "$from" != "${RESUME_FROM:-}/$name" ] && [ "${name#cifar40-}" != "$name" ]; then  # ℓ∞ rows only
         $PY scripts/record_tables.py "$W/$name" --keep-linf >> "$W/logs/$name.log" 2>&1 || { say "$name: --keep-linf failed"; return; }

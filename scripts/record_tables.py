@@ -491,9 +491,10 @@ def _main(args) -> int:
         old_rows = {r["key"]: r for r in recorded["rows"]}
         # the merged meta (plan, attack order) is the first part's: in a table of two suites one that ran both, else
         # the part that was first when the table was last recorded (a restored folder has no plan of its own)
-        then = bool((_protocol(table)[0].plan or {}).get("then"))
+        then = json.loads(json.dumps((_protocol(table)[0].plan or {}).get("then")))  # as a results file holds it
         before = [Path(m).parent.name for m in recorded["meta"].get("merged_from") or []]
-        parts.sort(key=lambda p: (then and not (read_results(p)["meta"].get("plan") or {}).get("then"),
+        # (a folder seeded from a shorter check holds that check's plan until it has run: not one that ran them all)
+        parts.sort(key=lambda p: (then is not None and (read_results(p)["meta"].get("plan") or {}).get("then") != then,
                                   before.index(p.name) if p.name in before else len(before)))
         res = merge_results([p / "results.json" for p in parts], out, title=title, order=order,
                             expected=expected_groups(table), replan=replan(table))
