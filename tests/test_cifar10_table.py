@@ -210,6 +210,10 @@ def test_chapter_frames_on_the_recorded_table():
         both = [r for r in res["rows"] if r["norm"] == "inf" and r["attack"] in common]
         kept = [sum(all(r["survived"][i] for r in both if r["defence"] == w["defence"]) for i in range(n)) for w in (sam, ere)]
         assert f"SAM {100 * kept[0] / n:.1f}% vs SAM off {100 * kept[1] / n:.1f}%" in fair[0]
+        from pursamere.evaluation.results import paired
+
+        flags = [[all(r["survived"][i] for r in both if r["defence"] == w["defence"]) for i in range(n)] for w in (sam, ere)]
+        assert ("level: chance explains" in fair[0]) == (paired(*flags)["p"] >= 0.05)  # no verdict chance explains
     else:
         assert not fair
 

@@ -123,14 +123,16 @@ def findings(results: dict) -> list[str]:
         # earlier attacks broke, so a worst case over a subset of attacks is only right for a shared prefix)
         common = [x for x, _ in takewhile(lambda pair: pair[0] == pair[1], zip(sam["attacks"], ere["attacks"]))]
 
-        def verdict(better: bool) -> str:
+        def verdict(better: bool, p_value: float) -> str:
+            if p_value >= 0.05:  # a paired difference chance explains is not a finding either way
+                return "The two are level: chance explains the difference"
             return "On CIFAR-10 SAM is ahead, the opposite of the digits finding" if better else \
                 "As on the digits, SAM does not help"
 
         if same:
             out.append(f"SAM (the paper's ρ = ε_pur/2) against SAM off: {pct(sam['robust_acc'])}% vs "
                        f"{pct(ere['robust_acc'])}%; {p['A keeps, B loses']} images kept only with SAM, {p['B keeps, A loses']} "
-                       f"only without (sign test p = {p['sign-test p']:.3g}). " + verdict(sam["robust_acc"] > ere["robust_acc"])
+                       f"only without (sign test p = {p['sign-test p']:.3g}). " + verdict(sam["robust_acc"] > ere["robust_acc"], p["sign-test p"])
                        + ("" if p["both rows complete"] else " — provisional: a row is incomplete") + ".")
         else:
             out.append(f"SAM (the paper's ρ = ε_pur/2) against SAM off: {pct(sam['robust_acc'])}% vs {pct(ere['robust_acc'])}%, "
@@ -143,7 +145,7 @@ def findings(results: dict) -> list[str]:
             out.append(f"On the {len(common)} attacks both have run: SAM {pct(q['a_robust'] / q['n'])}% vs SAM off "
                        f"{pct(q['b_robust'] / q['n'])}%; {q['a_keeps_b_loses']} images kept only with SAM, "
                        f"{q['b_keeps_a_loses']} only without (sign test p = {q['p']:.3g}). "
-                       + verdict(q["a_robust"] > q["b_robust"]) + " on those attacks — provisional until both rows have "
+                       + verdict(q["a_robust"] > q["b_robust"], q["p"]) + " on those attacks — provisional until both rows have "
                        "run every attack.")
     if ere and at:
         p = pair("ERE descent (SAM off)", "adversarial training")
