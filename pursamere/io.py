@@ -83,6 +83,9 @@ def _state_digest(tensors: dict, values: str) -> str:
     return h.hexdigest()
 
 
+_STATE_KEY = "pursamere-state"
+
+
 def save_tensor_state(path, state: dict) -> Path:
     """A flat state (string keys; tensors, and JSON values beside them) as a ``safetensors`` file, written atomically.
 
@@ -94,7 +97,9 @@ def save_tensor_state(path, state: dict) -> Path:
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
     values = json.dumps({k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}, sort_keys=True)
-    return atomic_write_bytes(path, save(tensors, metadata={"values": values, "sha256": _state_digest(tensors, values)}))
+    # one metadata entry: safetensors writes several in no fixed order, and the same state must give the same bytes
+    meta = json.dumps({"values": values, "sha256": _state_digest(tensors, values)}, sort_keys=True)
+    return atomic_write_bytes(path, save(tensors, metadata={_STATE_KEY: meta}))
 
 
 def load_tensor_state(path) -> dict:
@@ -108,7 +113,9 @@ def load_tensor_state(path) -> dict:
         tensors = load(blob)
         size = int.from_bytes(blob[:8], "little")
         meta = json.loads(blob[8:8 + size]).get("__metadata__") or {}
-        values = meta["values"]
+        if _STATE_KEY in meta:
+            meta = json.loads(meta[_STATE_KEY])
+        values = meta["values"]  # (files of 2026-12-02 held "values" and "sha256" as two entries)
         state = json.loads(values)
     except (SafetensorError, ValueError, KeyError, TypeError) as e:
         raise CorruptCheckpointError(f"{path} is not a pursamere tensor state ({type(e).__name__})") from None

@@ -89,8 +89,10 @@ def test_tensor_state_round_trips_any_dtype_and_refuses_alterations(tmp_path):
     blob = path.read_bytes()
     size = int.from_bytes(blob[:8], "little")
     header = json.loads(blob[8:8 + size])
-    values = json.loads(header["__metadata__"]["values"])
-    header["__metadata__"]["values"] = json.dumps({**values, "done": 4}, sort_keys=True)  # a value, same length
+    assert save_tensor_state(tmp_path / "again", state).read_bytes() == blob  # the same state, the same bytes
+    meta = json.loads(header["__metadata__"]["pursamere-state"])
+    meta["values"] = json.dumps({**json.loads(meta["values"]), "done": 4}, sort_keys=True)  # a value, same length
+    header["__metadata__"]["pursamere-state"] = json.dumps(meta, sort_keys=True)
     forged = json.dumps(header, separators=(",", ":")).encode()
     assert len(forged) <= size
     for altered, why in ((blob[:-1] + bytes([blob[-1] ^ 1]), "SHA-256"),  # a tensor byte
