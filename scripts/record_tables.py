@@ -275,11 +275,13 @@ def _job_table(name: str):
 def _finished(folder: Path) -> bool:
     """A job with nothing left to resume: every group it ran is complete, it was not stopped, no row is in progress.
     (A group it has not started has no end points to keep; its first row in progress makes the job unfinished.)"""
+    from pursamere.evaluation.runner import PROGRESS
+
     if not (folder / "results.json").is_file():
         return False
     res = read_results(folder)
     worst = res.get("worst_case") or []
-    sub = folder / "rows-in-progress"
+    sub = folder / PROGRESS[0]  # rows-in-progress
     return (bool(worst) and all(w.get("complete", True) for w in worst) and "stopped" not in res["meta"]
             and not (sub.is_dir() and any(sub.iterdir())))
 
