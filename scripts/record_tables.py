@@ -388,27 +388,67 @@ def provenance(part_rows: dict, res: dict, old: dict, old_rows: dict, gpu: set, 
                     "says which ran where, 'job_of' which job folder (scripts/record_tables.py --restore)"}
 
 
-def markdown_table(results: dict) -> str:
-    """The README's compact table of a merged results file: defence × threat, worst case with its 95% interval;
-    a group that did not run every planned attack shows "≤" and how many ran (an upper bound)."""
-    from pursamere.evaluation.results import norm_label
+# a table's longer suites (--then-steps), each merged from its own jobs: the README shows them as the table's checks
+RUNGS = {"cifar10-cpu-table": (("cifar10-cpu-table-40", 40), ("cifar10-cpu-table-80", 80))}
 
+
+def rung_check(w: dict) -> str:
+    """The README's last column for a row of :func:`~pursamere.evaluation.results.over_longer_suites`: what each
+    longer suite broke of what the suites before it left, and chapter 7's verdict."""
+    from pursamere.evaluation.results import convergence
+
+    checks = w.get("longer_suites") or []
+    if not checks:
+        return "not run" if w.get("complete", True) else "after its own suite has finished"
+    if not checks[0]["of"]:
+        return "nothing left to break"
+    parts = [f"{c['steps']} steps broke {c['broke']} of {c['of']}"
+             + ("" if c["complete"] else f" ({c['attacks']} of {c['planned']} attacks so far)") for c in checks]
+    verdict = convergence(w)
+    return "; ".join(parts) + ("" if verdict is None else ": converged" if verdict else ": **not converged**")
+
+
+def markdown_table(results: dict, rungs: list = ()) -> str:
+    """The README's compact table of a merged results file: defence × threat, worst case with its 95% interval;
+    a group that did not run every planned attack shows "≤" and how many ran (an upper bound).
+
+    ``rungs``: the table's longer suites as (steps, results), shortest first, on the same images. A row they
+    checked shows its worst case over every suite run, and a last column says what each longer suite broke and
+    whether the row has converged (the first suite's number alone would overstate a row a longer suite broke)."""
+    from pursamere.evaluation.results import norm_label, over_longer_suites
+
+    results = over_longer_suites(results, rungs)
     rank = {"inf": 0, "2": 1, "1": 2}
     keys = sorted({(rank.get(str(w["norm"]), 3), w["eps"], norm_label(w["norm"], w["eps"])) for w in results["worst_case"]})
     cols = [k[2] for k in keys]
-    cells, clean = {}, {}
+    checked = [c for c in cols if any(w.get("longer_suites") and norm_label(w["norm"], w["eps"]) == c
+                                      for w in results["worst_case"])]
+    cells, clean, checks = {}, {}, {}
     for w in results["worst_case"]:
+        label = norm_label(w["norm"], w["eps"])
         v = f"{100 * w['robust_acc']:.1f} [{100 * w['ci95'][0]:.0f}–{100 * w['ci95'][1]:.0f}]"
         if not w.get("complete", True):
             v = f"≤ {100 * w['robust_acc']:.1f} ({len(w['attacks'])} of {len(w['planned'])} attacks)"
-        cells.setdefault(w["defence"], {})[norm_label(w["norm"], w["eps"])] = v
+        cells.setdefault(w["defence"], {})[label] = v
         clean[w["defence"]] = f"{100 * w['clean_acc']:.1f}"
-    lines = ["| defence | clean | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
-    lines += [f"| {d} | {clean[d]} | " + " | ".join(row.get(c, "–") for c in cols) + " |" for d, row in cells.items()]
+        if label in checked:
+            line = rung_check(w)
+            checks.setdefault(w["defence"], []).append(line if len(checked) == 1 else f"{label}: {line}")
+    head = cols + ([f"longer suites ({checked[0]})" if len(checked) == 1 else "longer suites"] if checked else [])
+    lines = ["| defence | clean | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
+    lines += [f"| {d} | {clean[d]} | " + " | ".join([row.get(c, "–") for c in cols]
+                                                    + (["; ".join(checks.get(d, ["–"]))] if checked else [])) + " |"
+              for d, row in cells.items()]
     missing = results.get("not_run") or []
     if missing:
         lines += ["", "Not run yet: " + "; ".join(f"{m['defence']} at {norm_label(m['norm'], m['eps'])}" for m in missing) + "."]
     return "\n".join(lines)
+
+
+def readme_table(book: Path, table: str) -> str:
+    """:func:`markdown_table` of a recorded table with its recorded longer suites (:data:`RUNGS`)."""
+    rungs = [(steps, read_results(book / t)) for t, steps in RUNGS.get(table, ()) if (book / t / "results.json").is_file()]
+    return markdown_table(read_results(book / table), rungs)
 
 
 def main(argv=None) -> int:
@@ -515,7 +555,8 @@ def _main(args) -> int:
                           prior=(prior_rows, prior_machine))
         atomic_write_json(out / "provenance.json", prov)
         print(f"{table}: {len(res['rows'])} rows from {len(parts)} jobs → {out}")
-        print(markdown_table(res))
+        if table not in {t for rungs in RUNGS.values() for t, _ in rungs}:  # a longer suite shows in its table's
+            print(readme_table(Path(args.book), table))
     kept = record_progress(Path(args.book), root)
     if kept:
         print(f"kept the rows in progress of {len(kept)} unfinished jobs under {Path(args.book) / IN_PROGRESS}: "

@@ -620,3 +620,75 @@ def test_keep_linf_refuses_other_modes_in_one_line(rt, tmp_path, capsys):
     assert rt.main([str(tmp_path / "none"), "--keep-linf"]) == 2  # no results file: one line, no traceback
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no results file" in err and "Traceback" not in err
+
+
+def test_readme_table_shows_each_row_at_its_longest_suite_and_whether_it_converged(rt):
+    """A row a longer suite checked shows its worst case over every suite run (the table's own number would overstate
+    it) and a last column with what each longer suite broke; the verdict is chapter 7's bar (under 1 image in 100)."""
+    def row(defence, survived, attacks, planned=None):
+        n = len(survived)
+        k = sum(survived)
+        return {"defence": defence, "norm": "inf", "eps": 0.1, "clean_acc": 0.9, "robust_acc": k / n,
+                "ci95": [max(0.0, k / n - 0.05), min(1.0, k / n + 0.05)], "survived": survived,
+                "attacks": [f"a{i}" for i in range(attacks)], "planned": [f"a{i}" for i in range(planned or attacks)],
+                "complete": planned is None or planned == attacks}
+
+    n = 200
+    base = [True] * 100 + [False] * 100
+    table = {"meta": {"data_fingerprint": "x"}, "worst_case": [
+        row("held", base, 4), row("broken", base, 4), row("slow", base, 2, 4), row("alone", base, 4),
+        row("nothing", [False] * n, 4)]}
+    r40 = {"meta": {"data_fingerprint": "x"}, "worst_case": [
+        row("held", [True] * 99 + [False] * 101, 8),  # broke 1 of 100: under 2 (1 in 100 of 200)
+        row("broken", [True] * 90 + [False] * 110, 8), row("nothing", [False] * n, 8)]}
+    r80 = {"meta": {"data_fingerprint": "x"}, "worst_case": [row("broken", [True] * 88 + [False] * 112, 10, 12)]}
+    lines = {line.split(" | ")[0][2:]: line.split(" | ") for line in
+             rt.markdown_table(table, [(40, r40), (80, r80)]).splitlines() if line.startswith("| ") and "defence" not in line}
+    assert lines["held"][2].startswith("49.5 ") and lines["held"][-1] == "40 steps broke 1 of 100: converged |"
+    # the worst case over all three suites, an upper bound while the longest is still running
+    assert lines["broken"][2] == "≤ 44.0 (10 of 12 attacks)"
+    assert lines["broken"][-1] == ("40 steps broke 10 of 100; 80 steps broke 2 of 90 (2 of 4 attacks so far): "
+                                   "**not converged** |")
+    assert lines["slow"][2].startswith("≤ 50.0 (2 of 4") and lines["slow"][-1].startswith("after its own suite")
+    assert lines["alone"][-1] == "not run |" and lines["nothing"][-1] == "nothing left to break |"
+    assert rt.markdown_table(table).splitlines()[0].count("|") == 4  # no longer suites: no column
+    from pursamere.evaluation.results import convergence, over_longer_suites
+
+    merged = {w["defence"]: w for w in over_longer_suites(table, [(40, r40), (80, r80)])["worst_case"]}
+    assert [convergence(merged[d]) for d in ("held", "broken", "slow", "alone")] == [True, False, None, None]
+    assert merged["slow"] == table["worst_case"][2]  # its own suite unfinished: left as it is
+    assert merged["broken"]["longer_suites"][1] == {"steps": 80, "of": 90, "broke": 2, "attacks": 2, "planned": 4,
+                                                     "complete": False}
+    with pytest.raises(ValueError, match="40-step suite ran on other images"):
+        rt.markdown_table(table, [(40, {**r40, "meta": {"data_fingerprint": "y"}})])
+
+
+def test_chapter_findings_count_the_longer_suites_of_the_recorded_table():
+    """Chapter 6 shows and compares each row at its worst case over every recorded suite (20, 40, 80 steps): the
+    paired counts come from the same flags as the headline, so a row the 40-step suite broke further is not compared
+    at its 20-step number."""
+    from pursamere.book import cifar10 as chapter
+    from pursamere.evaluation.results import over_longer_suites, read_results
+
+    data = ROOT / "book" / "data"
+    res = read_results(data / "cifar10-cpu-table")
+    rungs = chapter.longer_suites(res, [(40, data / "cifar10-cpu-table-40"), (80, data / "cifar10-cpu-table-80"),
+                                        (160, data / "no-such-table")])
+    assert [s for s, _ in rungs] == [40, 80]  # stops at the first folder without results
+    assert chapter.longer_suites(res, [(40, data / "digits-whole-test")]) == []  # other images: nothing to compare
+    merged = over_longer_suites(res, rungs)
+    lines = chapter.findings(merged)
+    pairs = chapter.paired_rows(merged)
+    for w in merged["worst_case"]:
+        if w["norm"] != "inf" or not w.get("longer_suites"):
+            continue
+        assert w["survived"] == next(x for x in dict(rungs)[w["longer_suites"][-1]["steps"]]["worst_case"]
+                                     if (x["defence"], x["norm"]) == (w["defence"], "inf"))["survived"]
+        assert f"{w['defence']}: " in lines[0] and "-step suite" in lines[0].split(f"{w['defence']}: ")[1].split(";")[0]
+    ere, at = chapter._find(merged, family="ERE descent", classifier="plain"), chapter._find(merged, family="adversarial training")
+    if ere and at:
+        p = pairs[(pairs.A == "ERE descent (SAM off)") & (pairs.B == "adversarial training")].iloc[0]
+        assert p["B keeps, A loses"] == sum(b and not a for a, b in zip(ere["survived"], at["survived"]))
+        assert p["A keeps, B loses"] == sum(a and not b for a, b in zip(ere["survived"], at["survived"]))
+    with pytest.raises(ValueError, match="other images"):
+        over_longer_suites(res, [(40, read_results(data / "digits-whole-test"))])

@@ -40,12 +40,11 @@ def test_readme_headline_tables_are_the_recorded_ones():
     """The README's digits whole-test (80 and 160 steps) and CIFAR-10 tables are pasted by hand after each recording; they must be
     exactly what ``scripts/record_tables.py`` prints for the recorded data (no number drifts from its JSON)."""
     from script_module import load_script  # tests/script_module.py
-    from pursamere.evaluation.results import read_results
 
     record_tables = load_script("record_tables")
     readme = README.read_text(encoding="utf-8")
     for table in ("digits-whole-test", "digits-whole-test-160", "cifar10-cpu-table"):
-        expected = _table_lines(record_tables.markdown_table(read_results(BOOK_DATA / table)))
+        expected = _table_lines(record_tables.readme_table(BOOK_DATA, table))
         assert len(expected) > 3, table
         block = "\n".join(expected)
         assert block in readme, f"README's {table} table differs from book/data/{table}; paste:\n{block}"

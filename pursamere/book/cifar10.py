@@ -9,10 +9,11 @@ from itertools import takewhile
 from typing import Optional
 
 from ..evaluation.defences import Family
-from ..evaluation.results import paired, robust_flags
-from .frames import PAPER_CIFAR10, paired_frame, pct, rows_frame
+from ..evaluation.results import paired, read_results, robust_flags
+from .frames import PAPER_CIFAR10, headline, longer_suite_frame, paired_frame, pct, rows_frame
 
-__all__ = ["against_paper", "findings", "key_pairs", "attack_frame", "paired_rows", "timing_frame"]
+__all__ = ["against_paper", "findings", "key_pairs", "attack_frame", "longer_suites", "longer_suite_view",
+           "paired_rows", "timing_frame"]
 
 #: The paired comparisons the chapter makes on the same images, each as (name of A, fields of A, name of B,
 #: fields of B); the fields select one defence of the table (family, classifier).
@@ -92,9 +93,41 @@ def paired_rows(results: dict):
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+def longer_suites(results: dict, folders) -> list:
+    """The recorded longer suites of a table (``ensemble --then-steps``) as ``(steps, results)``, shortest first,
+    for :func:`pursamere.evaluation.results.over_longer_suites`. ``folders``: ``(steps, folder)`` pairs in
+    order; it stops at the first folder that holds no results or ran on other images than ``results`` (a live
+    run's table has none to compare with)."""
+    out = []
+    for steps, folder in folders:
+        try:
+            r = read_results(folder)
+        except (FileNotFoundError, ValueError):
+            break
+        if r["meta"].get("data_fingerprint") != results["meta"].get("data_fingerprint"):
+            break
+        out.append((steps, r))
+    return out
+
+
+def longer_suite_view(before: dict, after: dict, steps: tuple) -> list:
+    """What the chapter shows of a longer suite: a sentence, its worst case per row over every suite up to it, and
+    image by image what it broke of ``before``'s survivors (strings are Markdown, the rest frames)."""
+    n = after["meta"]["n"]
+    head, _ = headline(after)
+    out = [f"Worst case per image over the suites up to {steps[1]} steps, n = {n} table images at ℓ∞ 8/255 "
+           "(% with 95% Wilson intervals):", head]
+    more = longer_suite_frame(before, after, steps)
+    if more is not None:
+        out += [f"Image by image, against the {steps[0]}-step table's row:", more]
+    return out
+
+
 def findings(results: dict) -> list[str]:
     """Plain sentences: the headline per key row, SAM against SAM off, purification against adversarial
-    training, and the gap to the paper (each says when a row is incomplete or missing)."""
+    training, and the gap to the paper (each says when a row is incomplete or missing). A row that a longer suite
+    checked (``results`` passed through :func:`~pursamere.evaluation.results.over_longer_suites`) is shown and
+    compared at its worst case over every suite run, and says so."""
     out = []
 
     def row(**fields):
@@ -102,6 +135,9 @@ def findings(results: dict) -> list[str]:
 
     def show(w) -> str:
         s = f"{pct(w['robust_acc'])}% [{100 * w['ci95'][0]:.0f}–{100 * w['ci95'][1]:.0f}] (clean {pct(w['clean_acc'])}%)"
+        more = [c["steps"] for c in w.get("longer_suites", ())]
+        if more:
+            s += f" with the {' and '.join(f'{m}-' for m in more)}step suite{'s' if len(more) > 1 else ''} too"
         return s if w.get("complete", True) else f"at most {s} — only {len(w['attacks'])} of {len(w['planned'])} attacks ran"
 
     n = results["meta"]["n"]

@@ -255,6 +255,59 @@ def paired(a: Sequence[bool], b: Sequence[bool]) -> dict:
             "a_keeps_b_loses": keeps, "b_keeps_a_loses": loses, "p": sign_test(keeps, loses)}
 
 
+def over_longer_suites(results: dict, rungs: Sequence[tuple]) -> dict:
+    """``results`` with each row a longer suite checked shown at its worst case over every suite run.
+
+    ``rungs``: the table's longer suites (``--then-steps``) as ``(steps, results)``, shortest first, on the same
+    images; each one's rows hold every attack of the suites before it, so its worst case is over all of them. A
+    row whose own suite has finished gets the longest suite's flags, numbers, attacks and ``complete`` (so a row
+    whose longest suite is still running is an upper bound), and gains ``longer_suites``: per suite, the images the
+    suites before it left (``of``), how many it broke, and how many of its own attacks have run. A row whose own
+    suite has not finished is left as it is (its longer suites start after it). The longer suites' rows of the
+    checked rows join ``rows``, so what is computed from the rows (paired comparisons) agrees. Refused when a
+    suite ran on other images."""
+    fp = results["meta"].get("data_fingerprint")
+    for steps, r in rungs:
+        if r["meta"].get("data_fingerprint") != fp:
+            raise ValueError(f"the {steps}-step suite ran on other images than the table")
+    out, rows = [], list(results.get("rows", []))
+    seen = {r["key"] for r in rows}
+    for w in results["worst_case"]:
+        prev, checks = w, []
+        for steps, r in (rungs if w.get("complete", True) else ()):
+            hit = next((x for x in r["worst_case"] if (x["defence"], str(x["norm"]), x["eps"])
+                        == (w["defence"], str(w["norm"]), w["eps"])), None)
+            if hit is None:
+                continue
+            if len(hit["survived"]) != len(w["survived"]):
+                raise ValueError(f"{w['defence']}: its {steps}-step suite ran on {len(hit['survived'])} images, the table "
+                                 f"on {len(w['survived'])}")
+            checks.append({"steps": steps, "of": sum(prev["survived"]),
+                           "broke": sum(p and not q for p, q in zip(prev["survived"], hit["survived"])),
+                           "attacks": len(hit["attacks"]) - len(prev["attacks"]),
+                           "planned": len(hit.get("planned", hit["attacks"])) - len(prev.get("planned", prev["attacks"])),
+                           "complete": hit.get("complete", True)})
+            prev = hit
+            for row in r.get("rows", []):  # the longer suite's own attacks on this row, for comparisons made from the rows
+                if row["key"] not in seen and (row["defence"], str(row["norm"]), row["eps"]) == \
+                        (w["defence"], str(w["norm"]), w["eps"]):
+                    rows.append(row)
+                    seen.add(row["key"])
+        keep = {k: prev[k] for k in ("robust_acc", "ci95", "survived", "attacks", "roles", "per_attack", "cascaded",
+                                     "planned", "complete") if k in prev}
+        out.append({**w, **keep, "longer_suites": checks} if checks else dict(w))
+    return {**results, "worst_case": out, "rows": rows} if "rows" in results else {**results, "worst_case": out}
+
+
+def convergence(w: dict) -> Optional[bool]:
+    """Chapter 7's bar on a row of :func:`over_longer_suites`: its last finished longer suite broke fewer than 1 of
+    every 100 images (True) or not (False); None when no longer suite has finished."""
+    done = [c for c in w.get("longer_suites", ()) if c["complete"]]
+    if not done:
+        return None
+    return 100 * done[-1]["broke"] < len(w["survived"])
+
+
 def norm_label(norm, eps: Optional[float] = None) -> str:
     """``ℓ∞``, ``ℓ2`` … (with ``ε=…`` when given)."""
     t = f"ℓ{'∞' if str(norm) == 'inf' else norm}"
