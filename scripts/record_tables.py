@@ -389,7 +389,8 @@ def provenance(part_rows: dict, res: dict, old: dict, old_rows: dict, gpu: set, 
 
 
 # a table's longer suites (--then-steps), each merged from its own jobs: the README shows them as the table's checks
-RUNGS = {"cifar10-cpu-table": (("cifar10-cpu-table-40", 40), ("cifar10-cpu-table-80", 80))}
+RUNGS = {"cifar10-cpu-table": (("cifar10-cpu-table-40", 40), ("cifar10-cpu-table-80", 80)),
+         "digits-whole-test": (("digits-whole-test-160", 160),)}
 
 
 def rung_check(w: dict) -> str:
