@@ -395,18 +395,25 @@ RUNGS = {"cifar10-cpu-table": (("cifar10-cpu-table-40", 40), ("cifar10-cpu-table
 
 def rung_check(w: dict) -> str:
     """The README's last column for a row of :func:`~pursamere.evaluation.results.over_longer_suites`: what each
-    longer suite broke of what the suites before it left, and chapter 7's verdict."""
+    longer suite broke of what the suites before it left, and chapter 7's verdict on a doubling of the steps (and
+    at which suite); a stochastic defence's count includes fresh draws of its randomness, which it says."""
     from pursamere.evaluation.results import convergence
 
     checks = w.get("longer_suites") or []
     if not checks:
-        return "not run" if w.get("complete", True) else "after its own suite has finished"
+        return "not run yet" if w.get("complete", True) else "after its own suite has finished"
     if not checks[0]["of"]:
         return "nothing left to break"
     parts = [f"{c['steps']} steps broke {c['broke']} of {c['of']}"
              + ("" if c["complete"] else f" ({c['attacks']} of {c['planned']} attacks so far)") for c in checks]
+    line = "; ".join(parts)
     verdict = convergence(w)
-    return "; ".join(parts) + ("" if verdict is None else ": converged" if verdict else ": **not converged**")
+    if verdict is not None:
+        ok, steps = verdict
+        line += ": " + ("converged" if ok else "**not converged**") + ("" if len(checks) == 1 else f" by the {steps}-step suite")
+    if not w.get("deterministic", True):
+        line += " (stochastic: each attack redraws the noise)"
+    return line
 
 
 def markdown_table(results: dict, rungs: list = ()) -> str:
@@ -447,8 +454,13 @@ def markdown_table(results: dict, rungs: list = ()) -> str:
 
 
 def readme_table(book: Path, table: str) -> str:
-    """:func:`markdown_table` of a recorded table with its recorded longer suites (:data:`RUNGS`)."""
-    rungs = [(steps, read_results(book / t)) for t, steps in RUNGS.get(table, ()) if (book / t / "results.json").is_file()]
+    """:func:`markdown_table` of a recorded table with its recorded longer suites (:data:`RUNGS`), up to the first
+    one not recorded yet (a later suite's counts would be over two suites)."""
+    rungs = []
+    for t, steps in RUNGS.get(table, ()):
+        if not (book / t / "results.json").is_file():
+            break
+        rungs.append((steps, read_results(book / t)))
     return markdown_table(read_results(book / table), rungs)
 
 
@@ -521,6 +533,7 @@ def _main(args) -> int:
                 prior_rows[r["key"]] = r
                 if r["key"] in machine:
                     prior_machine[r["key"]] = machine[r["key"]]
+    written = []
     for table, (prefix, title) in TABLES.items():
         part_rows = found[table]
         parts = list(part_rows)
@@ -556,8 +569,12 @@ def _main(args) -> int:
                           prior=(prior_rows, prior_machine))
         atomic_write_json(out / "provenance.json", prov)
         print(f"{table}: {len(res['rows'])} rows from {len(parts)} jobs → {out}")
-        if table not in {t for rungs in RUNGS.values() for t, _ in rungs}:  # a longer suite shows in its table's
-            print(readme_table(Path(args.book), table))
+        written.append(table)
+    # the README's tables, once every table is written (a table's longer suites are recorded after it)
+    for table in TABLES:
+        shown = table in written or any(t in written for t, _ in RUNGS.get(table, ()))
+        if shown and (Path(args.book) / table / "results.json").is_file():
+            print(f"\n{table} (the README's table):\n{readme_table(Path(args.book), table)}")
     kept = record_progress(Path(args.book), root)
     if kept:
         print(f"kept the rows in progress of {len(kept)} unfinished jobs under {Path(args.book) / IN_PROGRESS}: "

@@ -621,44 +621,63 @@ def test_keep_linf_refuses_other_modes_in_one_line(rt, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no results file" in err and "Traceback" not in err
 
+def _wc(defence, survived, attacks, planned=None, eps=0.1, deterministic=True):
+    """A worst-case entry of a results file, for the longer-suite tests."""
+    k, n = sum(survived), len(survived)
+    return {"defence": defence, "norm": "inf", "eps": eps, "clean_acc": 0.9, "robust_acc": k / n, "ci95": [0.0, 1.0],
+            "survived": list(survived), "attacks": [f"a{i}" for i in range(attacks)],
+            "planned": [f"a{i}" for i in range(planned or attacks)], "complete": planned is None or planned == attacks,
+            "deterministic": deterministic}
+
 
 def test_readme_table_shows_each_row_at_its_longest_suite_and_whether_it_converged(rt):
     """A row a longer suite checked shows its worst case over every suite run (the table's own number would overstate
-    it) and a last column with what each longer suite broke; the verdict is chapter 7's bar (under 1 image in 100)."""
-    def row(defence, survived, attacks, planned=None):
-        n = len(survived)
-        k = sum(survived)
-        return {"defence": defence, "norm": "inf", "eps": 0.1, "clean_acc": 0.9, "robust_acc": k / n,
-                "ci95": [max(0.0, k / n - 0.05), min(1.0, k / n + 0.05)], "survived": survived,
-                "attacks": [f"a{i}" for i in range(attacks)], "planned": [f"a{i}" for i in range(planned or attacks)],
-                "complete": planned is None or planned == attacks}
-
-    n = 200
-    base = [True] * 100 + [False] * 100
-    table = {"meta": {"data_fingerprint": "x"}, "worst_case": [
-        row("held", base, 4), row("broken", base, 4), row("slow", base, 2, 4), row("alone", base, 4),
-        row("nothing", [False] * n, 4)]}
-    r40 = {"meta": {"data_fingerprint": "x"}, "worst_case": [
-        row("held", [True] * 99 + [False] * 101, 8),  # broke 1 of 100: under 2 (1 in 100 of 200)
-        row("broken", [True] * 90 + [False] * 110, 8), row("nothing", [False] * n, 8)]}
-    r80 = {"meta": {"data_fingerprint": "x"}, "worst_case": [row("broken", [True] * 88 + [False] * 112, 10, 12)]}
-    lines = {line.split(" | ")[0][2:]: line.split(" | ") for line in
-             rt.markdown_table(table, [(40, r40), (80, r80)]).splitlines() if line.startswith("| ") and "defence" not in line}
-    assert lines["held"][2].startswith("49.5 ") and lines["held"][-1] == "40 steps broke 1 of 100: converged |"
-    # the worst case over all three suites, an upper bound while the longest is still running
-    assert lines["broken"][2] == "≤ 44.0 (10 of 12 attacks)"
-    assert lines["broken"][-1] == ("40 steps broke 10 of 100; 80 steps broke 2 of 90 (2 of 4 attacks so far): "
-                                   "**not converged** |")
-    assert lines["slow"][2].startswith("≤ 50.0 (2 of 4") and lines["slow"][-1].startswith("after its own suite")
-    assert lines["alone"][-1] == "not run |" and lines["nothing"][-1] == "nothing left to break |"
-    assert rt.markdown_table(table).splitlines()[0].count("|") == 4  # no longer suites: no column
+    it) and a last column with what each longer suite broke; the verdict is chapter 7's bar (under 1 image in 100 of
+    the table's) from the longest suite that has decided it."""
     from pursamere.evaluation.results import convergence, over_longer_suites
 
-    merged = {w["defence"]: w for w in over_longer_suites(table, [(40, r40), (80, r80)])["worst_case"]}
-    assert [convergence(merged[d]) for d in ("held", "broken", "slow", "alone")] == [True, False, None, None]
-    assert merged["slow"] == table["worst_case"][2]  # its own suite unfinished: left as it is
-    assert merged["broken"]["longer_suites"][1] == {"steps": 80, "of": 90, "broke": 2, "attacks": 2, "planned": 4,
-                                                     "complete": False}
+    n, base = 200, [True] * 100 + [False] * 100
+    meta = {"data_fingerprint": "x"}
+    table = {"meta": meta, "worst_case": [
+        _wc("held", base, 4), _wc("broken", base, 4), _wc("slow", base, 2, 4), _wc("alone", base, 4),
+        _wc("nothing", [False] * n, 4), _wc("late", base, 4), _wc("noisy", base, 4, deterministic=False),
+        _wc("held", base, 4, eps=0.2)]}
+    r40 = {"meta": meta, "worst_case": [
+        _wc("held", [True] * 99 + [False] * 101, 8),  # broke 1 of 100: under 2 (1 in 100 of 200)
+        _wc("broken", [True] * 90 + [False] * 110, 8), _wc("nothing", [False] * n, 8),
+        _wc("late", [True] * 100 + [False] * 100, 8), _wc("noisy", [True] * 90 + [False] * 110, 8, deterministic=False),
+        _wc("held", [False] * n, 8, eps=0.3)]}  # another ε: never merged into the 0.1 or 0.2 column
+    r80 = {"meta": meta, "worst_case": [
+        _wc("broken", [True] * 89 + [False] * 111, 10, 12),  # 1 more: under the bar, the 40-step verdict stands
+        _wc("late", [True] * 95 + [False] * 105, 9, 12)]}  # still running and already over the bar
+    rows = {line.split(" | ")[0][2:] + (" 0.2" if i > 8 else ""): line.split(" | ") for i, line in enumerate(
+        rt.markdown_table(table, [(40, r40), (80, r80)]).splitlines()) if line.startswith("| ") and "defence" not in line}
+    assert rows["held"][2].startswith("49.5 ") and rows["held"][-1] == "40 steps broke 1 of 100: converged |"
+    assert rows["held"][3] == "50.0 [0–100]"  # ε = 0.2: no longer suite holds it
+    # the worst case over all three suites, an upper bound while the longest is still running
+    assert rows["broken"][2] == "≤ 44.5 (10 of 12 attacks)"
+    assert rows["broken"][-1] == ("40 steps broke 10 of 100; 80 steps broke 1 of 90 (2 of 4 attacks so far): "
+                                  "**not converged** by the 40-step suite |")
+    assert rows["late"][-1].endswith("**not converged** by the 80-step suite |")  # its count can only grow
+    assert rows["slow"][2].startswith("≤ 50.0 (2 of 4") and rows["slow"][-1].startswith("after its own suite")
+    assert rows["alone"][-1] == "not run yet |" and rows["nothing"][-1] == "nothing left to break |"
+    assert rows["noisy"][-1].endswith("(stochastic: each attack redraws the noise) |")
+    assert rt.markdown_table(table).splitlines()[0] == "| defence | clean | ℓ∞ ε=0.1 | ℓ∞ ε=0.2 |"  # no longer suites: no column
+
+    merged = {(w["defence"], w["eps"]): w for w in over_longer_suites(table, [(40, r40), (80, r80)])["worst_case"]}
+    assert [convergence(merged[(d, 0.1)]) for d in ("held", "broken", "slow", "alone", "late")] == \
+        [(True, 40), (False, 40), None, None, (False, 80)]
+    assert merged[("slow", 0.1)] == table["worst_case"][2]  # its own suite unfinished: left as it is
+    assert merged[("broken", 0.1)]["longer_suites"][1] == {"steps": 80, "of": 90, "broke": 1, "attacks": 2, "planned": 4,
+                                                           "complete": False}
+    assert merged[("held", 0.2)] == table["worst_case"][-1]
+    # a longer suite whose flags keep an image a shorter one broke (its job re-ran part of the suite): never back
+    odd = {"meta": meta, "worst_case": [_wc("held", [True] * 50 + [False] * 50 + [True] * 100, 8)]}
+    w = over_longer_suites(table, [(40, odd)])["worst_case"][0]
+    assert sum(w["survived"]) == 50 and w["robust_acc"] == 0.25 and w["longer_suites"][0]["broke"] == 50
+    # a suite that lacks the row ends its chain: the next one's counts would be over two suites
+    w = over_longer_suites(table, [(40, {"meta": meta, "worst_case": []}), (80, r80)])["worst_case"][1]
+    assert "longer_suites" not in w and w == table["worst_case"][1]
     with pytest.raises(ValueError, match="40-step suite ran on other images"):
         rt.markdown_table(table, [(40, {**r40, "meta": {"data_fingerprint": "y"}})])
 
@@ -678,17 +697,18 @@ def test_chapter_findings_count_the_longer_suites_of_the_recorded_table():
     assert chapter.longer_suites(res, [(40, data / "digits-whole-test")]) == []  # other images: nothing to compare
     merged = over_longer_suites(res, rungs)
     lines = chapter.findings(merged)
-    pairs = chapter.paired_rows(merged)
-    for w in merged["worst_case"]:
-        if w["norm"] != "inf" or not w.get("longer_suites"):
-            continue
-        assert w["survived"] == next(x for x in dict(rungs)[w["longer_suites"][-1]["steps"]]["worst_case"]
-                                     if (x["defence"], x["norm"]) == (w["defence"], "inf"))["survived"]
-        assert f"{w['defence']}: " in lines[0] and "-step suite" in lines[0].split(f"{w['defence']}: ")[1].split(";")[0]
     ere, at = chapter._find(merged, family="ERE descent", classifier="plain"), chapter._find(merged, family="adversarial training")
-    if ere and at:
-        p = pairs[(pairs.A == "ERE descent (SAM off)") & (pairs.B == "adversarial training")].iloc[0]
-        assert p["B keeps, A loses"] == sum(b and not a for a, b in zip(ere["survived"], at["survived"]))
-        assert p["A keeps, B loses"] == sum(a and not b for a, b in zip(ere["survived"], at["survived"]))
+    before = chapter._find(res, family="ERE descent", classifier="plain")
+    # ERE descent: the 40-step suite broke what the 20-step one left; the recorded table's flags, image by image
+    forty = next(x for x in rungs[0][1]["worst_case"] if (x["defence"], x["norm"]) == (ere["defence"], "inf"))
+    assert [c["steps"] for c in ere["longer_suites"]] == [40, 80] and sum(ere["survived"]) < sum(before["survived"])
+    assert sum(ere["survived"]) <= sum(forty["survived"])
+    assert all(b or not a for a, b in zip(ere["survived"], before["survived"]))  # nothing the 20-step suite broke is back
+    assert f"{ere['defence']}: " in lines[0] and "40- and 80-step suites too" in lines[0]
+    pairs = chapter.paired_rows(merged)
+    p = pairs[(pairs.A == "ERE descent (SAM off)") & (pairs.B == "adversarial training")].iloc[0]
+    assert p["B keeps, A loses"] == sum(b and not a for a, b in zip(ere["survived"], at["survived"]))
+    assert p["A keeps, B loses"] == sum(a and not b for a, b in zip(ere["survived"], at["survived"]))
+    assert p["A robust"] == sum(ere["survived"])  # the merged flags, not the 20-step table's
     with pytest.raises(ValueError, match="other images"):
         over_longer_suites(res, [(40, read_results(data / "digits-whole-test"))])

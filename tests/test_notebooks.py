@@ -233,3 +233,28 @@ def test_08_your_purifier(tmp_path):
     for d, acc in res["worst_case"].items():  # the worst case is at most every attack and the clean accuracy
         assert acc <= min(res["per_attack"][d].values()) + 1e-12 and acc <= res["clean"][d] + 1e-12
     assert res["paired_median_vs_none"]["n"] == 30
+
+
+def test_06_on_the_recorded_table_counts_its_longer_suites(tmp_path):
+    """Chapter 6 as the book builds it (the recorded CIFAR-10 table, no live run): its headline and findings give
+    each row at its worst case over the 20-step table and the recorded 40- and 80-step suites."""
+    from pursamere.book import cifar10 as chapter
+    from pursamere.evaluation.results import over_longer_suites, read_results
+
+    name = "06_cifar10_gpu"
+    out_json, out_nb = tmp_path / f"{name}.json", tmp_path / f"{name}.ipynb"
+    papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out_nb), kernel_name="python3",
+                               parameters={"results_json": str(out_json)}, cwd=str(NOTEBOOKS), progress_bar=False)
+    nb = nbformat.read(out_nb, as_version=4)
+    assert not [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    res = json.loads(out_json.read_text())
+    data = NOTEBOOKS.parent / "book" / "data"
+    table = read_results(data / "cifar10-cpu-table")
+    rungs = chapter.longer_suites(table, [(40, data / "cifar10-cpu-table-40"), (80, data / "cifar10-cpu-table-80")])
+    merged = over_longer_suites(table, rungs)
+    for w in merged["worst_case"]:
+        if w["norm"] == "inf":
+            assert res["worst_case"][w["defence"]]["linf"] == w["robust_acc"], w["defence"]
+    shown = {(s["defence"], s["norm"]): s for s in res["over_all_suites"]}
+    assert any(s["longer_suites"] for s in shown.values()) == bool(rungs)
+    assert any("-step suite" in f for f in res["findings"]) == any(w.get("longer_suites") for w in merged["worst_case"])

@@ -102,7 +102,7 @@ def longer_suites(results: dict, folders) -> list:
     for steps, folder in folders:
         try:
             r = read_results(folder)
-        except (FileNotFoundError, ValueError):
+        except FileNotFoundError:  # not recorded yet (a results file in an old format is an error, said as such)
             break
         if r["meta"].get("data_fingerprint") != results["meta"].get("data_fingerprint"):
             break

@@ -259,13 +259,14 @@ def over_longer_suites(results: dict, rungs: Sequence[tuple]) -> dict:
     """``results`` with each row a longer suite checked shown at its worst case over every suite run.
 
     ``rungs``: the table's longer suites (``--then-steps``) as ``(steps, results)``, shortest first, on the same
-    images; each one's rows hold every attack of the suites before it, so its worst case is over all of them. A
-    row whose own suite has finished gets the longest suite's flags, numbers, attacks and ``complete`` (so a row
-    whose longest suite is still running is an upper bound), and gains ``longer_suites``: per suite, the images the
-    suites before it left (``of``), how many it broke, and how many of its own attacks have run. A row whose own
-    suite has not finished is left as it is (its longer suites start after it). The longer suites' rows of the
-    checked rows join ``rows``, so what is computed from the rows (paired comparisons) agrees. Refused when a
-    suite ran on other images."""
+    images; each one's rows hold every attack of the suites before it. A row whose own suite has finished gets, per
+    image, robust only where every suite up to the longest that holds it kept it (the flags are combined, so no
+    image a shorter suite broke comes back), the longest suite's attacks and ``complete`` (so a row whose longest
+    suite is still running is an upper bound), and ``longer_suites``: per suite, the images the suites before it
+    left (``of``), how many it broke, and how many of its own attacks have run. The chain stops at the first suite
+    that lacks the row (a later one's counts would mix two suites). A row whose own suite has not finished is left
+    as it is (its longer suites start after it). The longer suites' rows of the checked rows join ``rows``, so
+    what is computed from the rows (paired comparisons) agrees. Refused when a suite ran on other images."""
     fp = results["meta"].get("data_fingerprint")
     for steps, r in rungs:
         if r["meta"].get("data_fingerprint") != fp:
@@ -273,39 +274,46 @@ def over_longer_suites(results: dict, rungs: Sequence[tuple]) -> dict:
     out, rows = [], list(results.get("rows", []))
     seen = {r["key"] for r in rows}
     for w in results["worst_case"]:
-        prev, checks = w, []
+        group = (w["defence"], str(w["norm"]), w["eps"])
+        flags, last, checks = list(w["survived"]), w, []
         for steps, r in (rungs if w.get("complete", True) else ()):
-            hit = next((x for x in r["worst_case"] if (x["defence"], str(x["norm"]), x["eps"])
-                        == (w["defence"], str(w["norm"]), w["eps"])), None)
+            hit = next((x for x in r["worst_case"] if (x["defence"], str(x["norm"]), x["eps"]) == group), None)
             if hit is None:
-                continue
-            if len(hit["survived"]) != len(w["survived"]):
+                break
+            if len(hit["survived"]) != len(flags):
                 raise ValueError(f"{w['defence']}: its {steps}-step suite ran on {len(hit['survived'])} images, the table "
-                                 f"on {len(w['survived'])}")
-            checks.append({"steps": steps, "of": sum(prev["survived"]),
-                           "broke": sum(p and not q for p, q in zip(prev["survived"], hit["survived"])),
-                           "attacks": len(hit["attacks"]) - len(prev["attacks"]),
-                           "planned": len(hit.get("planned", hit["attacks"])) - len(prev.get("planned", prev["attacks"])),
+                                 f"on {len(flags)}")
+            now = [a and b for a, b in zip(flags, hit["survived"])]
+            checks.append({"steps": steps, "of": sum(flags), "broke": sum(flags) - sum(now),
+                           "attacks": len(hit["attacks"]) - len(last["attacks"]),
+                           "planned": len(hit.get("planned", hit["attacks"])) - len(last.get("planned", last["attacks"])),
                            "complete": hit.get("complete", True)})
-            prev = hit
+            flags, last = now, hit
             for row in r.get("rows", []):  # the longer suite's own attacks on this row, for comparisons made from the rows
-                if row["key"] not in seen and (row["defence"], str(row["norm"]), row["eps"]) == \
-                        (w["defence"], str(w["norm"]), w["eps"]):
+                if row["key"] not in seen and (row["defence"], str(row["norm"]), row["eps"]) == group:
                     rows.append(row)
                     seen.add(row["key"])
-        keep = {k: prev[k] for k in ("robust_acc", "ci95", "survived", "attacks", "roles", "per_attack", "cascaded",
-                                     "planned", "complete") if k in prev}
-        out.append({**w, **keep, "longer_suites": checks} if checks else dict(w))
+        if not checks:
+            out.append(dict(w))
+            continue
+        k, n = sum(flags), len(flags)
+        keep = {key: last[key] for key in ("attacks", "roles", "per_attack", "cascaded", "planned", "complete") if key in last}
+        out.append({**w, **keep, "survived": flags, "robust_acc": k / n, "ci95": list(wilson(k, n)), "longer_suites": checks})
     return {**results, "worst_case": out, "rows": rows} if "rows" in results else {**results, "worst_case": out}
 
 
-def convergence(w: dict) -> Optional[bool]:
-    """Chapter 7's bar on a row of :func:`over_longer_suites`: its last finished longer suite broke fewer than 1 of
-    every 100 images (True) or not (False); None when no longer suite has finished."""
-    done = [c for c in w.get("longer_suites", ()) if c["complete"]]
-    if not done:
-        return None
-    return 100 * done[-1]["broke"] < len(w["survived"])
+def convergence(w: dict) -> Optional[tuple]:
+    """Chapter 7's bar, on a doubling of the steps, for a row of :func:`over_longer_suites`: ``(verdict, steps)``
+    from the longest suite that has decided it — one that broke 1 image in 100 of the table's or more (not
+    converged, ``False``; a suite still running counts too: its count can only grow) or a finished one that broke
+    fewer (``True``). None while no suite has decided."""
+    n, verdict = len(w["survived"]), None
+    for c in w.get("longer_suites") or []:
+        if 100 * c["broke"] >= n:
+            verdict = (False, c["steps"])
+        elif c["complete"]:
+            verdict = (True, c["steps"])
+    return verdict
 
 
 def norm_label(norm, eps: Optional[float] = None) -> str:
