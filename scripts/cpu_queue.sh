@@ -4,7 +4,8 @@
 #   python scripts/record_tables.py results/whole --restore   # a fresh checkout: recorded rows + rows in progress
 #   nohup bash scripts/cpu_queue.sh [LANES] > results/whole/queue.log 2>&1 &
 #   ...                                                       # stop whenever: kill the queue, its lanes and jobs
-#   python scripts/record_tables.py results/whole             # record finished rows and the rows in progress
+#   python scripts/record_tables.py results/whole --readme README.md  # record finished rows and the rows in
+#                                                       # progress; the README's recorded tables rewritten
 #
 # LANES jobs at a time (default 2, one thread each: the machine's two cores). Each job continues its folder under
 # results/whole with --resume and its log is results/whole/NAME.cpu.log. A stopped job loses at most the batch it

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -464,9 +465,44 @@ def readme_table(book: Path, table: str) -> str:
     return markdown_table(read_results(book / table), rungs)
 
 
+README_BLOCK = re.compile(r"<!-- recorded table: (?P<table>[\w.-]+)[^\n]*-->\n(?P<body>.*?)\n<!-- end of recorded table -->", re.S)
+
+
+def readme_blocks(text: str) -> dict:
+    """The README's recorded tables: table name → the text between its two markers."""
+    found = {}
+    for m in README_BLOCK.finditer(text):
+        if m.group("table") in found:
+            raise ValueError(f"the README holds the recorded table {m.group('table')} twice")
+        found[m.group("table")] = m.group("body")
+    opened = text.count("<!-- recorded table: ")
+    if opened != len(found) or text.count("<!-- end of recorded table -->") != opened:
+        raise ValueError("the README's recorded-table markers do not pair up (each '<!-- recorded table: NAME … -->' "
+                         "needs its '<!-- end of recorded table -->')")
+    return found
+
+
+def update_readme(path: Path, book: Path) -> list:
+    """Rewrite every recorded table of the README at ``path`` (between its markers) from ``book``; returns the
+    tables whose text changed. Nothing is written when one is unknown or not recorded."""
+    text = path.read_text(encoding="utf-8")
+    blocks = readme_blocks(text)
+    unknown = sorted(set(blocks) - set(TABLES))
+    if unknown:
+        raise ValueError(f"{path}: no such recorded table: {', '.join(unknown)}")
+    new = {t: readme_table(book, t) for t in blocks}  # every table read before anything is written
+    out = README_BLOCK.sub(lambda m: text[m.start():m.start("body")] + new[m.group("table")] + text[m.end("body"):m.end()],
+                           text)
+    if out != text:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(out, encoding="utf-8")
+        tmp.replace(path)
+    return [t for t in blocks if blocks[t] != new[t]]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("root", help="the folder holding the jobs' results folders")
+    ap.add_argument("root", nargs="?", help="the folder holding the jobs' results folders (none with --readme alone)")
     ap.add_argument("--book", default="book/data", help="where the merged tables go")
     ap.add_argument("--device-log", default=None, help="the GPU call's logs/device.txt, recorded as provenance")
     ap.add_argument("--gpu-root", action="append", default=[],
@@ -481,6 +517,9 @@ def main(argv=None) -> int:
                     help="the reverse: write the recorded rows back into their job folders under ROOT (to --resume them)")
     ap.add_argument("--keep-linf", action="store_true",
                     help="ROOT is one job folder: keep only its ℓ∞ rows (a cifar40-* job seeded from its 20-step job)")
+    ap.add_argument("--readme", metavar="README", default=None,
+                    help="then rewrite the recorded tables of this README (between its '<!-- recorded table: NAME -->' "
+                         "markers) from --book; alone (no ROOT), only that")
     ap.add_argument("--allow-dropped", action="store_true",
                     help="record even when recorded rows are in no job folder under ROOT (they leave the table)")
     args = ap.parse_args(argv)
@@ -492,6 +531,12 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
+    if args.root is None:
+        if not args.readme or args.restore or args.keep_linf or args.examples or args.checks:
+            raise ValueError("give the folder holding the jobs' results folders (ROOT); only --readme works without it")
+        changed = update_readme(Path(args.readme), Path(args.book))
+        print(f"{args.readme}: " + (f"rewrote {', '.join(changed)}" if changed else "its recorded tables are current"))
+        return 0
     if args.keep_linf:
         if args.restore or args.examples or args.checks:
             raise ValueError("--keep-linf works on one job folder alone: give it without --restore, --examples or --checks")
@@ -575,6 +620,9 @@ def _main(args) -> int:
         shown = table in written or any(t in written for t, _ in RUNGS.get(table, ()))
         if shown and (Path(args.book) / table / "results.json").is_file():
             print(f"\n{table} (the README's table):\n{readme_table(Path(args.book), table)}")
+    if args.readme:
+        changed = update_readme(Path(args.readme), Path(args.book))
+        print(f"{args.readme}: " + (f"rewrote {', '.join(changed)}" if changed else "its recorded tables are current"))
     kept = record_progress(Path(args.book), root)
     if kept:
         print(f"kept the rows in progress of {len(kept)} unfinished jobs under {Path(args.book) / IN_PROGRESS}: "

@@ -37,14 +37,39 @@ def _table_lines(text: str) -> list:
 
 
 def test_readme_headline_tables_are_the_recorded_ones():
-    """The README's digits whole-test (80 and 160 steps) and CIFAR-10 tables are pasted by hand after each recording; they must be
-    exactly what ``scripts/record_tables.py`` prints for the recorded data (no number drifts from its JSON)."""
+    """The README's digits whole-test (80 and 160 steps) and CIFAR-10 tables sit between recorded-table markers and
+    are exactly what ``scripts/record_tables.py --readme README.md`` writes there from the recorded data (no number
+    drifts from its JSON)."""
     from script_module import load_script  # tests/script_module.py
 
     record_tables = load_script("record_tables")
-    readme = README.read_text(encoding="utf-8")
-    for table in ("digits-whole-test", "digits-whole-test-160", "cifar10-cpu-table"):
-        expected = _table_lines(record_tables.readme_table(BOOK_DATA, table))
-        assert len(expected) > 3, table
-        block = "\n".join(expected)
-        assert block in readme, f"README's {table} table differs from book/data/{table}; paste:\n{block}"
+    blocks = record_tables.readme_blocks(README.read_text(encoding="utf-8"))
+    assert {"digits-whole-test", "digits-whole-test-160", "cifar10-cpu-table"} <= set(blocks)
+    for table, body in blocks.items():
+        expected = record_tables.readme_table(BOOK_DATA, table)
+        assert len(_table_lines(expected)) > 3, table
+        assert body == expected, (f"README's {table} table differs from book/data/{table}: run "
+                                  "`python scripts/record_tables.py --readme README.md`")
+
+
+def test_record_tables_rewrites_the_readme_tables_between_their_markers(tmp_path, capsys):
+    from script_module import load_script
+
+    rt = load_script("record_tables")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- recorded table: cifar10-cpu-table (note) -->\n| old |\n<!-- end of recorded table -->\n"
+                      "text between\n<!-- recorded table: digits-whole-test-160 -->\nstale\n<!-- end of recorded table -->\n"
+                      "outro\n", encoding="utf-8")
+    assert rt.main(["--readme", str(readme), "--book", str(BOOK_DATA)]) == 0
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith("intro\n<!-- recorded table: cifar10-cpu-table (note) -->\n") and text.endswith("outro\n")
+    assert rt.readme_blocks(text) == {t: rt.readme_table(BOOK_DATA, t) for t in ("cifar10-cpu-table", "digits-whole-test-160")}
+    assert "text between" in text and "rewrote cifar10-cpu-table, digits-whole-test-160" in capsys.readouterr().out
+    assert rt.main(["--readme", str(readme), "--book", str(BOOK_DATA)]) == 0
+    assert "current" in capsys.readouterr().out and readme.read_text(encoding="utf-8") == text
+    for bad, message in [("<!-- recorded table: no-such -->\nx\n<!-- end of recorded table -->\n", "no such recorded table"),
+                         ("<!-- recorded table: cifar10-cpu-table -->\nx\n", "do not pair up")]:
+        readme.write_text(bad, encoding="utf-8")
+        assert rt.main(["--readme", str(readme), "--book", str(BOOK_DATA)]) == 2
+        assert message in capsys.readouterr().err and readme.read_text(encoding="utf-8") == bad  # one line; nothing written
+    assert rt.main([]) == 2 and "ROOT" in capsys.readouterr().err
