@@ -619,7 +619,7 @@ def _main(args) -> int:
     for table in TABLES:
         shown = table in written or any(t in written for t, _ in RUNGS.get(table, ()))
         if shown and (Path(args.book) / table / "results.json").is_file():
-            print(f"\n{table} (the README's table):\n{readme_table(Path(args.book), table)}")
+            print(f"\n{table}" + (" with its longer suites" if RUNGS.get(table) else "") + f":\n{readme_table(Path(args.book), table)}")
     if args.readme:
         changed = update_readme(Path(args.readme), Path(args.book))
         print(f"{args.readme}: " + (f"rewrote {', '.join(changed)}" if changed else "its recorded tables are current"))
