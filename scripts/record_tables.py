@@ -3,6 +3,8 @@
     python scripts/record_tables.py results/whole            # → book/data/cifar10-cpu-table(-40, -80), book/data/digits-whole-test(-160)
     python scripts/record_tables.py results/whole --restore  # the reverse: the recorded rows back into their job folders
                                                              # (recording refuses a root that lacks recorded rows)
+    python scripts/record_tables.py --readme README.md       # the README's marked tables rewritten from book/data
+                                                             # (also after a recording: ... results/whole --readme README.md)
 
 The jobs of ``scripts/device_evaluate.sh`` (and their CPU continuations with ``--resume``) each wrote one
 results folder per defence group (and per ε on digits), all on the same images. This script merges
