@@ -78,6 +78,30 @@ def test_tiny_end_to_end_through_the_cli(tmp_path, capsys, monkeypatch):
         (out / "checks.json").write_text(json.dumps(bad))
         with pytest.raises(AssertionError, match="run again"):
             main(again)
+    # a run stopped inside the checks keeps the ones it finished, and its resumption runs only the rest
+    assert len(checks) == 2
+    from pursamere.evaluation import checks as checks_module
+
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def first_then_stop(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Stop
+        return checks_module.obfuscation_checks(*a, **k)
+
+    (out / "checks.json").unlink()
+    monkeypatch.setattr(engine, "obfuscation_checks", first_then_stop)
+    with pytest.raises(Stop):
+        main(again)
+    assert json.loads((out / "checks.json").read_text()) == checks[:1]
+    calls.clear()
+    monkeypatch.setattr(engine, "obfuscation_checks", lambda *a, **k: (calls.append(1), checks_module.obfuscation_checks(*a, **k))[1])
+    assert main(again) == 0 and len(calls) == 1
+    assert json.loads((out / "checks.json").read_text()) == checks
 
 
 def _png_declaring(path, width, height):

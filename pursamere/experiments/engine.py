@@ -118,6 +118,11 @@ def _json_safe(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
+def _same_check(entry: dict, entries: list) -> bool:
+    """Whether ``entries`` holds a check with the identity of ``entry`` (every field but the verdicts)."""
+    return any(all(entry.get(k) == e.get(k) for k in e if k != "checks") for e in entries)
+
+
 def _recorded_checks(out: Path) -> list:
     """The obfuscation checks a previous run wrote to ``out`` (a resumed run reuses exact matches)."""
     path = out / "checks.json"
@@ -203,6 +208,9 @@ def run(preset, protocol: Protocol, out: str | Path, options: Options = Options(
                                             square_queries=plan.square_queries)
                 check_md += format_checks(f"{d.name}, {grad} gradient, ℓ∞ ε={lin.eps:.4g}, n={nc}", cs) + "\n"
                 run_.checks.append({**ident, "checks": [c.as_dict() for c in cs]})
+                # saved as each finishes (with the earlier run's finished ones not redone here): a run stopped inside the
+                # checks — they take an hour on a CPU for a purifier — resumes after the last one it saved
+                atomic_write_json(out / "checks.json", run_.checks + [c for c in done if not _same_check(c, run_.checks)])
         atomic_write_json(out / "checks.json", run_.checks)  # an empty list when the plan runs no checks
 
     header = f"# {protocol.title} — what ran\n\n{what} (n = {len(x)}). {protocol.describe}\n"
