@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 from pursamere.evaluation.results import merge_results, norm_label, read_results
-from pursamere.io import atomic_write_json
+from pursamere.io import atomic_write_json, atomic_write_text
 
 TABLES = {
     "cifar10-cpu-table": ("cifar-", "CIFAR-10 (cifar10-cpu, shipped CPU-trained models): the key rows, worst case per image"),
@@ -496,9 +496,7 @@ def update_readme(path: Path, book: Path) -> list:
     out = README_BLOCK.sub(lambda m: text[m.start():m.start("body")] + new[m.group("table")] + text[m.end("body"):m.end()],
                            text)
     if out != text:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(out, encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, out)
     return [t for t in blocks if blocks[t] != new[t]]
 
 
