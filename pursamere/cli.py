@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
@@ -23,6 +24,21 @@ def _positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v}")
     return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return v
+
+
+def _budget_list(text: str) -> tuple:
+    """``"0.1"`` or ``"0.1,0.2"``: ℓ∞ budgets, each a finite number > 0 ("" keeps the preset's)."""
+    return tuple(_positive_float(t) for t in _items(text))
 
 
 def _step_list(text: str) -> tuple:
@@ -214,7 +230,7 @@ def cmd_ensemble(args) -> int:
 
     preset = _preset(args)
     plan = preset.ensemble
-    eps = tuple(float(e) for e in _items(args.eps)) if args.eps else plan.eps
+    eps = args.eps or plan.eps
     budget = plan.budget if args.steps is None else protocols.budget_at(args.steps, args.restarts)
     if args.steps is None and args.restarts != 1:
         raise ValueError("--restarts needs --steps (the convergence curve's budget: steps × restarts)")
@@ -332,11 +348,12 @@ def cmd_purify(args) -> int:
     import torch
 
     from .experiments.artifacts import load_trained_score
-    from .experiments.images import load_images, save_images
+    from .experiments.images import load_images, output_targets, save_images
     from .method.purify import Purifier
 
     preset = _preset(args)
     x, names = load_images(args.input, item_shape=preset.image_shape)
+    output_targets(args.out, len(x), names)  # a bad --out refused before any purification
     score = load_trained_score(preset, Path(args.workdir))
     cfg = preset.purify if args.eps_pur is None else preset.purify.replace(eps_pur=args.eps_pur)
     y = Purifier(score, cfg)(x.to(torch.float32))
@@ -354,7 +371,7 @@ def _common(p, out_help: str = "output folder (default results/<preset>/<kind>-<
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--data-root", default=None, help="folder of the data set (CIFAR-10 presets)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--minutes", type=float, default=None,
+    p.add_argument("--minutes", type=_positive_float, default=None,
                    help="time budget: stop cleanly after this many minutes (finished rows kept; --resume continues)")
     p.add_argument("--weights", choices=("train", "shipped"), default="train",
                    help="train the models (cached in --workdir) or use the shipped, verified ones of weights/")
@@ -389,9 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--workdir", default="runs")
     tc.add_argument("--adversarial", action="store_true", help="PGD adversarial training at the preset's ℓ∞ budget")
     tc.add_argument("--trades", action="store_true", help="TRADES (Zhang et al. 2019) at the preset's ℓ∞ budget")
-    tc.add_argument("--beta", type=float, default=6.0, help="TRADES' β")
-    tc.add_argument("--pgd-steps", type=int, default=7, help="steps of the inner maximisation")
-    tc.add_argument("--n", type=int, default=200, help="test images for the PGD-20 check")
+    tc.add_argument("--beta", type=_positive_float, default=6.0, help="TRADES' β")
+    tc.add_argument("--pgd-steps", type=_positive_int, default=7, help="steps of the inner maximisation")
+    tc.add_argument("--n", type=_positive_int, default=200, help="test images for the PGD-20 check")
     tc.add_argument("--device", default="cpu")
     tc.add_argument("--data-root", default=None)
     tc.set_defaults(func=cmd_train_classifier)
@@ -402,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "classifiers (plain, eq17, pgd-at, trades) or exact labels (default: all)")
     ev.add_argument("--attacks", default="gpgd20,bpda20-det", help="comma-separated names from protocols.NAMED_ATTACKS")
     ev.add_argument("--threats", default="inf", help="comma-separated norm[:eps], e.g. inf,2:0.5,1")
-    ev.add_argument("--n", "--n-images", dest="n", type=int, default=100, help="table images (first n of the fixed order)")
+    ev.add_argument("--n", "--n-images", dest="n", type=_positive_int, default=100, help="table images (first n of the fixed order)")
     ev.add_argument("--purifier", default=None, metavar="FILE.py:FN",
                     help="evaluate YOUR purifier: a function (in your file or module) returning a callable x -> x; "
                          "runs evaluate_purifier (the standard ensemble at the preset's budget, cascaded, with the "
@@ -412,14 +429,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     en = sub.add_parser("ensemble", help="attack every defence with the whole suite; worst case per image (AutoAttack's count)")
     _common(en)
-    en.add_argument("--eps", default="", help="comma-separated ℓ∞ budgets (default: the preset's ensemble plan)")
-    en.add_argument("--n", "--n-images", dest="n", type=int, default=None,
+    en.add_argument("--eps", type=_budget_list, default=(), help="comma-separated ℓ∞ budgets (default: the preset's ensemble plan)")
+    en.add_argument("--n", "--n-images", dest="n", type=_positive_int, default=None,
                     help="table images (default: the preset's ensemble plan); under torchrun write --n-images")
     en.add_argument("--steps", type=_positive_int, default=None,
                     help="the convergence curve's budget (book chapter 7): every attack at STEPS steps, exact STEPS/2")
     en.add_argument("--restarts", type=_positive_int, default=1, help="with --steps: APGD restarts")
-    en.add_argument("--square-queries", type=int, default=None, help="Square's queries (the first suite's, with --then-steps)")
-    en.add_argument("--batch-size", type=int, default=None, help="attack batch size (speed only: each image's random choices come from its own seed); "
+    en.add_argument("--square-queries", type=_positive_int, default=None, help="Square's queries (the first suite's, with --then-steps)")
+    en.add_argument("--batch-size", type=_positive_int, default=None, help="attack batch size (speed only: each image's random choices come from its own seed); "
                     "a row in progress is kept on disk after every batch, so a stopped run loses at most one")
     en.add_argument("--strong", action="store_true", help="double every step count, query budget and restart count: "
                                                        "a converged suite must not lose more than 1 image in 100 to it")
@@ -441,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("study", help="the SAM study or the attack study on the validation images")
     st.add_argument("which", choices=("sam", "attacks", "convergence"))
     _common(st)
-    st.add_argument("--n", "--n-images", dest="n", type=int, default=None, help="validation images (default: all of them)")
+    st.add_argument("--n", "--n-images", dest="n", type=_positive_int, default=None, help="validation images (default: all of them)")
     st.add_argument("--only", default="", help="SAM study: semicolon-separated setting names; convergence: "
                                                "comma-separated budgets STEPSxRESTARTS, or STEPSxRESTARTS-seedS for the same "
                                                "budget started from other random points (default: the whole ladder)")
@@ -459,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--out", required=True, help="output .npy, .png or folder")
     pu.add_argument("--preset", default="digits")
     pu.add_argument("--workdir", default="runs")
-    pu.add_argument("--eps-pur", type=float, default=None)
+    pu.add_argument("--eps-pur", type=_positive_float, default=None)
     pu.set_defaults(func=cmd_purify)
     return p
 

@@ -19,7 +19,7 @@ from PIL import Image
 from pursamere.experiments.data import (CIFAR10_CLASSES, OFFICIAL_MD5, OFFICIAL_URL, DataError, _restricted_load,
                                        download_cifar10, load_cifar10, load_cifar10_jpeg, load_digits_split,
                                        load_image_folder)
-from pursamere.experiments.images import load_images, save_images
+from pursamere.experiments.images import load_images, output_targets, save_images
 
 SHARED_JPEG = Path("/work/shared/data/cifar10-jpeg")
 
@@ -474,3 +474,24 @@ def test_save_and_load_images_round_trip(tmp_path):
     assert not (tmp_path / "bad.npy").exists()
     with pytest.raises(DataError, match="shape"):
         load_images([tmp_path / "out.npy", tmp_path / "g.png"])
+
+
+def test_unreadable_npy_and_bad_outputs_get_one_clear_error(tmp_path):
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(DataError, match="cannot read .*empty.npy as a numpy array"):
+        load_images(tmp_path / "empty.npy")
+    np.save(tmp_path / "ok.npy", np.zeros((2, 1, 4, 4), np.float32))
+    (tmp_path / "ok.npy").write_bytes((tmp_path / "ok.npy").read_bytes()[:100])  # cut off inside the data
+    with pytest.raises(DataError, match="cannot read .*ok.npy"):
+        load_images(tmp_path / "ok.npy")
+    x = torch.zeros(2, 1, 4, 4)
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "d.npy").mkdir()
+    for out, message in [("o.jpg", "not .jpg"), ("o.txt", "not .txt"), ("one.png", "a single .png holds one image, got 2"),
+                         ("a-file", "is a file, not a folder"), ("d.npy", "is a folder")]:
+        with pytest.raises(DataError, match=message):
+            output_targets(tmp_path / out, len(x))
+        with pytest.raises(DataError, match=message):
+            save_images(x, tmp_path / out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "d.npy", "empty.npy", "ok.npy"]  # nothing written
+    assert output_targets(tmp_path / "pngs", 2, ["a", "b"]) == [tmp_path / "pngs" / "a.png", tmp_path / "pngs" / "b.png"]

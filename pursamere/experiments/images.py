@@ -20,7 +20,7 @@ from ..io import atomic_write_bytes
 from ..method.purify import InvalidInputError, check_images
 
 __all__ = ["DataError", "MAX_IMAGE_PIXELS", "MAX_IMAGE_BYTES", "is_image_name", "decode_image", "stack_images",
-           "load_images", "save_images"]
+           "load_images", "output_targets", "save_images"]
 
 PathLike = Union[str, os.PathLike]
 MAX_IMAGE_BYTES = 32 << 20  # a member of an image archive larger than this is not an image we read
@@ -142,8 +142,8 @@ def load_images(src, mode: Optional[str] = None, item_shape: Optional[Sequence[i
         if p.suffix.lower() == ".npy":
             try:
                 a = np.load(p, allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise DataError(f"cannot read {p} as a numpy array ({e})") from e
+            except (OSError, ValueError, EOFError) as e:  # EOFError: an empty or cut-off file
+                raise DataError(f"cannot read {p} as a numpy array ({e or 'the file ends early'})") from e
             if a.dtype.kind != "f" or a.ndim not in (3, 4):
                 raise DataError(f"{p}: expected a float array (N, C, H, W) or (C, H, W), got {a.dtype} {a.shape}")
             x = _checked(torch.from_numpy(a.astype(np.float32)).reshape((-1,) + a.shape[-3:]), str(p))
@@ -167,6 +167,33 @@ def load_images(src, mode: Optional[str] = None, item_shape: Optional[Sequence[i
     return torch.cat(batches), names
 
 
+_NOT_A_FOLDER = {".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".txt", ".json", ".pt", ".pth", ".npz"}
+
+
+def output_targets(out: PathLike, n: int, names: Optional[Sequence[str]] = None) -> list[Path]:
+    """The files :func:`save_images` writes for ``n`` images at ``out``, or a ``DataError`` saying why it cannot.
+
+    Cheap and writes nothing: ``pursamere purify`` calls it before purifying, so a bad ``--out`` costs no compute.
+    """
+    out = Path(out).expanduser()
+    suffix = out.suffix.lower()
+    if suffix in _NOT_A_FOLDER:
+        raise DataError(f"{out}: write purified images as .npy (exact), .png (one image) or a folder of PNGs, "
+                        f"not {suffix} (JPEG would also change the pixels it was given)")
+    if suffix in (".npy", ".png"):
+        if out.is_dir():
+            raise DataError(f"{out} is a folder; give a file name or a folder without {suffix}")
+        if suffix == ".png" and n != 1:
+            raise DataError(f"{out}: a single .png holds one image, got {n}; give a folder instead")
+        return [out]
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} is a file, not a folder; give a .npy or .png name, or a folder")
+    names = [f"{i:05d}" for i in range(n)] if names is None else [Path(str(v)).name for v in names]
+    if len(names) != n or len(set(names)) != len(names):
+        raise DataError(f"need {n} distinct names, got {len(names)} ({len(set(names))} distinct)")
+    return [out / f"{v}.png" for v in names]
+
+
 def save_images(x: torch.Tensor, out: PathLike, names: Optional[Sequence[str]] = None) -> list[Path]:
     """Write a batch atomically: ``out.npy`` (exact float32), ``out.png`` (one image), or a folder of PNGs.
 
@@ -177,19 +204,11 @@ def save_images(x: torch.Tensor, out: PathLike, names: Optional[Sequence[str]] =
     if x.ndim != 4 or x.shape[1] not in (1, 3):
         raise DataError(f"images to save must be (N, 1|3, H, W), got {tuple(x.shape)}")
     out = Path(out).expanduser()
+    targets = output_targets(out, len(x), names)
     if out.suffix.lower() == ".npy":
         buf = io.BytesIO()
         np.save(buf, x.numpy(), allow_pickle=False)
         return [atomic_write_bytes(out, buf.getvalue())]
-    if out.suffix.lower() == ".png":
-        if len(x) != 1:
-            raise DataError(f"{out}: a single .png holds one image, got {len(x)}; give a folder instead")
-        targets = [out]
-    else:
-        names = [f"{i:05d}" for i in range(len(x))] if names is None else [Path(str(n)).name for n in names]
-        if len(names) != len(x) or len(set(names)) != len(names):
-            raise DataError(f"need {len(x)} distinct names, got {len(names)} ({len(set(names))} distinct)")
-        targets = [out / f"{n}.png" for n in names]
     pixels = (x * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     for target, a in zip(targets, pixels):
         buf = io.BytesIO()
