@@ -46,10 +46,26 @@ def _step_list(text: str) -> tuple:
     return tuple(_positive_int(t.strip()) for t in text.split(","))
 
 
+def _refuse_unused_models(args, preset, purifier: bool = False) -> None:
+    """Model options a command would ignore are refused, never dropped silently."""
+    given = [flag for flag, name in (("--score-checkpoint", "score_checkpoint"), ("--classifier", "classifier"),
+                                     ("--classifier-weights", "classifier_weights"), ("--normalization", "normalization"))
+             if getattr(args, name, None)]
+    if not getattr(args, "classifier", None) and any(f in given for f in ("--classifier-weights", "--normalization")):
+        raise ValueError(f"{' and '.join(f for f in given if f in ('--classifier-weights', '--normalization'))} "
+                         "describe(s) your classifier: give --classifier FILE.py:FN too")
+    if preset.models != "user":
+        unused = [f for f in given if not (purifier and f != "--score-checkpoint")]
+        if unused:
+            raise ValueError(f"{', '.join(unused)}: preset {preset.name} uses its own models; your score model and "
+                             "classifier go with --preset cifar10-ncsnv2 (and your classifier with evaluate --purifier)")
+
+
 def _options(args, resume: bool = False):
     from .evaluation.sharding import init_distributed
     from .experiments.engine import Options
 
+    _refuse_unused_models(args, _preset(args))
     shards = init_distributed(args.device) if "WORLD_SIZE" in os.environ else None
     minutes = getattr(args, "minutes", None)
     if minutes is not None and not minutes > 0:
@@ -139,6 +155,11 @@ def cmd_reproduce(args) -> int:
 def cmd_train_score(args) -> int:
     from .experiments.artifacts import prepare
 
+    unused = [f"--{k.replace('_', '-')}" for k in ("out", "minutes", "classifier", "classifier_weights", "normalization",
+                                                   "score_checkpoint") if getattr(args, k, None) is not None]
+    if unused:
+        raise ValueError(f"train-score does not take {', '.join(unused)}: it trains (or loads) the preset's models into "
+                         "--workdir; evaluate them with ensemble or evaluate")
     prepare(_preset(args), args.workdir, fresh=args.fresh, device=args.device, data_root=args.data_root,
             weights=args.weights)
     return 0
@@ -184,6 +205,7 @@ def cmd_evaluate_user(args) -> int:
     from .experiments.user_models import load_classifier, load_factory
 
     preset = _preset(args)
+    _refuse_unused_models(args, preset, purifier=True)
     make = load_factory(args.purifier)
     try:
         purifier = make()
@@ -280,7 +302,11 @@ def cmd_ensemble(args) -> int:
                                                      if t.norm != "inf" or any(abs(t.eps - e) < 1e-9 for e in eps)))
         _engine(args, protocol, f"ensemble-{args.part}")
         return 0
-    best = json.loads(args.best) if args.best else None
+    try:
+        best = json.loads(args.best) if args.best else None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--best {args.best!r} is not valid JSON ({e.msg} at character {e.pos}); "
+                         'e.g. \'{"rho": 0.0}\'') from None
     if best is not None and not isinstance(best, dict):
         raise ValueError(f"--best must be a JSON object of purifier settings, got {args.best!r}")
     _engine(args, protocols.ensemble(preset, plan, best=best, only=_items(args.only)), "ensemble")
@@ -485,7 +511,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, OSError) as e:  # bad input, a missing or unwritable file: one line, no traceback
         print(f"pursamere: error: {e}", file=sys.stderr)
         return 2
 

@@ -125,6 +125,10 @@ def test_cli_runs_the_table_on_the_shipped_models(tmp_path, monkeypatch):
     (["--then-steps", "40", "--preset", "cifar10-cpu", "--steps", "40"], "the first suite's are 40"),
     (["--then-steps", "80,40", "--steps", "20"], "--then-steps 80,40: each suite's steps must exceed the one before it"),
     (["--then-steps", "40,x"], "argument --then-steps: expected a whole number >= 1, got 'x'"),
+    (["--classifier", "mine.py:make"], "--classifier: preset tiny uses its own models"),
+    (["--score-checkpoint", "ckpt.pth"], "--score-checkpoint: preset tiny uses its own models"),
+    (["--normalization", "cifar10"], "--normalization describe(s) your classifier: give --classifier FILE.py:FN too"),
+    (["--best", "{rho: 0}"], "--best '{rho: 0}' is not valid JSON"),
 ])
 def test_ensemble_budget_options_refuse_bad_values(args, message, capsys):
     from pursamere.cli import main
@@ -135,6 +139,28 @@ def test_ensemble_budget_options_refuse_bad_values(args, message, capsys):
         assert rc != 0
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_results_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    from pursamere.cli import main
+    from pursamere.experiments import engine
+
+    def no_work(*a, **k):
+        raise AssertionError("models were prepared for a run that cannot write its results")
+
+    monkeypatch.setattr(engine, "_artifacts", no_work)
+    (tmp_path / "a-file").write_text("x")
+    assert main(["ensemble", "--preset", "tiny", "--n", "2", "--out", str(tmp_path / "a-file" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot create the results folder" in err and "a-file is a file" in err
+
+
+def test_train_score_refuses_options_it_would_ignore(capsys):
+    from pursamere.cli import main
+
+    assert main(["train-score", "--preset", "tiny", "--minutes", "3", "--out", "/nonexistent/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train-score does not take --out, --minutes" in err
 
 
 def test_purifier_classifier_eq17_needs_the_shipped_weights(capsys, monkeypatch):

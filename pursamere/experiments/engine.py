@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +142,23 @@ def _recorded_checks(out: Path) -> list:
     return [c for c in old if whole(c)] if isinstance(old, list) else []
 
 
+def _writable_folder(out: Path, create: bool) -> None:
+    """Refuse, in one line, a results folder that cannot be written; ``create`` makes it (and its parents)."""
+    if create:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"cannot create the results folder {out}: {e.strerror or e}") from None
+        return
+    parent = out.absolute()
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"cannot create the results folder {out}: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot create the results folder {out}: {parent} is not writable")
+
+
 def run(preset, protocol: Protocol, out: str | Path, options: Options = Options(),
         artifacts: Optional[Artifacts] = None) -> Run:
     """Run ``protocol`` on ``preset``'s images and write the results folder ``out`` (see the module docstring).
@@ -152,6 +170,7 @@ def run(preset, protocol: Protocol, out: str | Path, options: Options = Options(
     out = Path(out)
     if (out / "table.md").exists() and not o.resume:
         raise FileExistsError(f"{out} already holds a finished run; choose another output folder or resume it")
+    _writable_folder(out, create=False)  # before any training: a path through a file or a read-only folder
     t_start = time.perf_counter()
     rank0 = o.shards is None or o.shards.rank == 0
     device = o.shards.device if o.shards is not None and o.shards.active else torch.device(o.device)
@@ -160,6 +179,8 @@ def run(preset, protocol: Protocol, out: str | Path, options: Options = Options(
     x, y = x.to(device), y.to(device)
     defences = [arts.defence(s) for s in protocol.defences]
     spec_of = {d.name: s for d, s in zip(defences, protocol.defences)}
+    if rank0:
+        _writable_folder(out, create=True)  # before the first attack, not after its row
     meta = {"preset": preset.name, "protocol": protocol.kind, "title": protocol.title, "subset": what,
             "plan": _json_safe(protocol.plan), "threats": {str(t.norm): t.eps for t in protocol.threats},
             "train_times_s": {k: round(v, 1) for k, v in arts.times.items()}, "models": arts.fingerprints(),
