@@ -45,6 +45,7 @@ job() {  # job NAME ARGS...: one ensemble job, resumed; exit 0 only when it fini
 export -f job
 
 C="--preset cifar10-cpu --data-root $DATA --n 256 --part key --batch-size 8"
+CR="--preset cifar10-cpu --data-root $DATA --n 128 --part rest --batch-size 8"  # the other rows: the first 128 images
 D="--preset digits --weights shipped --n 476 --batch-size 64 --steps 80"
 ERE="'ERE descent (no SAM) ε_pur=0.3'"
 ATERE="'PGD-AT + ERE descent (no SAM) ε_pur=0.3'"
@@ -56,4 +57,9 @@ job cifar-ere $C --only 'ERE descent' --purifier-classifier clean
 job digits160-0.2-ere $D --then-steps 160 --eps 0.2 --only $ERE
 job cifar40-diffpure $C --then-steps 40 --only DiffPure-style --purifier-classifier clean
 job digits160-0.2-at-ere $D --then-steps 160 --eps 0.2 --only $ATERE
+job cifar-rest-at $CR --only adversarial
+job cifar-rest-pursamere $CR --only PurSAMERE --purifier-classifier clean
+job cifar-eq17-ere $C --only 'ERE descent' --purifier-classifier eq17
+job cifar-rest-baselines $CR --only 'ADP,DiffPure-style' --purifier-classifier clean
+job cifar-eq17-pursamere $C --only PurSAMERE --purifier-classifier eq17
 JOBS
