@@ -3,6 +3,7 @@
 #
 #   python scripts/record_tables.py results/whole --restore   # a fresh checkout: recorded rows + rows in progress
 #   nohup bash scripts/cpu_queue.sh [LANES] > results/whole/queue.log 2>&1 &
+#   python scripts/run_status.py results/whole                # where each job stands: rows done, the row it is in
 #   ...                                                       # stop whenever: kill the queue, its lanes and jobs
 #   python scripts/record_tables.py results/whole --readme README.md  # record finished rows and the rows in
 #                                                       # progress; the README's recorded tables rewritten
