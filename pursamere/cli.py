@@ -46,19 +46,26 @@ def _step_list(text: str) -> tuple:
     return tuple(_positive_int(t.strip()) for t in text.split(","))
 
 
+EVALUATE_ATTACKS = "gpgd20,bpda20-det"  # evaluate's default attacks
+
+
 def _refuse_unused_models(args, preset, purifier: bool = False) -> None:
     """Model options a command would ignore are refused, never dropped silently."""
     given = [flag for flag, name in (("--score-checkpoint", "score_checkpoint"), ("--classifier", "classifier"),
                                      ("--classifier-weights", "classifier_weights"), ("--normalization", "normalization"))
              if getattr(args, name, None)]
-    if not getattr(args, "classifier", None) and any(f in given for f in ("--classifier-weights", "--normalization")):
-        raise ValueError(f"{' and '.join(f for f in given if f in ('--classifier-weights', '--normalization'))} "
-                         "describe(s) your classifier: give --classifier FILE.py:FN too")
     if preset.models != "user":
-        unused = [f for f in given if not (purifier and f != "--score-checkpoint")]
+        if purifier and "--score-checkpoint" in given:
+            raise ValueError(f"--score-checkpoint: preset {preset.name} has its own score model, and the purifier you "
+                             "give needs none; the official NCSNv2 checkpoint goes with --preset cifar10-ncsnv2")
+        unused = [] if purifier else given
         if unused:
             raise ValueError(f"{', '.join(unused)}: preset {preset.name} uses its own models; your score model and "
-                             "classifier go with --preset cifar10-ncsnv2 (and your classifier with evaluate --purifier)")
+                             "classifier go with --preset cifar10-ncsnv2, your classifier also with evaluate --purifier")
+    extra = [f for f in given if f in ("--classifier-weights", "--normalization")]
+    if extra and not getattr(args, "classifier", None):
+        raise ValueError(f"{' and '.join(extra)} need{'s' if len(extra) == 1 else ''} --classifier FILE.py:FN "
+                         f"({'it describes' if len(extra) == 1 else 'they describe'} your classifier)")
 
 
 def _options(args, resume: bool = False):
@@ -118,6 +125,15 @@ def _items(text: str, sep: str = ",") -> tuple:
 # ------------------------------------------------------------------------------------------ commands
 def cmd_demo(args) -> int:
     if args.toy:
+        ignored = [flag for flag, name, default in (
+            ("--preset", "preset", "digits"), ("--weights", "weights", "train"), ("--minutes", "minutes", None),
+            ("--resume", "resume", False), ("--fresh", "fresh", False), ("--data-root", "data_root", None),
+            ("--device", "device", "cpu"), ("--score-checkpoint", "score_checkpoint", None),
+            ("--classifier", "classifier", None), ("--classifier-weights", "classifier_weights", None),
+            ("--normalization", "normalization", None)) if getattr(args, name) != default]
+        if ignored:
+            raise ValueError(f"demo --toy does not take {', '.join(ignored)}: the 2-D toy has an exact score and "
+                             "trains nothing (only --out applies)")
         from .experiments.engine import results_dir
         from .experiments.toydemo import run_toy_demo
 
@@ -155,12 +171,17 @@ def cmd_reproduce(args) -> int:
 def cmd_train_score(args) -> int:
     from .experiments.artifacts import prepare
 
+    preset = _preset(args)
+    if preset.models == "user":
+        raise ValueError(f"train-score: preset {preset.name} trains nothing, its models are given by path "
+                         "(--score-checkpoint, --classifier) to demo, evaluate or ensemble")
     unused = [f"--{k.replace('_', '-')}" for k in ("out", "minutes", "classifier", "classifier_weights", "normalization",
                                                    "score_checkpoint") if getattr(args, k, None) is not None]
     if unused:
         raise ValueError(f"train-score does not take {', '.join(unused)}: it trains (or loads) the preset's models into "
                          "--workdir; evaluate them with ensemble or evaluate")
-    prepare(_preset(args), args.workdir, fresh=args.fresh, device=args.device, data_root=args.data_root,
+    prepare(preset, args.workdir, fresh=args.fresh, device=args.device, data_root=args.data_root,
+            progress=not args.quiet, log=(lambda *a: None) if args.quiet else print,
             weights=args.weights)
     return 0
 
@@ -171,6 +192,12 @@ def cmd_train_classifier(args) -> int:
 
     if args.adversarial and args.trades:
         raise ValueError("choose one of --adversarial (PGD-AT) and --trades")
+    if args.beta is not None and not args.trades:
+        raise ValueError("--beta is TRADES' β: it needs --trades")
+    if args.pgd_steps is not None and not (args.adversarial or args.trades):
+        raise ValueError("--pgd-steps sets the inner maximisation of --adversarial or --trades; plain training has none")
+    args.beta = 6.0 if args.beta is None else args.beta
+    args.pgd_steps = 7 if args.pgd_steps is None else args.pgd_steps
     kind = "adv" if args.adversarial else ("trades" if args.trades else "plain")
     r = train_single_classifier(_preset(args), kind, args.workdir, pgd_steps=args.pgd_steps, beta=args.beta,
                                 device=args.device, data_root=args.data_root, n_check=args.n)
@@ -206,6 +233,12 @@ def cmd_evaluate_user(args) -> int:
 
     preset = _preset(args)
     _refuse_unused_models(args, preset, purifier=True)
+    ignored = [flag for flag, used in (("--minutes", args.minutes is None), ("--device", args.device == "cpu"),
+                                       ("--defences", not args.defences), ("--attacks", args.attacks == EVALUATE_ATTACKS))
+               if not used]
+    if ignored:
+        raise ValueError(f"evaluate --purifier does not take {', '.join(ignored)}: it runs the standard ensemble "
+                         "(evaluate_purifier) on the CPU until it is done (--resume continues a stopped run)")
     make = load_factory(args.purifier)
     try:
         purifier = make()
@@ -213,8 +246,9 @@ def cmd_evaluate_user(args) -> int:
         raise ValueError(f"purifier factory {args.purifier!r} raised {type(e).__name__}: {e}") from e
     if not callable(purifier):
         raise ValueError(f"purifier factory {args.purifier!r} returned a {type(purifier).__name__}, not a callable x -> x")
-    arts = prepare(preset, args.workdir, device="cpu", data_root=args.data_root, progress=not args.quiet,
-                   log=(lambda *a: None) if args.quiet else print, weights=args.weights)
+    arts = prepare(preset, args.workdir, fresh=args.fresh, device="cpu", data_root=args.data_root, progress=not args.quiet,
+                   log=(lambda *a: None) if args.quiet else print, weights=args.weights,
+                   score_checkpoint=args.score_checkpoint, classifier=_classifier_spec(args))
     clf = load_classifier(_classifier_spec(args), image_shape=preset.image_shape) if args.classifier \
         else arts.classifier("plain")
     x, y, what = select_images(preset, arts.split, Images("table", args.n))
@@ -223,7 +257,7 @@ def cmd_evaluate_user(args) -> int:
     for t in threats:
         folder = out if len(threats) == 1 else out / f"l{t.norm}-{t.eps:g}"
         rep = evaluate_purifier(clf, purifier, x, y, t, budget=preset.ensemble.budget, strong=args.strong,
-                                name=args.purifier, out=folder, progress=not args.quiet)
+                                name=args.purifier, out=folder, resume=args.resume, progress=not args.quiet)
         print(rep.table())
         print(f"wrote {folder}/ ({what})")
     return 0
@@ -235,6 +269,9 @@ def cmd_evaluate(args) -> int:
 
     if args.purifier:
         return cmd_evaluate_user(args)
+    if args.strong:
+        raise ValueError("--strong goes with --purifier (your purifier's convergence check); for the preset's "
+                         "defences run ensemble --strong")
     preset = _preset(args)
     try:
         attacks = tuple(protocols.NAMED_ATTACKS[a] for a in _items(args.attacks))
@@ -411,7 +448,8 @@ def _common(p, out_help: str = "output folder (default results/<preset>/<kind>-<
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pursamere", description="PurSAMERE adversarial purification: demo, training, purification, evaluation.")
+    p = argparse.ArgumentParser(prog="pursamere", description="PurSAMERE adversarial purification: demo, training, purification, evaluation.",
+                                epilog="Errors are one line; set PURSAMERE_TRACEBACK=1 to see the traceback behind one.")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="the main job: digits end to end (or --toy: 2-D toy in seconds)")
@@ -432,8 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--workdir", default="runs")
     tc.add_argument("--adversarial", action="store_true", help="PGD adversarial training at the preset's ℓ∞ budget")
     tc.add_argument("--trades", action="store_true", help="TRADES (Zhang et al. 2019) at the preset's ℓ∞ budget")
-    tc.add_argument("--beta", type=_positive_float, default=6.0, help="TRADES' β")
-    tc.add_argument("--pgd-steps", type=_positive_int, default=7, help="steps of the inner maximisation")
+    tc.add_argument("--beta", type=_positive_float, default=None, help="TRADES' β (default 6)")
+    tc.add_argument("--pgd-steps", type=_positive_int, default=None, help="steps of the inner maximisation (default 7)")
     tc.add_argument("--n", type=_positive_int, default=200, help="test images for the PGD-20 check")
     tc.add_argument("--device", default="cpu")
     tc.add_argument("--data-root", default=None)
@@ -443,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ev)
     ev.add_argument("--defences", default="", help="comma-separated families (PurSAMERE, ERE descent, ADP, ...), "
                                                    "classifiers (plain, eq17, pgd-at, trades) or exact labels (default: all)")
-    ev.add_argument("--attacks", default="gpgd20,bpda20-det", help="comma-separated names from protocols.NAMED_ATTACKS")
+    ev.add_argument("--attacks", default=EVALUATE_ATTACKS, help="comma-separated names from protocols.NAMED_ATTACKS")
     ev.add_argument("--threats", default="inf", help="comma-separated norm[:eps], e.g. inf,2:0.5,1")
     ev.add_argument("--n", "--n-images", dest="n", type=_positive_int, default=100, help="table images (first n of the fixed order)")
     ev.add_argument("--purifier", default=None, metavar="FILE.py:FN",
@@ -512,6 +550,8 @@ def main(argv=None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as e:  # bad input, a missing or unwritable file: one line, no traceback
+        if os.environ.get("PURSAMERE_TRACEBACK"):  # the whole story, e.g. for a library that fails to load
+            raise
         print(f"pursamere: error: {e}", file=sys.stderr)
         return 2
 

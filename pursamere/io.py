@@ -11,13 +11,28 @@ from pathlib import Path
 import torch
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "save_checkpoint", "load_checkpoint",
-           "save_tensor_state", "load_tensor_state", "CorruptCheckpointError", "fingerprint", "config_hash", "save_figure"]
+           "save_tensor_state", "load_tensor_state", "CorruptCheckpointError", "fingerprint", "config_hash", "save_figure",
+           "check_can_create"]
 
 _TRAILER = b"\nPURSAMERE-SHA256:"
 
 
 class CorruptCheckpointError(ValueError):
     """A checkpoint file is truncated, altered or not a pursamere checkpoint."""
+
+
+def check_can_create(path, what: str = "the output") -> None:
+    """Refuse, in one line and writing nothing, a ``path`` that could not be created: one whose nearest existing
+    ancestor is a file or a folder this process cannot write into. (It cannot foresee every failure, e.g. a
+    special file system that refuses its root; writers still report those.)"""
+    path = Path(path).expanduser()
+    parent = path.absolute().parent if path.exists() else path.absolute()
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"cannot create {what} {path}: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot create {what} {path}: {parent} is not writable")
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:

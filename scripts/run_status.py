@@ -17,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-from pursamere.evaluation.runner import _kept_files, _load_kept  # the checked readers of a live folder's states
+from pursamere.evaluation.runner import _checked, _kept_files, _load_kept  # the checked readers of a live folder's states
 
 
 def _norm(norm) -> str:
@@ -25,17 +25,42 @@ def _norm(norm) -> str:
 
 
 def _group_key(defence: str, norm, eps) -> tuple:
-    return defence, str(norm), round(float(eps), 9)
+    return defence, str(norm), f"{float(eps):.6g}"  # as a row's key writes it (pursamere.evaluation.results.row_key)
+
+
+def live_jobs(root: Path) -> set | None:
+    """The job folders under ``root`` that a running ``pursamere ensemble`` writes (``--out``), read from
+    ``/proc``; ``None`` where there is no ``/proc`` to read."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    live = set()
+    for cmd in proc.glob("[0-9]*/cmdline"):
+        try:
+            argv = cmd.read_bytes().split(b"\0")
+        except OSError:  # the process ended meanwhile, or is not ours to read
+            continue
+        args = [a.decode(errors="replace") for a in argv]
+        if "pursamere" in args and "--out" in args[:-1]:
+            out = Path(args[args.index("--out") + 1])
+            if out.parent.resolve() == root.resolve():
+                live.add(out.name)
+    return live
 
 
 def queue_state(root: Path) -> dict:
-    """``{job: "running" | "exit N"}`` from the queue's log (``queue.log``: a start line, then an exit line)."""
+    """``{job: "running" | "exit N" | "started, not running"}`` from the queue's log (``queue.log``: a start line,
+    then an exit line) and the live processes (a queue killed between them leaves no exit line)."""
     state = {}
     log = root / "queue.log"
     for line in (log.read_text(errors="replace").splitlines() if log.is_file() else []):
         m = re.match(r"^\S+ (\S+): (start|exit (\d+))$", line.strip())
         if m:
             state[m.group(1)] = "running" if m.group(2) == "start" else m.group(2)
+    live = live_jobs(root)
+    if live is not None:
+        state.update({job: "started, not running" for job, st in state.items() if st == "running" and job not in live})
+        state.update({job: "running" for job in live})  # started by hand, outside the queue, counts too
     return state
 
 
@@ -52,9 +77,10 @@ def folder_status(folder: Path, running: bool = False) -> list:
         except FileNotFoundError:  # finished meanwhile
             continue
         if state is not None:
+            state = _checked(state, kind, f)
             defence, attack, norm, eps = state["key"].rsplit("|", 3)
             inside[_group_key(defence, norm, eps)] = (attack, state)
-    lines = []
+    lines, in_progress = [], bool(inside)
     for w in res.get("worst_case", []):
         n = int(w["n"])
         kept = sum(bool(s) for s in w["survived"])
@@ -65,21 +91,23 @@ def folder_status(folder: Path, running: bool = False) -> list:
         now = inside.pop(_group_key(w["defence"], w["norm"], w["eps"]), None)
         if now is not None:
             attack, state = now
-            todo = kept if w.get("deterministic", True) else n  # a cascade attacks the survivors only
+            # a suite runs its attacks on every correctly classified image (gray-box, BPDA) before the cascaded ones,
+            # which attack only the survivors: once one finished row was cascaded, so are the rest
+            todo = kept if w.get("cascaded") else round(float(w["clean_acc"]) * n)
             d, secs = int(state["done"]), float(state["seconds"])
             broke = d - int(state["flags"].sum())
-            eta = f", ≈ {secs / d * max(todo - d, 0) / 60:.0f} min left" if d else ""
+            eta = f", about {max(secs / d * max(todo - d, 0) / 60, 1):.0f} min left" if d and todo > d else ""
             line += f"\n    inside {attack}: {d} of {todo} images, broke {broke}, {secs:.0f} s so far{eta}"
         lines.append(line)
     for (defence, norm, eps), (attack, state) in inside.items():  # a group with no finished row yet
-        lines.append(f"  {defence} · ℓ{_norm(norm)} {eps:g}: inside its first attack {attack}: {int(state['done'])} images, "
+        lines.append(f"  {defence} · ℓ{_norm(norm)} {eps}: inside its first attack {attack}: {int(state['done'])} images, "
                      f"{float(state['seconds']):.0f} s so far")
     checks = folder / "checks.json"
     n_checks = len(json.loads(checks.read_text())) if checks.is_file() else 0
     if n_checks:
         lines.append(f"  obfuscation checks recorded: {n_checks}")
     groups = res.get("worst_case", [])
-    if running and groups and all(w.get("complete") for w in groups) and not inside:
+    if running and groups and all(w.get("complete") for w in groups) and not in_progress:
         lines.append("  every row finished: the job is running its obfuscation checks (each saved as it finishes)")
     if "stopped" in res.get("meta", {}):
         lines.append(f"  stopped: {res['meta']['stopped']}")
@@ -99,7 +127,7 @@ def main(argv=None) -> int:
     for folder in folders:
         try:
             lines = folder_status(folder, running=queue.get(folder.name) == "running")
-        except (OSError, ValueError, KeyError, TypeError) as e:  # one unreadable folder does not hide the others
+        except Exception as e:  # noqa: BLE001  one unreadable folder does not hide the others
             lines = [f"  unreadable: {type(e).__name__}: {e}"]
         print(f"{folder.name}{f'  [{queue[folder.name]}]' if folder.name in queue else ''}")
         print("\n".join(lines))

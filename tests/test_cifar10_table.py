@@ -127,7 +127,7 @@ def test_cli_runs_the_table_on_the_shipped_models(tmp_path, monkeypatch):
     (["--then-steps", "40,x"], "argument --then-steps: expected a whole number >= 1, got 'x'"),
     (["--classifier", "mine.py:make"], "--classifier: preset tiny uses its own models"),
     (["--score-checkpoint", "ckpt.pth"], "--score-checkpoint: preset tiny uses its own models"),
-    (["--normalization", "cifar10"], "--normalization describe(s) your classifier: give --classifier FILE.py:FN too"),
+    (["--normalization", "cifar10"], "--normalization: preset tiny uses its own models"),
     (["--best", "{rho: 0}"], "--best '{rho: 0}' is not valid JSON"),
 ])
 def test_ensemble_budget_options_refuse_bad_values(args, message, capsys):
@@ -139,6 +139,16 @@ def test_ensemble_budget_options_refuse_bad_values(args, message, capsys):
         assert rc != 0
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_pursamere_traceback_shows_what_the_one_line_hides(monkeypatch, capsys):
+    from pursamere.cli import main
+
+    argv = ["train-classifier", "--preset", "tiny", "--beta", "3"]
+    assert main(argv) == 2 and "needs --trades" in capsys.readouterr().err
+    monkeypatch.setenv("PURSAMERE_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="needs --trades"):
+        main(argv)
 
 
 def test_a_results_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
@@ -155,12 +165,27 @@ def test_a_results_folder_that_cannot_be_written_is_refused_before_any_work(tmp_
     assert err.count("\n") == 1 and "cannot create the results folder" in err and "a-file is a file" in err
 
 
-def test_train_score_refuses_options_it_would_ignore(capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["train-score", "--preset", "tiny", "--minutes", "3", "--out", "/nonexistent/x"], "train-score does not take --out, --minutes"),
+    (["train-score", "--preset", "cifar10-ncsnv2", "--score-checkpoint", "c.pth"], "preset cifar10-ncsnv2 trains nothing"),
+    (["train-classifier", "--preset", "tiny", "--beta", "3"], "--beta is TRADES' β: it needs --trades"),
+    (["train-classifier", "--preset", "tiny", "--pgd-steps", "3"], "plain training has none"),
+    (["demo", "--toy", "--weights", "shipped", "--classifier", "m.py:f"], "demo --toy does not take --weights, --classifier"),
+    (["evaluate", "--preset", "tiny", "--strong"], "--strong goes with --purifier"),
+    (["evaluate", "--preset", "tiny", "--purifier", "m.py:f", "--minutes", "2", "--attacks", "gpgd20"],
+     "evaluate --purifier does not take --minutes, --attacks"),
+    (["evaluate", "--preset", "tiny", "--purifier", "m.py:f", "--score-checkpoint", "c.pth"],
+     "--score-checkpoint: preset tiny has its own score model, and the purifier you give needs none"),
+    (["evaluate", "--preset", "tiny", "--purifier", "m.py:f", "--normalization", "cifar10"],
+     "--normalization needs --classifier FILE.py:FN (it describes your classifier)"),
+])
+def test_commands_refuse_options_they_would_ignore(argv, message, capsys):
+    """An option a command would not use is refused in one line before any work, never dropped silently."""
     from pursamere.cli import main
 
-    assert main(["train-score", "--preset", "tiny", "--minutes", "3", "--out", "/nonexistent/x"]) == 2
+    assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "train-score does not take --out, --minutes" in err
+    assert err.count("\n") == 1 and message in err, err
 
 
 def test_purifier_classifier_eq17_needs_the_shipped_weights(capsys, monkeypatch):

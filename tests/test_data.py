@@ -478,8 +478,11 @@ def test_save_and_load_images_round_trip(tmp_path):
 
 def test_unreadable_npy_and_bad_outputs_get_one_clear_error(tmp_path):
     (tmp_path / "empty.npy").write_bytes(b"")
-    with pytest.raises(DataError, match="cannot read .*empty.npy as a numpy array"):
+    with pytest.raises(DataError, match="empty.npy is not a .npy file"):
         load_images(tmp_path / "empty.npy")
+    (tmp_path / "text.npy").write_text("1 2 3")
+    with pytest.raises(DataError, match="text.npy is not a .npy file"):
+        load_images(tmp_path / "text.npy")
     np.save(tmp_path / "ok.npy", np.zeros((2, 1, 4, 4), np.float32))
     (tmp_path / "ok.npy").write_bytes((tmp_path / "ok.npy").read_bytes()[:100])  # cut off inside the data
     with pytest.raises(DataError, match="cannot read .*ok.npy"):
@@ -493,5 +496,7 @@ def test_unreadable_npy_and_bad_outputs_get_one_clear_error(tmp_path):
             output_targets(tmp_path / out, len(x))
         with pytest.raises(DataError, match=message):
             save_images(x, tmp_path / out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "d.npy", "empty.npy", "ok.npy"]  # nothing written
+    with pytest.raises(DataError, match="a-file is a file"):
+        output_targets(tmp_path / "a-file" / "pngs", len(x))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "d.npy", "empty.npy", "ok.npy", "text.npy"]  # nothing written
     assert output_targets(tmp_path / "pngs", 2, ["a", "b"]) == [tmp_path / "pngs" / "a.png", tmp_path / "pngs" / "b.png"]

@@ -51,12 +51,20 @@ def test_tiny_end_to_end_through_the_cli(tmp_path, capsys, monkeypatch):
         assert err.count("\n") == 1 and err.startswith("pursamere: error: ") and str(bad) in err and why in err, err
         assert not (tmp_path / "bad-out").exists()
     (tmp_path / "empty.npy").write_bytes(b"")
-    for src, out_name, why in ((tmp_path / "empty.npy", "bad-out", "cannot read"), (tmp_path / "in", "bad-out.jpg", "not .jpg")):
-        assert main(["purify", str(src), "--out", str(tmp_path / out_name), "--preset", "tiny",
-                     "--workdir", str(tmp_path / "work")]) == 2
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and err.startswith("pursamere: error: ") and why in err, err
-        assert not (tmp_path / out_name).exists()
+    from pursamere.experiments import artifacts
+
+    def no_purifying(*a, **k):
+        raise AssertionError("the score net was loaded for a purification whose --out is refused")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(artifacts, "load_trained_score", no_purifying)  # the refusals come before any purifying
+        for src, out_name, why in ((tmp_path / "empty.npy", "bad-out", "not a .npy file"), (tmp_path / "in", "bad-out.jpg", "not .jpg"),
+                                   (tmp_path / "in", "empty.npy/x", "empty.npy is a file")):
+            assert main(["purify", str(src), "--out", str(tmp_path / out_name), "--preset", "tiny",
+                         "--workdir", str(tmp_path / "work")]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and err.startswith("pursamere: error: ") and why in err, err
+            assert not (tmp_path / out_name).exists()
     # a finished run is never overwritten silently
     assert main(["demo", "--preset", "tiny", "--workdir", str(tmp_path / "work"), "--out", str(out)]) == 2
     assert "already holds" in capsys.readouterr().err

@@ -6,46 +6,87 @@ import torch
 from pursamere.io import save_checkpoint
 from script_module import load_script  # tests/script_module.py
 
-
-def _group(defence, survived, attacks, planned, complete, deterministic=True):
-    return {"defence": defence, "norm": "inf", "eps": 0.1, "n": len(survived), "survived": survived,
-            "attacks": attacks, "planned": planned, "complete": complete, "deterministic": deterministic}
+EPS = 8 / 255  # a row's key writes it as 0.0313725, its group as 0.03137254901960784: they must still meet
 
 
-def test_status_reports_groups_rows_in_progress_and_the_queue(tmp_path, capsys):
+def _group(defence, survived, attacks, planned, complete, cascaded=(), clean=1.0):
+    return {"defence": defence, "norm": "inf", "eps": EPS, "n": len(survived), "survived": survived, "clean_acc": clean,
+            "attacks": attacks, "planned": planned, "complete": complete, "deterministic": True,
+            "cascaded": list(cascaded)}
+
+
+def _in_progress(folder, attack, done, flags, seconds, defence="ERE descent", stem="0"):
+    save_checkpoint(folder / "rows-in-progress" / (stem * 16 + ".ckpt"),
+                    {"identity": "x", "key": f"{defence}|{attack}|inf|{EPS:.6g}", "done": done,
+                     "flags": torch.tensor(flags), "points": torch.zeros(0, 1, 8, 8), "seconds": float(seconds)})
+
+
+def test_status_reports_groups_rows_in_progress_and_the_queue(tmp_path, capsys, monkeypatch):
     rs = load_script("run_status")
-    job = tmp_path / "digits-0.1-x"
+    monkeypatch.setattr(rs, "live_jobs", lambda root: {"cifar-x", "cifar-y", "cifar-z"})
+    job = tmp_path / "cifar-x"
     job.mkdir()
     survived = [True] * 6 + [False] * 4
-    res = {"meta": {}, "rows": [], "worst_case": [
-        _group("ERE descent", survived, ["BPDA80", "APGD-CE80"], ["BPDA80", "APGD-CE80", "exact40"], False),
-        _group("PGD-AT", [True] * 3 + [False] * 7, ["BPDA80"], ["BPDA80"], True)]}
-    (job / "results.json").write_text(json.dumps(res))
-    # the third attack of the first group, inside its cascade over the 6 survivors: 4 images done, 1 broken, 40 s
-    save_checkpoint(job / "rows-in-progress" / ("0" * 16 + ".ckpt"),
-                    {"identity": "x", "key": "ERE descent|exact40|inf|0.1", "done": 4,
-                     "flags": torch.tensor([True, False, True, True]), "points": torch.zeros(0, 1, 8, 8), "seconds": 40.0})
-    done = tmp_path / "digits-0.2-y"
+    (job / "results.json").write_text(json.dumps({"meta": {}, "rows": [], "worst_case": [
+        _group("ERE descent", survived, ["BPDA20", "APGD-CE20"], ["BPDA20", "APGD-CE20", "exact10"], False,
+               cascaded=["APGD-CE20"]),
+        _group("PGD-AT", [True] * 3 + [False] * 7, ["BPDA20"], ["BPDA20"], True)]}))
+    # the third attack, cascaded over the 6 survivors: 2 images done in 400 s, 1 broken → 4 left, about 13 min
+    _in_progress(job, "exact10", 2, [True, False], 400)
+    first = tmp_path / "cifar-y"  # inside its second attack, which (like its first) attacks all 9 clean images
+    first.mkdir()
+    (first / "results.json").write_text(json.dumps({"meta": {}, "rows": [], "worst_case": [
+        _group("ERE descent", survived, ["gPGD20"], ["gPGD20", "BPDA20", "APGD-CE20"], False, clean=0.9)]}))
+    _in_progress(first, "BPDA20", 3, [True, True, True], 30)
+    done = tmp_path / "cifar-z"  # every row finished: its obfuscation checks are running
     done.mkdir()
     (done / "results.json").write_text(json.dumps({"meta": {}, "rows": [], "worst_case": [
-        _group("PurSAMERE", [False] * 10, ["BPDA80"], ["BPDA80"], True)]}))
-    (tmp_path / "queue.log").write_text("2026-12-02T09:10:11Z digits-0.1-x: start\n"
-                                        "2026-12-02T09:10:11Z digits-0.2-y: start\n"
-                                        "2026-12-02T09:10:11Z cifar-z: start\n")
+        _group("PurSAMERE", [False] * 10, ["BPDA20"], ["BPDA20"], True)]}))
+    (tmp_path / "queue.log").write_text("".join(f"2026-12-02T09:10:11Z {j}: start\n" for j in ("cifar-x", "cifar-z",
+                                                                                             "cifar-w", "cifar-v")))
+    monkeypatch.setattr(rs, "live_jobs", lambda root: {"cifar-x", "cifar-y", "cifar-z", "cifar-w"})
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     assert rs.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "digits-0.1-x  [running]" in out
-    assert "ERE descent · ℓ∞ 0.1: 2 of 3 attacks, ≤ 60.0% (6 of 10)" in out
-    assert "inside exact40: 4 of 6 images, broke 1, 40 s so far, ≈ 0 min left" in out
-    assert "PGD-AT · ℓ∞ 0.1: complete, 30.0% (3 of 10)" in out
-    assert "every row finished: the job is running its obfuscation checks" in out  # digits-0.2-y
-    assert out.count("obfuscation checks") == 1 and "cifar-z  [running]: no results.json yet" in out
+    assert "cifar-x  [running]" in out and "cifar-y  [running]" in out  # cifar-y: started by hand, not by the queue
+    assert "ERE descent · ℓ∞ 0.03137: 2 of 3 attacks, ≤ 60.0% (6 of 10)" in out
+    assert "inside exact10: 2 of 6 images, broke 1, 400 s so far, about 13 min left" in out
+    assert "inside BPDA20: 3 of 9 images, broke 0, 30 s so far, about 1 min left" in out
+    assert "PGD-AT · ℓ∞ 0.03137: complete, 30.0% (3 of 10)" in out and "inside its first attack" not in out
+    assert out.count("every row finished: the job is running its obfuscation checks") == 1  # cifar-z only
+    assert "cifar-w  [running]: no results.json yet" in out and "cifar-v" not in out  # started, never wrote, not running
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
-    # a finished job's queue line, and a root that is not there
-    (tmp_path / "queue.log").write_text("2026-12-02T09:10:11Z digits-0.2-y: start\n2026-12-02T10:10:11Z digits-0.2-y: exit 0\n")
+    # a group whose every planned attack is recorded but whose row is in progress (a longer suite's copy) is not
+    # "in its checks"; a queue killed between start and exit says so; an ended job shows its exit
+    _in_progress(done, "BPDA40", 1, [True], 10, defence="PurSAMERE")
+    (tmp_path / "queue.log").write_text("2026-12-02T09:10:11Z cifar-x: start\n2026-12-02T09:10:11Z cifar-z: start\n"
+                                        "2026-12-02T10:10:11Z cifar-z: exit 0\n")
+    monkeypatch.setattr(rs, "live_jobs", lambda root: {"cifar-z"})
     assert rs.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "digits-0.2-y  [exit 0]" in out and "obfuscation checks" not in out
+    assert "cifar-x  [started, not running]" in out and "cifar-z  [running]" in out
+    assert "obfuscation checks" not in out and "inside BPDA40: 1 of 10 images" in out
+    # an unreadable folder is named and does not hide the others; a root that is not there is one error line
+    (first / "results.json").write_text("{not json")
+    assert rs.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "cifar-y\n  unreadable: JSONDecodeError" in out and "cifar-x" in out and "cifar-z" in out
     assert rs.main([str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_live_jobs_finds_this_machines_ensemble_processes(tmp_path):
+    import subprocess
+    import sys
+
+    rs = load_script("run_status")
+    # a stand-in process whose command line names a job folder under tmp_path the way the queue's jobs do
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "pursamere", "ensemble",
+                          "--out", str(tmp_path / "cifar-q")])
+    try:
+        live = rs.live_jobs(tmp_path)
+        assert live is None or "cifar-q" in live
+    finally:
+        p.kill()
+        p.wait()
+    assert rs.live_jobs(tmp_path) in (None, set())

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from ..evaluation.checks import CHECKS_REVISION, CheckResult, format_checks, obf
 from ..evaluation.results import ATTACK_REVISION, render_table
 from ..evaluation.runner import evaluate
 from ..evaluation.sharding import DistContext, collective
-from ..io import atomic_write_json, atomic_write_text, fingerprint
+from ..io import atomic_write_json, atomic_write_text, check_can_create, fingerprint
 from .artifacts import Artifacts, prepare
 from .data import table_indices, validation_indices
 from .protocols import Protocol
@@ -150,13 +149,9 @@ def _writable_folder(out: Path, create: bool) -> None:
         except OSError as e:
             raise OSError(f"cannot create the results folder {out}: {e.strerror or e}") from None
         return
-    parent = out.absolute()
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise NotADirectoryError(f"cannot create the results folder {out}: {parent} is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot create the results folder {out}: {parent} is not writable")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"cannot create the results folder {out}: it is a file")
+    check_can_create(out / "results.json", "the results folder's files")
 
 
 def run(preset, protocol: Protocol, out: str | Path, options: Options = Options(),
@@ -170,32 +165,38 @@ def run(preset, protocol: Protocol, out: str | Path, options: Options = Options(
     out = Path(out)
     if (out / "table.md").exists() and not o.resume:
         raise FileExistsError(f"{out} already holds a finished run; choose another output folder or resume it")
-    _writable_folder(out, create=False)  # before any training: a path through a file or a read-only folder
     t_start = time.perf_counter()
     rank0 = o.shards is None or o.shards.rank == 0
+    # before any training: a path through a file or a read-only folder (every rank learns of rank 0's refusal)
+    collective(o.shards, "checking the results folder", lambda: _writable_folder(out, create=False) if rank0 else None)
     device = o.shards.device if o.shards is not None and o.shards.active else torch.device(o.device)
     arts = (artifacts or _artifacts(preset, o, rank0)).to(device)
     x, y, what = select_images(preset, arts.split, protocol.images)
     x, y = x.to(device), y.to(device)
     defences = [arts.defence(s) for s in protocol.defences]
     spec_of = {d.name: s for d, s in zip(defences, protocol.defences)}
-    if rank0:
-        _writable_folder(out, create=True)  # before the first attack, not after its row
     meta = {"preset": preset.name, "protocol": protocol.kind, "title": protocol.title, "subset": what,
             "plan": _json_safe(protocol.plan), "threats": {str(t.norm): t.eps for t in protocol.threats},
             "train_times_s": {k: round(v, 1) for k, v in arts.times.items()}, "models": arts.fingerprints(),
             "weights": arts.source}
-
-    diag = None
-    if protocol.diagnostics and rank0:
-        diag = score_diagnostics(preset, arts, out, n=min(200, len(arts.split.x_test)))
-        best = max(diag["ere_detection"], key=lambda d: d["auroc"])
-        o.log(f"score net check: ERE detects PGD images with AUROC {best['auroc']:.3f} at σ = {best['sigma']:.3g} "
-              f"(mean ERE clean {best['ere_clean_mean']:.2f} vs adversarial {best['ere_adv_mean']:.2f}); samples in samples.png")
-    t0 = time.perf_counter()
-    results = evaluate(defences, protocol.attacks, protocol.threats, x, y, out, seed=protocol.seed, meta=meta,
-                       progress=o.progress, batch_size=protocol.batch_size, applies=protocol.applies(spec_of),
-                       shards=o.shards, deadline=o.deadline, log=o.log)
+    made = rank0 and not out.exists()
+    collective(o.shards, "creating the results folder",  # before the first attack, not after its row
+               lambda: _writable_folder(out, create=True) if rank0 else None)
+    try:
+        diag = None
+        if protocol.diagnostics and rank0:
+            diag = score_diagnostics(preset, arts, out, n=min(200, len(arts.split.x_test)))
+            best = max(diag["ere_detection"], key=lambda d: d["auroc"])
+            o.log(f"score net check: ERE detects PGD images with AUROC {best['auroc']:.3f} at σ = {best['sigma']:.3g} "
+                  f"(mean ERE clean {best['ere_clean_mean']:.2f} vs adversarial {best['ere_adv_mean']:.2f}); samples in samples.png")
+        t0 = time.perf_counter()
+        results = evaluate(defences, protocol.attacks, protocol.threats, x, y, out, seed=protocol.seed, meta=meta,
+                           progress=o.progress, batch_size=protocol.batch_size, applies=protocol.applies(spec_of),
+                           shards=o.shards, deadline=o.deadline, log=o.log)
+    except BaseException:
+        if made and out.is_dir() and not any(out.iterdir()):  # refused before anything was written: leave no trace
+            out.rmdir()
+        raise
     eval_s = time.perf_counter() - t0
     run_ = Run(out, results, "", protocol, arts, defences, x, y, [], {})
     if not rank0:

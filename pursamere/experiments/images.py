@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, check_can_create
 from ..method.purify import InvalidInputError, check_images
 
 __all__ = ["DataError", "MAX_IMAGE_PIXELS", "MAX_IMAGE_BYTES", "is_image_name", "decode_image", "stack_images",
@@ -140,10 +140,14 @@ def load_images(src, mode: Optional[str] = None, item_shape: Optional[Sequence[i
     batches, names = [], []
     for p in _expand(src):
         if p.suffix.lower() == ".npy":
+            with open(p, "rb") as fh:
+                if fh.read(6) != b"\x93NUMPY":
+                    raise DataError(f"{p} is not a .npy file (it does not start with NumPy's header; save arrays "
+                                    "with numpy.save)")
             try:
                 a = np.load(p, allow_pickle=False)
-            except (OSError, ValueError, EOFError) as e:  # EOFError: an empty or cut-off file
-                raise DataError(f"cannot read {p} as a numpy array ({e or 'the file ends early'})") from e
+            except (OSError, ValueError, EOFError) as e:  # EOFError: a file cut off inside its data
+                raise DataError(f"cannot read {p} as a numpy array ({str(e) or 'the file ends early'})") from e
             if a.dtype.kind != "f" or a.ndim not in (3, 4):
                 raise DataError(f"{p}: expected a float array (N, C, H, W) or (C, H, W), got {a.dtype} {a.shape}")
             x = _checked(torch.from_numpy(a.astype(np.float32)).reshape((-1,) + a.shape[-3:]), str(p))
@@ -177,6 +181,10 @@ def output_targets(out: PathLike, n: int, names: Optional[Sequence[str]] = None)
     """
     out = Path(out).expanduser()
     suffix = out.suffix.lower()
+    try:
+        check_can_create(out, "the output")  # a parent that is a file, or a folder not writable
+    except OSError as e:
+        raise DataError(str(e)) from None
     if suffix in _NOT_A_FOLDER:
         raise DataError(f"{out}: write purified images as .npy (exact), .png (one image) or a folder of PNGs, "
                         f"not {suffix} (JPEG would also change the pixels it was given)")
