@@ -90,3 +90,48 @@ def test_obfuscation_checks_flag_a_broken_defence_and_pass_a_sound_one(digits_cl
     sound = obfuscation_checks(Defence("undefended", clf), threat, x[:40], y[:40], gradient="bpda", steps=5,
                                square_queries=100, warn=False)
     assert all(c.passed for c in sound), [c for c in sound if not c.passed]
+
+
+def test_checks_stopped_half_way_resume_after_the_last_finished_attack(digits_clf, tmp_path):
+    """The engine keeps each check attack's flags as it finishes (an hour or more per gradient on a CPU): a run
+    stopped inside the checks runs only what it had not finished, with the verdicts of an uninterrupted run, and
+    the gradient-free attacks (gray-box, Square) run once for both gradients."""
+    from pursamere.experiments.engine import _kept_flags
+
+    clf, x, y = digits_clf
+    threat, d = Threat("inf", 0.15), Defence("undefended", clf)
+    kw = dict(steps=3, square_queries=30, warn=False)
+    want = obfuscation_checks(d, threat, x[:16], y[:16], gradient="bpda", **kw)
+    ident = {"defence": d.name, "n": 16, "steps": 3, "gradient": "bpda"}
+    kept = _kept_flags(tmp_path, ident)
+    ran = []
+
+    class Stop(Exception):
+        pass
+
+    def stop_after(k):
+        def memo(key, run):
+            def counted():
+                ran.append(json.loads(key)["attack"]["name"])
+                if len(ran) > k:
+                    raise Stop
+                return run()
+            return kept(key, counted)
+        return memo
+
+    with pytest.raises(Stop):
+        obfuscation_checks(d, threat, x[:16], y[:16], gradient="bpda", memo=stop_after(3), **kw)
+    assert len(list(tmp_path.glob("*.json"))) == 3
+    ran.clear()
+    again = obfuscation_checks(d, threat, x[:16], y[:16], gradient="bpda", memo=stop_after(99), **kw)
+    assert [c.as_dict() for c in again] == [c.as_dict() for c in want]
+    assert len(ran) == 5 and len(list(tmp_path.glob("*.json"))) == 8  # 8 attacks, 3 kept from the stopped run
+    ran.clear()  # the exact gradient's checks: gray-box and Square are the bpda checks' own, kept
+    kept = _kept_flags(tmp_path, {**ident, "gradient": "exact"})
+    obfuscation_checks(d, threat, x[:16], y[:16], gradient="exact", memo=stop_after(99), **kw)
+    assert "gray" not in ran and "square" not in ran and len(ran) == 6
+    # a kept file of other settings is not served
+    kept = _kept_flags(tmp_path, {**ident, "steps": 4})
+    ran.clear()
+    obfuscation_checks(d, threat, x[:16], y[:16], gradient="bpda", memo=stop_after(99), **kw)
+    assert len(ran) == 8

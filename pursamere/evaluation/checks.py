@@ -12,6 +12,7 @@ a paired test is far sharper than comparing two accuracies on a dozen images.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -53,8 +54,13 @@ def _stronger(strong: torch.Tensor, weak: torch.Tensor) -> tuple[bool, str]:
     return ok, f"discordant images {b} vs {c}"
 
 
-def _flags(defence, spec, threat, x, y, seed):
-    return attack_flags(defence, spec, threat, x, y, seed=seed)
+def _flags(defence, spec, threat, x, y, seed, memo=None):
+    run = lambda: attack_flags(defence, spec, threat, x, y, seed=seed)  # noqa: E731
+    if memo is None:
+        return run()
+    key = json.dumps({"attack": dataclasses.asdict(spec), "norm": str(threat.norm), "eps": threat.eps, "seed": seed},
+                     sort_keys=True, default=str)
+    return memo(key, run).to(x.device)  # kept flags come back on the CPU
 
 
 def _pct(f: torch.Tensor) -> str:
@@ -62,26 +68,31 @@ def _pct(f: torch.Tensor) -> str:
 
 
 def obfuscation_checks(defence: Defence, threat: Threat, x: torch.Tensor, y: torch.Tensor, gradient: str = "bpda",
-                       steps: int = 10, square_queries: int = 300, seed: int = 0, warn: bool = True) -> list[CheckResult]:
+                       steps: int = 10, square_queries: int = 300, seed: int = 0, warn: bool = True,
+                       memo=None) -> list[CheckResult]:
     """Run the seven checks for one defence on a (small) subset ``x, y``.
 
     Args:
         gradient: the white-box gradient rule to test (``"bpda"`` or ``"exact"``).
         steps: PGD steps of the base iterative attack (the "more steps" check doubles it... ×4).
+        memo: ``memo(key, run)`` returns the survival flags of the attack ``key`` names (its settings, threat and
+            seed, as JSON), calling ``run()`` only when it has none kept. The engine keeps them on disk, so checks
+            stopped half-way (an hour or more per gradient on a CPU) resume after the last attack that finished,
+            and the gradient-free attacks (gray-box, Square) run once for both gradients. ``None``: run them all.
     """
     eot = 4 if defence.stochastic else 1
     it = AttackSpec("it", gradient=gradient, steps=steps, eot=eot)
     n = x.shape[0]
     res = []
-    f_it = _flags(defence, it, threat, x, y, seed)
+    f_it = _flags(defence, it, threat, x, y, seed, memo)
 
-    f_one = _flags(defence, AttackSpec("one", gradient=gradient, steps=1, eot=eot), threat, x, y, seed)
+    f_one = _flags(defence, AttackSpec("one", gradient=gradient, steps=1, eot=eot), threat, x, y, seed, memo)
     ok, why = _stronger(f_it, f_one)
     res.append(CheckResult("iterative ≥ one-step", ok, f"{steps}-step {_pct(f_it)} vs one-step {_pct(f_one)} ({why})",
                            "the loss surface seen by the gradient is noisy or shattered",
                            "use EoT for randomness, BPDA or exact gradients through the purifier, more restarts"))
 
-    f_gray = _flags(defence, AttackSpec("gray", gradient="none", steps=steps), threat, x, y, seed)
+    f_gray = _flags(defence, AttackSpec("gray", gradient="none", steps=steps), threat, x, y, seed, memo)
     ok, why = _stronger(f_it, f_gray)
     res.append(CheckResult("white-box ≥ gray-box", ok,
                            f"white-box ({gradient}) {_pct(f_it)} vs gray-box/transfer {_pct(f_gray)} ({why})",
@@ -89,22 +100,22 @@ def obfuscation_checks(defence: Defence, threat: Threat, x: torch.Tensor, y: tor
                            "attack with BPDA, or the exact gradient started from the transfer point; check the backward pass"))
 
     big = Threat("inf", 1.0)
-    f_big = _flags(defence, AttackSpec("big", gradient=gradient, steps=steps, eot=eot), big, x, y, seed)
+    f_big = _flags(defence, AttackSpec("big", gradient=gradient, steps=steps, eot=eot), big, x, y, seed, memo)
     a_big = float(f_big.double().mean())
     res.append(CheckResult("ε = 1 (ℓ∞) breaks it", a_big <= 0.05 + 1.0 / n,
                            f"ℓ∞ ε=1 accuracy {100 * a_big:.1f}% (must be ≤ 5%)",
                            "an unbounded attacker cannot win: the gradient is zero, NaN or points nowhere",
                            "check gradients of the defended model, use BPDA, raise steps"))
 
-    fs = [_flags(defence, it, Threat(threat.norm, threat.eps * 0.5), x, y, seed), f_it,
-          _flags(defence, it, Threat(threat.norm, threat.eps * 2.0), x, y, seed)]
+    fs = [_flags(defence, it, Threat(threat.norm, threat.eps * 0.5), x, y, seed, memo), f_it,
+          _flags(defence, it, Threat(threat.norm, threat.eps * 2.0), x, y, seed, memo)]
     tests = [_stronger(fs[i + 1], fs[i]) for i in range(2)]
     res.append(CheckResult("accuracy falls with ε", all(t[0] for t in tests),
                            "ε×{0.5,1,2}: " + ", ".join(_pct(f) for f in fs) + f" ({'; '.join(t[1] for t in tests)})",
                            "a larger budget that helps the defence means the attack is not optimising well",
                            "raise steps, tune the step size, add restarts"))
 
-    f_more = _flags(defence, dataclasses.replace(it, steps=4 * steps), threat, x, y, seed)
+    f_more = _flags(defence, dataclasses.replace(it, steps=4 * steps), threat, x, y, seed, memo)
     ok, why = _stronger(f_more, f_it)
     res.append(CheckResult("more steps do not help the defence", ok,
                            f"{4 * steps} steps {_pct(f_more)} vs {steps} steps {_pct(f_it)} ({why})",
@@ -124,7 +135,7 @@ def obfuscation_checks(defence: Defence, threat: Threat, x: torch.Tensor, y: tor
                            "use BPDA through that step, the margin loss instead of cross-entropy, or float64"))
 
     if threat.norm in ("inf", 2):
-        f_sq = _flags(defence, AttackSpec("square", gradient="none", kind="square", queries=square_queries), threat, x, y, seed)
+        f_sq = _flags(defence, AttackSpec("square", gradient="none", kind="square", queries=square_queries), threat, x, y, seed, memo)
         f_grad = f_it & f_more  # robust to both gradient attacks
         ok, why = _stronger(f_grad, f_sq)
         res.append(CheckResult("black-box does not beat gradients", ok,

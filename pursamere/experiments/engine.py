@@ -20,7 +20,9 @@ are reused, not recomputed).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +143,29 @@ def _recorded_checks(out: Path) -> list:
     return [c for c in old if whole(c)] if isinstance(old, list) else []
 
 
+CHECKS_IN_PROGRESS = "checks-in-progress"  # a results folder's kept flags of the obfuscation checks' attacks
+
+
+def _kept_flags(folder: Path, ident: dict):
+    """The ``memo`` of :func:`~pursamere.evaluation.checks.obfuscation_checks`: each attack's survival flags kept in
+    ``folder`` as it finishes, under everything they depend on (``ident`` but the gradient rule being checked: the
+    gradient-free attacks serve both), so a run stopped inside the checks resumes after the last finished attack."""
+    base = {k: v for k, v in ident.items() if k != "gradient"}
+
+    def memo(key: str, run):
+        name = hashlib.sha256(json.dumps({**base, "attack": key}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        f = folder / f"{name}.json"
+        if f.is_file():
+            kept = json.loads(f.read_text())
+            if kept.get("attack") == key and kept.get("ident") == json.loads(json.dumps(base, default=str)):
+                return torch.tensor(kept["flags"], dtype=torch.bool)
+        flags = run()
+        atomic_write_json(f, {"ident": base, "attack": key, "flags": [bool(v) for v in flags.tolist()]})
+        return flags
+
+    return memo
+
+
 def _writable_folder(out: Path, create: bool) -> None:
     """Refuse, in one line, a results folder that cannot be written; ``create`` makes it (and its parents)."""
     if create:
@@ -227,13 +252,15 @@ def run(preset, protocol: Protocol, out: str | Path, options: Options = Options(
                     warn_failed(d.name, cs)  # a reused failure warns as loudly as a fresh one
                 else:
                     cs = obfuscation_checks(d, lin, x[:nc], y[:nc], gradient=grad, steps=plan.check_steps,
-                                            square_queries=plan.square_queries)
+                                            square_queries=plan.square_queries,
+                                            memo=_kept_flags(out / CHECKS_IN_PROGRESS, ident))
                 check_md += format_checks(f"{d.name}, {grad} gradient, ℓ∞ ε={lin.eps:.4g}, n={nc}", cs) + "\n"
                 run_.checks.append({**ident, "checks": [c.as_dict() for c in cs]})
                 # saved as each finishes (with the earlier run's finished ones not redone here): a run stopped inside the
                 # checks — they take an hour on a CPU for a purifier — resumes after the last one it saved
                 atomic_write_json(out / "checks.json", run_.checks + [c for c in done if not _same_check(c, run_.checks)])
         atomic_write_json(out / "checks.json", run_.checks)  # an empty list when the plan runs no checks
+        shutil.rmtree(out / CHECKS_IN_PROGRESS, ignore_errors=True)  # every check finished: its attacks' flags served
 
     header = f"# {protocol.title} — what ran\n\n{what} (n = {len(x)}). {protocol.describe}\n"
     if "stopped" in results["meta"]:
