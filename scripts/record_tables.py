@@ -313,6 +313,62 @@ def record_progress(book: Path, root: Path) -> list:
     return kept
 
 
+CHECKS = "checks"  # under in-progress/<job>: the job's obfuscation checks so far (checks.json, checks-in-progress/)
+
+
+def record_checks(book: Path, root: Path) -> list:
+    """Keep, for every job folder under ``root`` that has not written its ``table.md`` (the engine writes it last,
+    after the obfuscation checks), the checks it finished (``checks.json``) and the check attacks' kept flags
+    (``checks-in-progress/``) under ``book/in-progress/<job>/checks`` (JSON only), so that a later session on a fresh
+    machine resumes inside the checks too: they take hours on a CPU. A job that wrote its table.md keeps none.
+    Call after :func:`record_progress` (which replaces a job's kept folder). Returns ``[(job, files kept)]``."""
+    import shutil
+
+    from pursamere.experiments.engine import CHECKS_IN_PROGRESS
+
+    kept = []
+    jobs = sorted(p for p in Path(root).iterdir() if p.is_dir() and _job_table(p.name)) if Path(root).is_dir() else []
+    for folder in jobs:
+        dest = Path(book) / IN_PROGRESS / folder.name / CHECKS
+        files = [folder / "checks.json"] if (folder / "checks.json").is_file() else []
+        files += sorted((folder / CHECKS_IN_PROGRESS).glob("*.json")) if (folder / CHECKS_IN_PROGRESS).is_dir() else []
+        shutil.rmtree(dest, ignore_errors=True)
+        if (folder / "table.md").is_file() or not files:
+            if dest.parent.is_dir() and not any(dest.parent.iterdir()):
+                dest.parent.rmdir()
+            continue
+        for f in files:
+            json.loads(f.read_text())  # JSON, or recording stops here naming it
+            target = dest / f.relative_to(folder)
+            atomic_write_text(target, f.read_text())
+        kept.append((folder.name, len(files)))
+    return kept
+
+
+def restore_checks(book: Path, root: Path) -> int:
+    """Write :func:`record_checks`' files back into their job folders (never over a file there). Returns how many."""
+    from pursamere.experiments.engine import CHECKS_IN_PROGRESS
+
+    src = Path(book) / IN_PROGRESS
+    todo = []
+    for folder in sorted(src.glob(f"*/{CHECKS}")):
+        for f in sorted(folder.rglob("*")):
+            if f.is_dir():
+                continue
+            rel = f.relative_to(folder)
+            ok = rel == Path("checks.json") or (rel.parent == Path(CHECKS_IN_PROGRESS) and re.fullmatch(r"[0-9a-f]{16}\.json", rel.name))
+            if f.is_symlink() or not ok:
+                raise ValueError(f"{f} is not a kept obfuscation-check file (checks.json or {CHECKS_IN_PROGRESS}/<16 hex>.json)")
+            json.loads(f.read_text())
+            todo.append((f, Path(root) / folder.parent.name / rel))
+    written = 0
+    for f, target in todo:
+        if not target.exists():
+            atomic_write_text(target, f.read_text())
+            written += 1
+    return written
+
+
 def kept_progress(book: Path) -> dict:
     """Every job's kept rows in progress under ``book/in-progress``, read and checked (nothing written yet):
     ``{job: states}`` for :func:`restore_progress`."""
@@ -546,12 +602,14 @@ def _main(args) -> int:
         progress = kept_progress(Path(args.book))  # every kept state checked before anything is written
         written, kept = restore(Path(args.book), Path(args.root))
         states, held = restore_progress(Path(args.root), progress)
+        checks = restore_checks(Path(args.book), Path(args.root))
         print(f"restored {len(written)} job folders under {args.root}"
               + (f": {', '.join(p.name for p in written)}" if written else "")
               + (f"; left {len(kept)} that already hold results as they are: {', '.join(p.name for p in kept)}"
                  if kept else "")
               + (f"; restored {states} kept rows in progress and end points" if states else "")
-              + (f" (left {held} that the folders already hold)" if held else ""))
+              + (f" (left {held} that the folders already hold)" if held else "")
+              + (f"; restored {checks} files of obfuscation checks in progress" if checks else ""))
         return 0
     if args.examples:
         cifar_examples(Path(args.book) / "cifar10-cpu-table" / "examples.png")
@@ -627,6 +685,9 @@ def _main(args) -> int:
     if kept:
         print(f"kept the rows in progress of {len(kept)} unfinished jobs under {Path(args.book) / IN_PROGRESS}: "
               + ", ".join(f"{job} ({n} files)" for job, n in kept))
+    checks = record_checks(Path(args.book), root)
+    if checks:
+        print(f"kept the obfuscation checks so far of {len(checks)} jobs: " + ", ".join(f"{job} ({n} files)" for job, n in checks))
     return 0
 
 

@@ -769,3 +769,25 @@ def test_chapter_findings_count_the_longer_suites_of_the_recorded_table():
     assert p["A robust"] == sum(ere["survived"])  # the merged flags, not the 20-step table's
     with pytest.raises(ValueError, match="other images"):
         over_longer_suites(res, [(40, read_results(data / "digits-whole-test"))])
+
+
+def test_obfuscation_checks_in_progress_are_kept_and_restored(rt, tmp_path):
+    """A job's obfuscation checks take hours on a CPU: recording keeps what it finished and the check attacks'
+    flags under in-progress/<job>/checks until the job writes its table.md, and --restore writes them back."""
+    book, root, fresh = tmp_path / "book", tmp_path / "whole", tmp_path / "fresh"
+    job = root / "cifar-pursamere"
+    (job / "checks-in-progress").mkdir(parents=True)
+    (job / "checks.json").write_text(json.dumps([{"defence": "PurSAMERE", "gradient": "bpda", "checks": []}]))
+    (job / "checks-in-progress" / ("ab" * 8 + ".json")).write_text(json.dumps({"attack": "it", "flags": [True]}))
+    assert rt.record_checks(book, root) == [("cifar-pursamere", 2)]
+    kept = book / rt.IN_PROGRESS / "cifar-pursamere" / rt.CHECKS
+    assert sorted(str(p.relative_to(kept)) for p in kept.rglob("*.json")) == ["checks-in-progress/" + "ab" * 8 + ".json",
+                                                                             "checks.json"]
+    assert rt.restore_checks(book, fresh) == 2 and rt.restore_checks(book, fresh) == 0  # never over a file
+    assert (fresh / "cifar-pursamere" / "checks.json").read_text() == (job / "checks.json").read_text()
+    (kept / "checks-in-progress" / "x.json").write_text("{}")
+    with pytest.raises(ValueError, match="is not a kept obfuscation-check file"):
+        rt.restore_checks(book, tmp_path / "other")
+    assert not (tmp_path / "other").exists()  # every file checked before any is written
+    (job / "table.md").write_text("done")  # the job finished its checks: nothing kept
+    assert rt.record_checks(book, root) == [] and not (book / rt.IN_PROGRESS / "cifar-pursamere").exists()
