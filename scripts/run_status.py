@@ -106,6 +106,9 @@ def folder_status(folder: Path, running: bool = False) -> list:
     n_checks = len(json.loads(checks.read_text())) if checks.is_file() else 0
     if n_checks:
         lines.append(f"  obfuscation checks recorded: {n_checks}")
+    memo = folder / "checks-in-progress"
+    if memo.is_dir() and any(memo.glob("*.json")):
+        lines.append(f"  check attacks finished in the checks under way: {len(list(memo.glob('*.json')))} (kept)")
     groups = res.get("worst_case", [])
     if running and groups and all(w.get("complete") for w in groups) and not in_progress:
         lines.append("  every row finished: the job is running its obfuscation checks (each saved as it finishes)")
