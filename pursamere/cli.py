@@ -49,6 +49,14 @@ def _step_list(text: str) -> tuple:
 EVALUATE_ATTACKS = "gpgd20,bpda20-det"  # evaluate's default attacks
 
 
+def _refuse_ignored(args, command: str, why: str, defaults: dict) -> None:
+    """One error line naming every option of ``defaults`` (name → the value meaning "not given") that ``args`` sets,
+    when ``command`` would not use it: an ignored option is refused, never dropped silently."""
+    given = [f"--{k.replace('_', '-')}" for k, default in defaults.items() if getattr(args, k, default) != default]
+    if given:
+        raise ValueError(f"{command} does not take {', '.join(given)}: {why}")
+
+
 def _refuse_unused_models(args, preset, purifier: bool = False) -> None:
     """Model options a command would ignore are refused, never dropped silently."""
     given = [flag for flag, name in (("--score-checkpoint", "score_checkpoint"), ("--classifier", "classifier"),
@@ -125,15 +133,10 @@ def _items(text: str, sep: str = ",") -> tuple:
 # ------------------------------------------------------------------------------------------ commands
 def cmd_demo(args) -> int:
     if args.toy:
-        ignored = [flag for flag, name, default in (
-            ("--preset", "preset", "digits"), ("--weights", "weights", "train"), ("--minutes", "minutes", None),
-            ("--resume", "resume", False), ("--fresh", "fresh", False), ("--data-root", "data_root", None),
-            ("--device", "device", "cpu"), ("--score-checkpoint", "score_checkpoint", None),
-            ("--classifier", "classifier", None), ("--classifier-weights", "classifier_weights", None),
-            ("--normalization", "normalization", None)) if getattr(args, name) != default]
-        if ignored:
-            raise ValueError(f"demo --toy does not take {', '.join(ignored)}: the 2-D toy has an exact score and "
-                             "trains nothing (only --out applies)")
+        _refuse_ignored(args, "demo --toy", "the 2-D toy has an exact score and trains nothing (only --out applies)",
+                        dict(preset="digits", weights="train", minutes=None, resume=False, fresh=False, data_root=None,
+                             device="cpu", score_checkpoint=None, classifier=None, classifier_weights=None,
+                             normalization=None))
         from .experiments.engine import results_dir
         from .experiments.toydemo import run_toy_demo
 
@@ -175,11 +178,9 @@ def cmd_train_score(args) -> int:
     if preset.models == "user":
         raise ValueError(f"train-score: preset {preset.name} trains nothing, its models are given by path "
                          "(--score-checkpoint, --classifier) to demo, evaluate or ensemble")
-    unused = [f"--{k.replace('_', '-')}" for k in ("out", "minutes", "classifier", "classifier_weights", "normalization",
-                                                   "score_checkpoint") if getattr(args, k, None) is not None]
-    if unused:
-        raise ValueError(f"train-score does not take {', '.join(unused)}: it trains (or loads) the preset's models into "
-                         "--workdir; evaluate them with ensemble or evaluate")
+    _refuse_ignored(args, "train-score", "it trains (or loads) the preset's models into --workdir; evaluate them with "
+                    "ensemble or evaluate", dict.fromkeys(("out", "minutes", "classifier", "classifier_weights",
+                                                           "normalization", "score_checkpoint")))
     prepare(preset, args.workdir, fresh=args.fresh, device=args.device, data_root=args.data_root,
             progress=not args.quiet, log=(lambda *a: None) if args.quiet else print,
             weights=args.weights)
@@ -233,12 +234,9 @@ def cmd_evaluate_user(args) -> int:
 
     preset = _preset(args)
     _refuse_unused_models(args, preset, purifier=True)
-    ignored = [flag for flag, used in (("--minutes", args.minutes is None), ("--device", args.device == "cpu"),
-                                       ("--defences", not args.defences), ("--attacks", args.attacks == EVALUATE_ATTACKS))
-               if not used]
-    if ignored:
-        raise ValueError(f"evaluate --purifier does not take {', '.join(ignored)}: it runs the standard ensemble "
-                         "(evaluate_purifier) on the CPU until it is done (--resume continues a stopped run)")
+    _refuse_ignored(args, "evaluate --purifier", "it runs the standard ensemble (evaluate_purifier) on the CPU until it "
+                    "is done (--resume continues a stopped run)",
+                    dict(minutes=None, device="cpu", defences="", attacks=EVALUATE_ATTACKS))
     make = load_factory(args.purifier)
     try:
         purifier = make()
