@@ -338,15 +338,16 @@ def record_checks(book: Path, root: Path) -> list:
                 dest.parent.rmdir()
             continue
         for f in files:
-            json.loads(f.read_text())  # JSON, or recording stops here naming it
-            target = dest / f.relative_to(folder)
-            atomic_write_text(target, f.read_text())
+            text = f.read_text()
+            json.loads(text)  # JSON, or recording stops here naming it
+            atomic_write_text(dest / f.relative_to(folder), text)
         kept.append((folder.name, len(files)))
     return kept
 
 
-def restore_checks(book: Path, root: Path) -> int:
-    """Write :func:`record_checks`' files back into their job folders (never over a file there). Returns how many."""
+def kept_checks(book: Path, root: Path) -> list:
+    """:func:`record_checks`' files, each checked (name, plain file, JSON), with where :func:`restore_checks` writes it
+    under ``root``: ``[(text, target)]``. Nothing is written."""
     from pursamere.experiments.engine import CHECKS_IN_PROGRESS
 
     src = Path(book) / IN_PROGRESS
@@ -359,12 +360,18 @@ def restore_checks(book: Path, root: Path) -> int:
             ok = rel == Path("checks.json") or (rel.parent == Path(CHECKS_IN_PROGRESS) and re.fullmatch(r"[0-9a-f]{16}\.json", rel.name))
             if f.is_symlink() or not ok:
                 raise ValueError(f"{f} is not a kept obfuscation-check file (checks.json or {CHECKS_IN_PROGRESS}/<16 hex>.json)")
-            json.loads(f.read_text())
-            todo.append((f, Path(root) / folder.parent.name / rel))
+            text = f.read_text()
+            json.loads(text)
+            todo.append((text, Path(root) / folder.parent.name / rel))
+    return todo
+
+
+def restore_checks(todo: list) -> int:
+    """Write :func:`kept_checks`' files back into their job folders (never over a file there). Returns how many."""
     written = 0
-    for f, target in todo:
+    for text, target in todo:
         if not target.exists():
-            atomic_write_text(target, f.read_text())
+            atomic_write_text(target, text)
             written += 1
     return written
 
@@ -600,9 +607,10 @@ def _main(args) -> int:
         return 0
     if args.restore:
         progress = kept_progress(Path(args.book))  # every kept state checked before anything is written
+        kept_check_files = kept_checks(Path(args.book), Path(args.root))
         written, kept = restore(Path(args.book), Path(args.root))
         states, held = restore_progress(Path(args.root), progress)
-        checks = restore_checks(Path(args.book), Path(args.root))
+        checks = restore_checks(kept_check_files)
         print(f"restored {len(written)} job folders under {args.root}"
               + (f": {', '.join(p.name for p in written)}" if written else "")
               + (f"; left {len(kept)} that already hold results as they are: {', '.join(p.name for p in kept)}"
