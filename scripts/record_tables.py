@@ -345,6 +345,65 @@ def record_checks(book: Path, root: Path) -> list:
     return kept
 
 
+def merge_checks(book: Path, root: Path, write: bool = True) -> list:
+    """Copy every table job's finished obfuscation checks (its ``checks.json``: one entry per defence and gradient,
+    written only when all of that gradient's checks are done) into the recorded table's ``checks.json``, which the
+    book shows. A job's entry replaces the table's entry for the same defence and gradient (as
+    :func:`cifar_checks` does); the table's other entries stay. An entry for a defence the table has no row of is
+    an error (checks of another model). Every file is read and checked before any is written; ``write=False`` only
+    checks (call it so before the tables are written, and again with ``write=True`` after). Returns
+    ``[(table, [(defence, gradient, n), ...] merged)]`` for the tables that changed."""
+    jobs = sorted(p for p in Path(root).iterdir() if p.is_dir() and _job_table(p.name)) if Path(root).is_dir() else []
+    plans = {}
+    for folder in jobs:
+        f = folder / "checks.json"
+        if not f.is_file():
+            continue
+        try:
+            entries = json.loads(f.read_text())
+        except ValueError as e:
+            raise ValueError(f"{f} is not valid JSON ({e})") from None
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and {"defence", "gradient", "n", "checks"} <= e.keys()
+                                                    for e in entries):
+            raise ValueError(f"{f} is not an obfuscation-check record (a list of entries with defence, gradient, n, checks)")
+        if not entries:
+            continue
+        rows = {r["defence"] for r in read_results(folder)["rows"]} if (folder / "results.json").is_file() else set()
+        for e in entries:
+            if e["defence"] not in rows:
+                raise ValueError(f"{f}: checks of {e['defence']!r}, which has no row in {folder / 'results.json'}")
+        plans.setdefault(Path(book) / _job_table(folder.name), []).extend(entries)
+    recorded = {}
+    for table in plans:
+        path = table / "checks.json"
+        try:
+            recorded[table] = json.loads(path.read_text()) if path.is_file() else []
+        except ValueError as e:
+            raise ValueError(f"{path} is not valid JSON ({e})") from None
+        if not isinstance(recorded[table], list):
+            raise ValueError(f"{path} is not an obfuscation-check record (not a list)")
+    if not write:
+        return []
+    merged = []
+    for table, new in plans.items():
+        path = table / "checks.json"
+        out, changed = list(recorded[table]), []
+        for e in new:
+            same = [i for i, o in enumerate(out) if (o["defence"], o["gradient"]) == (e["defence"], e["gradient"])]
+            if same and out[same[0]] == e:
+                continue
+            if same:
+                out[same[0]] = e
+                out = [o for i, o in enumerate(out) if i not in same[1:]]
+            else:
+                out.append(e)
+            changed.append((e["defence"], e["gradient"], e["n"]))
+        if changed:
+            atomic_write_json(path, out)
+            merged.append((table.name, changed))
+    return merged
+
+
 def kept_checks(book: Path, root: Path) -> list:
     """:func:`record_checks`' files, each checked (name, plain file, JSON), with where :func:`restore_checks` writes it
     under ``root``: ``[(text, target)]``. Nothing is written."""
@@ -633,6 +692,7 @@ def _main(args) -> int:
     found = {table: {p: read_results(p)["rows"] for p in folders(root, prefix)} for table, (prefix, _) in TABLES.items()}
     for table, part_rows in found.items():  # every table checked before any is written
         check_budget(table, part_rows)
+    merge_checks(Path(args.book), root, write=False)  # the jobs' obfuscation checks too
     # every table's recorded rows and machines: a row one table shares with another (the 160-step table's jobs start
     # from the 80-step jobs' rows) keeps the machine it was recorded on there
     prior_rows, prior_machine = {}, {}
@@ -689,6 +749,8 @@ def _main(args) -> int:
     if args.readme:
         changed = update_readme(Path(args.readme), Path(args.book))
         print(f"{args.readme}: " + (f"rewrote {', '.join(changed)}" if changed else "its recorded tables are current"))
+    for table, entries in merge_checks(Path(args.book), root):
+        print(f"{table}/checks.json: " + "; ".join(f"{d} ({g} gradient, n = {n})" for d, g, n in entries))
     kept = record_progress(Path(args.book), root)
     if kept:
         print(f"kept the rows in progress of {len(kept)} unfinished jobs under {Path(args.book) / IN_PROGRESS}: "

@@ -792,3 +792,33 @@ def test_obfuscation_checks_in_progress_are_kept_and_restored(rt, tmp_path):
     assert not (tmp_path / "other").exists()  # every file checked before any is written
     (job / "table.md").write_text("done")  # the job finished its checks: nothing kept
     assert rt.record_checks(book, root) == [] and not (book / rt.IN_PROGRESS / "cifar-pursamere").exists()
+
+
+def test_a_jobs_finished_checks_go_into_its_tables_checks(rt, tmp_path):
+    """The book shows a table's checks.json: a job's finished checks replace the table's entry for the same defence
+    and gradient, other entries stay, and a bad file or checks of a defence the job has no row of change nothing."""
+    from pursamere.evaluation.results import SCHEMA
+
+    book, root = tmp_path / "book", tmp_path / "whole"
+    job = root / "cifar-pursamere"
+    job.mkdir(parents=True)
+    (job / "results.json").write_text(json.dumps({"meta": {"schema": SCHEMA}, "rows": [{"defence": "PurSAMERE"}]}))
+    table = book / "cifar10-cpu-table"
+    table.mkdir(parents=True)
+    old = [{"defence": "ERE", "gradient": "bpda", "n": 16, "checks": []},
+           {"defence": "PurSAMERE", "gradient": "bpda", "n": 16, "checks": []}]
+    (table / "checks.json").write_text(json.dumps(old))
+    mine = [{"defence": "PurSAMERE", "gradient": "bpda", "n": 32, "checks": [{"name": "x", "passed": True}]},
+            {"defence": "PurSAMERE", "gradient": "exact", "n": 32, "checks": []}]
+    (job / "checks.json").write_text(json.dumps(mine))
+    assert rt.merge_checks(book, root, write=False) == [] and json.loads((table / "checks.json").read_text()) == old
+    assert rt.merge_checks(book, root) == [("cifar10-cpu-table", [("PurSAMERE", "bpda", 32), ("PurSAMERE", "exact", 32)])]
+    assert json.loads((table / "checks.json").read_text()) == [old[0]] + mine
+    assert rt.merge_checks(book, root) == []  # nothing new
+    (job / "checks.json").write_text(json.dumps([{**mine[0], "defence": "ADP"}]))
+    with pytest.raises(ValueError, match="'ADP', which has no row"):
+        rt.merge_checks(book, root, write=False)
+    (job / "checks.json").write_text("[{")
+    with pytest.raises(ValueError, match="checks.json is not valid JSON"):
+        rt.merge_checks(book, root, write=False)
+    assert json.loads((table / "checks.json").read_text()) == [old[0]] + mine
