@@ -258,3 +258,8 @@ def test_06_on_the_recorded_table_counts_its_longer_suites(tmp_path):
     shown = {(s["defence"], s["norm"]): s for s in res["over_all_suites"]}
     assert any(s["longer_suites"] for s in shown.values()) == bool(rungs)
     assert any("-step suite" in f for f in res["findings"]) == any(w.get("longer_suites") for w in merged["worst_case"])
+    # the obfuscation checks, one line per purifier and gradient the table's checks.json holds
+    text = "\n".join(o.get("data", {}).get("text/markdown", "") for c in nb.cells if c.cell_type == "code"
+                     for o in c.get("outputs", []))
+    for e in json.loads((data / "cifar10-cpu-table" / "checks.json").read_text()):
+        assert f"{e['defence']}, {e['gradient']}, n = {e['n']}: " in text
