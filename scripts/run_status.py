@@ -20,6 +20,19 @@ from pathlib import Path
 from pursamere.evaluation.runner import _checked, _kept_files, _load_kept  # the checked readers of a live folder's states
 
 
+
+def _check_attack(f: Path) -> str:
+    """A kept check attack's flags file as ``name (gradient, steps, ε × r)``; '' when it cannot be read as one."""
+    try:
+        kept = json.loads(f.read_text())
+        spec = json.loads(kept["attack"])
+        a, eps, base = spec["attack"], float(spec["eps"]), float(kept["ident"]["eps"])
+        scale = "" if abs(eps - base) < 1e-12 else f", ε = {eps:g}" if eps >= 1 else f", ε × {eps / base:g}"
+        what = f"{a['queries']} queries" if a["kind"] == "square" else f"{a['steps']} step" + "s" * (a["steps"] != 1)
+        return f"{a['name']} ({a['gradient']}, {what}{scale})"
+    except (ValueError, KeyError, TypeError):
+        return ""
+
 def _norm(norm) -> str:
     return "∞" if str(norm) == "inf" else str(norm)
 
@@ -108,7 +121,10 @@ def folder_status(folder: Path, running: bool = False) -> list:
         lines.append(f"  obfuscation checks recorded: {n_checks}")
     memo = folder / "checks-in-progress"
     if memo.is_dir() and any(memo.glob("*.json")):
-        lines.append(f"  check attacks finished in the checks under way: {len(list(memo.glob('*.json')))} (kept)")
+        kept = sorted(memo.glob("*.json"))
+        names = sorted(n for n in (_check_attack(f) for f in kept) if n)
+        lines.append(f"  check attacks finished in the checks under way: {len(kept)} (kept)"
+                     + (f": {', '.join(names)}" if names else ""))
     groups = res.get("worst_case", [])
     if running and groups and all(w.get("complete") for w in groups) and not in_progress:
         lines.append("  every row finished: the job is running its obfuscation checks (each saved as it finishes)")

@@ -44,6 +44,9 @@ def test_status_reports_groups_rows_in_progress_and_the_queue(tmp_path, capsys, 
         _group("PurSAMERE", [False] * 10, ["BPDA20"], ["BPDA20"], True)]}))
     (done / "checks-in-progress").mkdir()
     (done / "checks-in-progress" / ("a" * 16 + ".json")).write_text("{}")
+    attack = {"attack": {"name": "it", "gradient": "exact", "kind": "pgd", "steps": 10}, "eps": 2 * 8 / 255}
+    (done / "checks-in-progress" / ("b" * 16 + ".json")).write_text(json.dumps(
+        {"ident": {"eps": 8 / 255}, "attack": json.dumps(attack), "flags": [True]}))
     (tmp_path / "queue.log").write_text("".join(f"2026-12-02T09:10:11Z {j}: start\n" for j in ("cifar-x", "cifar-z",
                                                                                              "cifar-w", "cifar-v")))
     monkeypatch.setattr(rs, "live_jobs", lambda root: {"cifar-x", "cifar-y", "cifar-z", "cifar-w"})
@@ -56,7 +59,7 @@ def test_status_reports_groups_rows_in_progress_and_the_queue(tmp_path, capsys, 
     assert "inside BPDA20: 3 of 9 images, broke 0, 30 s so far, about 1 min left" in out
     assert "PGD-AT · ℓ∞ 0.03137: complete, 30.0% (3 of 10)" in out and "inside its first attack" not in out
     assert out.count("every row finished: the job is running its obfuscation checks") == 1  # cifar-z only
-    assert "check attacks finished in the checks under way: 1 (kept)" in out
+    assert "check attacks finished in the checks under way: 2 (kept): it (exact, 10 steps, ε × 2)" in out
     assert "cifar-w  [running]: no results.json yet" in out and "cifar-v" not in out  # started, never wrote, not running
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
     # a group whose every planned attack is recorded but whose row is in progress (a longer suite's copy) is not
