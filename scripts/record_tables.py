@@ -463,7 +463,12 @@ def restore_progress(root: Path, kept: dict) -> tuple:
 def keep_linf(folder: Path) -> int:
     """Drop every row and worst case but the ℓ∞ ones from a job folder's ``results.json`` (atomic); returns how many
     rows were dropped. A cifar40-* job starts from a copy of its 20-step job, which may hold ℓ2 and ℓ1 rows that the
-    40-step table (ℓ∞ only) does not plan."""
+    40-step table (ℓ∞ only) does not plan. The copy's obfuscation checks and finished-run files (``checks.json``,
+    the kept check attacks, ``table.md``, ``summary.json``) are the 20-step job's, and the longer suites run no
+    checks: they are removed, so that no table takes those checks for its own job's."""
+    import shutil
+
+    from pursamere.experiments.engine import CHECKS_IN_PROGRESS
     from pursamere.io import atomic_write_json
 
     path = Path(folder) / "results.json"
@@ -471,6 +476,9 @@ def keep_linf(folder: Path) -> int:
     rows = [r for r in res["rows"] if str(r["norm"]) == "inf"]
     atomic_write_json(path, {**res, "rows": rows,
                              "worst_case": [w for w in res.get("worst_case") or [] if str(w["norm"]) == "inf"]})
+    for name in ("checks.json", "table.md", "summary.json"):
+        (Path(folder) / name).unlink(missing_ok=True)
+    shutil.rmtree(Path(folder) / CHECKS_IN_PROGRESS, ignore_errors=True)
     return len(res["rows"]) - len(rows)
 
 

@@ -616,8 +616,12 @@ def test_the_40_step_cifar_table_checks_the_key_rows_at_linf(rt, tmp_path):
     job = tmp_path / "cifar40-at"
     job.mkdir()
     (job / "results.json").write_text((ROOT / "book" / "data" / "cifar10-cpu-table" / "results.json").read_text())
+    for name in ("checks.json", "table.md", "checks-in-progress/" + "a" * 16 + ".json"):  # the 20-step job's
+        (job / name).parent.mkdir(exist_ok=True)
+        (job / name).write_text("[]")
     n_linf = sum(r["norm"] == "inf" for r in rows)
     assert rt.main([str(job), "--keep-linf"]) == 0
+    assert sorted(p.name for p in job.iterdir()) == ["results.json"]  # its checks and table are not the 40-step job's
     kept = json.loads((job / "results.json").read_text())
     assert len(kept["rows"]) == n_linf < len(rows) and all(r["norm"] == "inf" for r in kept["rows"])
     assert kept["worst_case"] and all(w["norm"] == "inf" for w in kept["worst_case"])
