@@ -140,7 +140,7 @@ def check_budget(table: str, part_rows: dict) -> None:
                 raise ValueError(f"{folder} holds a row at {norm_label(r['norm'], r['eps'])}, but {table} runs at "
                                  f"{', '.join(sorted(norm_label(t.norm) for t in pr.threats))} only: a job seeded from "
                                  f"another job's folder? `python scripts/record_tables.py {folder} --keep-linf` drops the "
-                                 "other rows")
+                                 "other rows (and the copy's checks and finished-run files)")
             names = sorted(a for a, n in planned if n == str(r["norm"]))
             raise ValueError(f"{folder} holds a row of attack {r['attack']!r} at {norm_label(r['norm'], r['eps'])} that "
                              f"{table}'s budget does not plan there ({', '.join(names) or 'no attack'}; or other settings "
@@ -345,63 +345,84 @@ def record_checks(book: Path, root: Path) -> list:
     return kept
 
 
+def _check_entries(path: Path, entries, job: bool) -> list:
+    """``entries`` (read from ``path``) as a list of obfuscation-check entries, or one clear error naming the file."""
+    need = {"defence", "gradient", "n", "checks"} if job else {"defence", "gradient"}
+    if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and need <= e.keys() and isinstance(e["defence"], str) and isinstance(e["gradient"], str)
+            for e in entries):
+        raise ValueError(f"{path} is not an obfuscation-check record (a list of entries, each with "
+                         f"{', '.join(sorted(need))}; defence and gradient as text)")
+    return entries
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
 def merge_checks(book: Path, root: Path, write: bool = True) -> list:
     """Copy every table job's finished obfuscation checks (its ``checks.json``: one entry per defence and gradient,
     written only when all of that gradient's checks are done) into the recorded table's ``checks.json``, which the
-    book shows. A job's entry replaces the table's entry for the same defence and gradient (as
-    :func:`cifar_checks` does); the table's other entries stay. An entry for a defence the table has no row of is
-    an error (checks of another model). Every file is read and checked before any is written; ``write=False`` only
-    checks (call it so before the tables are written, and again with ``write=True`` after). Returns
-    ``[(table, [(defence, gradient, n), ...] merged)]`` for the tables that changed."""
+    book shows. A job's entry replaces the table's entry for the same defence and gradient (also one that
+    ``--checks`` made); the table's other entries stay. A job file holding two entries for one defence and gradient
+    (a resumed run at new settings keeps the old ones after its new ones until it has redone them) gives its first,
+    the newest. Refused, naming the files: checks of a defence the job has no row of, two job folders of one table
+    with checks of the same defence and gradient, and any malformed file. Tables whose protocol runs no checks (the
+    longer suites' jobs start from a copy of a 20-step job) take none. Every file is read and checked before any is
+    written; ``write=False`` only checks (call it so before the tables are written, and again with ``write=True``
+    after). Returns ``[(table, [(defence, gradient, n), ...] merged)]`` for the tables that changed."""
     jobs = sorted(p for p in Path(root).iterdir() if p.is_dir() and _job_table(p.name)) if Path(root).is_dir() else []
-    plans = {}
+    plans, source = {}, {}
     for folder in jobs:
         f = folder / "checks.json"
-        if not f.is_file():
+        table = _job_table(folder.name)
+        if not f.is_file() or _protocol(table)[0].check_plan is None:
             continue
-        try:
-            entries = json.loads(f.read_text())
-        except ValueError as e:
-            raise ValueError(f"{f} is not valid JSON ({e})") from None
-        if not isinstance(entries, list) or not all(isinstance(e, dict) and {"defence", "gradient", "n", "checks"} <= e.keys()
-                                                    for e in entries):
-            raise ValueError(f"{f} is not an obfuscation-check record (a list of entries with defence, gradient, n, checks)")
+        entries = _check_entries(f, _read_json(f), job=True)
         if not entries:
             continue
-        rows = {r["defence"] for r in read_results(folder)["rows"]} if (folder / "results.json").is_file() else set()
+        if not (folder / "results.json").is_file():
+            raise ValueError(f"{f}: its job folder has no results.json (checks of a job that recorded no row)")
+        rows = {r["defence"] for r in read_results(folder)["rows"]}
         for e in entries:
             if e["defence"] not in rows:
                 raise ValueError(f"{f}: checks of {e['defence']!r}, which has no row in {folder / 'results.json'}")
-        plans.setdefault(Path(book) / _job_table(folder.name), []).extend(entries)
+        first = {}
+        for e in entries:
+            first.setdefault((e["defence"], e["gradient"]), e)  # the engine writes a resumed run's new entries first
+        for key, e in first.items():
+            other = source.get((table, key))
+            if other is not None:
+                raise ValueError(f"{other} and {f} both hold checks of {key[0]!r} ({key[1]} gradient) for {table}: "
+                                 "keep one of the two job folders")
+            source[(table, key)] = f
+            plans.setdefault(Path(book) / table, []).append(e)
     recorded = {}
     for table in plans:
         path = table / "checks.json"
-        try:
-            recorded[table] = json.loads(path.read_text()) if path.is_file() else []
-        except ValueError as e:
-            raise ValueError(f"{path} is not valid JSON ({e})") from None
-        if not isinstance(recorded[table], list):
-            raise ValueError(f"{path} is not an obfuscation-check record (not a list)")
+        recorded[table] = _check_entries(path, _read_json(path), job=False) if path.is_file() else []
     if not write:
         return []
     merged = []
     for table, new in plans.items():
-        path = table / "checks.json"
         out, changed = list(recorded[table]), []
         for e in new:
-            same = [i for i, o in enumerate(out) if (o["defence"], o["gradient"]) == (e["defence"], e["gradient"])]
-            if same and out[same[0]] == e:
+            key = (e["defence"], e["gradient"])
+            same = [i for i, o in enumerate(out) if (o["defence"], o["gradient"]) == key]
+            if len(same) == 1 and out[same[0]] == e:
                 continue
-            if same:
-                out[same[0]] = e
-                out = [o for i, o in enumerate(out) if i not in same[1:]]
-            else:
-                out.append(e)
+            at = same[0] if same else len(out)
+            out = [o for i, o in enumerate(out) if i not in same]
+            out.insert(min(at, len(out)), e)
             changed.append((e["defence"], e["gradient"], e["n"]))
         if changed:
-            atomic_write_json(path, out)
-            merged.append((table.name, changed))
-    return merged
+            merged.append((table, out, changed))
+    for table, out, _ in merged:
+        atomic_write_json(table / "checks.json", out)
+    return [(table.name, changed) for table, _, changed in merged]
 
 
 def kept_checks(book: Path, root: Path) -> list:
@@ -639,14 +660,16 @@ def main(argv=None) -> int:
                     help="the results folders as they came back from the GPU: rows found there are marked 'gpu', the "
                          "others 'cpu' (the machine behind each row's seconds)")
     ap.add_argument("--checks", type=int, default=0, metavar="N",
-                    help="also run the obfuscation checks (BPDA gradient) of the CIFAR-10 table's purifier rows on N images")
+                    help="also run the obfuscation checks (BPDA gradient) of the CIFAR-10 table's purifier rows on N images "
+                         "(a job's own checks of the same purifier and gradient replace them when recorded)")
     ap.add_argument("--checks-rows", default="ERE descent,PurSAMERE", help="which purifier rows' checks (families)")
     ap.add_argument("--examples", action="store_true",
                     help="also draw the CIFAR-10 table's example images (clean, BPDA20, purified) on the CPU")
     ap.add_argument("--restore", action="store_true",
                     help="the reverse: write the recorded rows back into their job folders under ROOT (to --resume them)")
     ap.add_argument("--keep-linf", action="store_true",
-                    help="ROOT is one job folder: keep only its ℓ∞ rows (a cifar40-* job seeded from its 20-step job)")
+                    help="ROOT is one job folder: keep only its ℓ∞ rows, and drop the copied checks.json, checks-in-progress/, "
+                         "table.md and summary.json (a cifar40-* job seeded from its 20-step job)")
     ap.add_argument("--readme", metavar="README", default=None,
                     help="then rewrite the recorded tables of this README (between its '<!-- recorded table: NAME -->' "
                          "markers) from --book; alone (no ROOT), only that")

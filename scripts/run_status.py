@@ -20,7 +20,6 @@ from pathlib import Path
 from pursamere.evaluation.runner import _checked, _kept_files, _load_kept  # the checked readers of a live folder's states
 
 
-
 def _check_attack(f: Path) -> str:
     """A kept check attack's flags file as ``name (gradient, steps, ε × r)``; '' when it cannot be read as one."""
     try:
@@ -30,8 +29,9 @@ def _check_attack(f: Path) -> str:
         scale = "" if abs(eps - base) < 1e-12 else f", ε = {eps:g}" if eps >= 1 else f", ε × {eps / base:g}"
         what = f"{a['queries']} queries" if a["kind"] == "square" else f"{a['steps']} step" + "s" * (a["steps"] != 1)
         return f"{a['name']} ({a['gradient']}, {what}{scale})"
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, ZeroDivisionError):
         return ""
+
 
 def _norm(norm) -> str:
     return "∞" if str(norm) == "inf" else str(norm)

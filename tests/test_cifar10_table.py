@@ -800,29 +800,50 @@ def test_obfuscation_checks_in_progress_are_kept_and_restored(rt, tmp_path):
 
 def test_a_jobs_finished_checks_go_into_its_tables_checks(rt, tmp_path):
     """The book shows a table's checks.json: a job's finished checks replace the table's entry for the same defence
-    and gradient, other entries stay, and a bad file or checks of a defence the job has no row of change nothing."""
+    and gradient, other entries stay; a resumed job's newest entry wins over its stale one; and a bad file, checks
+    of a defence the job has no row of, or two jobs with the same checks change no table (every file checked first)."""
+    import shutil
+
     from pursamere.evaluation.results import SCHEMA
 
     book, root = tmp_path / "book", tmp_path / "whole"
-    job = root / "cifar-pursamere"
-    job.mkdir(parents=True)
-    (job / "results.json").write_text(json.dumps({"meta": {"schema": SCHEMA}, "rows": [{"defence": "PurSAMERE"}]}))
-    table = book / "cifar10-cpu-table"
-    table.mkdir(parents=True)
+
+    def job(name, entries, defence="PurSAMERE"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        (root / name / "results.json").write_text(json.dumps({"meta": {"schema": SCHEMA}, "rows": [{"defence": defence}]}))
+        (root / name / "checks.json").write_text(entries if isinstance(entries, str) else json.dumps(entries))
+
+    table, eq17 = book / "cifar10-cpu-table", book / "cifar10-cpu-eq17"
+    for t in (table, eq17):
+        t.mkdir(parents=True)
     old = [{"defence": "ERE", "gradient": "bpda", "n": 16, "checks": []},
            {"defence": "PurSAMERE", "gradient": "bpda", "n": 16, "checks": []}]
     (table / "checks.json").write_text(json.dumps(old))
     mine = [{"defence": "PurSAMERE", "gradient": "bpda", "n": 32, "checks": [{"name": "x", "passed": True}]},
             {"defence": "PurSAMERE", "gradient": "exact", "n": 32, "checks": []}]
-    (job / "checks.json").write_text(json.dumps(mine))
+    stale = {**mine[1], "n": 16, "checks": [{"name": "old", "passed": False}]}
+    job("cifar-pursamere", mine + [stale])  # a resumed run keeps its stale entry after the new one
     assert rt.merge_checks(book, root, write=False) == [] and json.loads((table / "checks.json").read_text()) == old
     assert rt.merge_checks(book, root) == [("cifar10-cpu-table", [("PurSAMERE", "bpda", 32), ("PurSAMERE", "exact", 32)])]
     assert json.loads((table / "checks.json").read_text()) == [old[0]] + mine
     assert rt.merge_checks(book, root) == []  # nothing new
-    (job / "checks.json").write_text(json.dumps([{**mine[0], "defence": "ADP"}]))
-    with pytest.raises(ValueError, match="'ADP', which has no row"):
+    job("cifar40-pursamere", mine)  # a longer suite's copy of the 20-step job's checks: its table runs none
+    assert rt.merge_checks(book, root) == [] and not (book / "cifar10-cpu-table-40" / "checks.json").exists()
+
+    (eq17 / "checks.json").write_text("[]")
+    recorded = {t: (t / "checks.json").read_text() for t in (table, eq17)}
+    job("cifar-eq17-ere", [{**mine[0], "defence": "ERE"}], defence="ERE")  # a good job of another table
+    for bad, match in ((lambda: job("cifar-ere", [{**mine[0], "defence": "ADP"}], defence="ERE"), "'ADP', which has no row"),
+                       (lambda: job("cifar-ere", "[{", defence="ERE"), "checks.json is not valid JSON"),
+                       (lambda: job("cifar-ere", [{"defence": ["x"], "gradient": "bpda", "n": 1, "checks": []}]),
+                        "is not an obfuscation-check record"),
+                       (lambda: job("cifar-pursamere2", mine), "both hold checks of 'PurSAMERE'")):
+        bad()
+        with pytest.raises(ValueError, match=match):
+            rt.merge_checks(book, root)
+        assert {t: (t / "checks.json").read_text() for t in (table, eq17)} == recorded
+        for name in ("cifar-ere", "cifar-pursamere2"):
+            shutil.rmtree(root / name, ignore_errors=True)
+    (table / "checks.json").write_text(json.dumps([{"gradient": "bpda"}]))  # the table's own file, malformed
+    with pytest.raises(ValueError, match="cifar10-cpu-table/checks.json is not an obfuscation-check record"):
         rt.merge_checks(book, root, write=False)
-    (job / "checks.json").write_text("[{")
-    with pytest.raises(ValueError, match="checks.json is not valid JSON"):
-        rt.merge_checks(book, root, write=False)
-    assert json.loads((table / "checks.json").read_text()) == [old[0]] + mine
