@@ -275,6 +275,11 @@ def _job_table(name: str):
     return next((t for t, (prefix, _) in TABLES.items() if belongs(name, prefix)), None)
 
 
+def _job_folders(root: Path) -> list:
+    """The folders under ``root`` that are some table's jobs (finished or not), sorted; none when ``root`` is absent."""
+    return sorted(p for p in Path(root).iterdir() if p.is_dir() and _job_table(p.name)) if Path(root).is_dir() else []
+
+
 def _finished(folder: Path) -> bool:
     """A job with nothing left to resume: every group it ran is complete, it was not stopped, no row is in progress.
     (A group it has not started has no end points to keep; its first row in progress makes the job unfinished.)"""
@@ -300,7 +305,7 @@ def record_progress(book: Path, root: Path) -> list:
     from pursamere.evaluation.runner import export_progress
 
     kept = []
-    jobs = sorted(p for p in Path(root).iterdir() if p.is_dir() and _job_table(p.name)) if Path(root).is_dir() else []
+    jobs = _job_folders(root)
     for folder in jobs:
         dest = Path(book) / IN_PROGRESS / folder.name
         if _finished(folder):
@@ -327,7 +332,7 @@ def record_checks(book: Path, root: Path) -> list:
     from pursamere.experiments.engine import CHECKS_IN_PROGRESS
 
     kept = []
-    jobs = sorted(p for p in Path(root).iterdir() if p.is_dir() and _job_table(p.name)) if Path(root).is_dir() else []
+    jobs = _job_folders(root)
     for folder in jobs:
         dest = Path(book) / IN_PROGRESS / folder.name / CHECKS
         files = [folder / "checks.json"] if (folder / "checks.json").is_file() else []
@@ -374,7 +379,7 @@ def merge_checks(book: Path, root: Path, write: bool = True) -> list:
     longer suites' jobs start from a copy of a 20-step job) take none. Every file is read and checked before any is
     written; ``write=False`` only checks (call it so before the tables are written, and again with ``write=True``
     after). Returns ``[(table, [(defence, gradient, n), ...] merged)]`` for the tables that changed."""
-    jobs = sorted(p for p in Path(root).iterdir() if p.is_dir() and _job_table(p.name)) if Path(root).is_dir() else []
+    jobs = _job_folders(root)
     plans, source = {}, {}
     for folder in jobs:
         f = folder / "checks.json"
