@@ -21,6 +21,9 @@ Rows in progress are not lost either: recording also keeps, for every job with a
 finished batches and the end points its later rows start from, as safetensors files (no pickle) under
 ``book/data/in-progress/<job>/``; ``--restore`` writes them back (never over a file the job folder holds), so the
 resumed job goes on after the last batch the earlier machine saved.
+The obfuscation checks likewise: a job still inside them keeps what it finished under
+``book/data/in-progress/<job>/checks``, a finished job's are in its table's ``checks.json``, and ``--restore`` writes
+both back into the job folder, so a resumed run reuses them instead of running them again.
 """
 from __future__ import annotations
 
@@ -451,6 +454,32 @@ def kept_checks(book: Path, root: Path) -> list:
     return todo
 
 
+def recorded_checks(book: Path, root: Path) -> list:
+    """The finished obfuscation checks in the recorded tables' ``checks.json`` (:func:`merge_checks` put them there),
+    each with the ``checks.json`` of the job folder under ``root`` that made its defence's rows (``job_of`` in
+    ``provenance.json``): ``[(text, target)]`` for :func:`restore_checks`, so that a restored job re-run with
+    ``--resume`` reuses them instead of redoing hours of checks. Only entries a job wrote (they carry the engine's
+    identity of a check: fingerprints, steps, revisions) and whose defence one job alone made; ``--checks`` entries
+    stay with the table. Nothing is written."""
+    todo = []
+    for table, (prefix, _) in TABLES.items():
+        src = Path(book) / table
+        if not (src / "checks.json").is_file() or not (src / "results.json").is_file():
+            continue
+        job_of = read_provenance(src).get("job_of") or {}
+        jobs = {}
+        for r in read_results(src)["rows"]:
+            if isinstance(job_of.get(r["key"]), str) and belongs(job_of[r["key"]], prefix):
+                jobs.setdefault(r["defence"], set()).add(job_of[r["key"]])
+        by_job = {}
+        for e in _check_entries(src / "checks.json", _read_json(src / "checks.json"), job=False):
+            made = jobs.get(e["defence"], set())
+            if "defence_fingerprint" in e and isinstance(e.get("checks"), list) and len(made) == 1:
+                by_job.setdefault(next(iter(made)), []).append(e)
+        todo += [(json.dumps(entries, indent=2) + "\n", Path(root) / job / "checks.json") for job, entries in sorted(by_job.items())]
+    return todo
+
+
 def restore_checks(todo: list) -> int:
     """Write :func:`kept_checks`' files back into their job folders (never over a file there). Returns how many."""
     written = 0
@@ -703,16 +732,21 @@ def _main(args) -> int:
     if args.restore:
         progress = kept_progress(Path(args.book))  # every kept state checked before anything is written
         kept_check_files = kept_checks(Path(args.book), Path(args.root))
+        # a finished job's checks, from its table (after the kept files of jobs still inside their checks: newer)
+        table_check_files = recorded_checks(Path(args.book), Path(args.root))
         written, kept = restore(Path(args.book), Path(args.root))
         states, held = restore_progress(Path(args.root), progress)
         checks = restore_checks(kept_check_files)
+        finished_checks = restore_checks(table_check_files)
         print(f"restored {len(written)} job folders under {args.root}"
               + (f": {', '.join(p.name for p in written)}" if written else "")
               + (f"; left {len(kept)} that already hold results as they are: {', '.join(p.name for p in kept)}"
                  if kept else "")
               + (f"; restored {states} kept rows in progress and end points" if states else "")
               + (f" (left {held} that the folders already hold)" if held else "")
-              + (f"; restored {checks} files of obfuscation checks in progress" if checks else ""))
+              + (f"; restored {checks} files of obfuscation checks in progress" if checks else "")
+              + (f"; restored the finished obfuscation checks of {finished_checks} job{'s' * (finished_checks != 1)} from their tables"
+                 if finished_checks else ""))
         return 0
     if args.examples:
         cifar_examples(Path(args.book) / "cifar10-cpu-table" / "examples.png")

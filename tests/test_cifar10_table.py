@@ -798,6 +798,33 @@ def test_obfuscation_checks_in_progress_are_kept_and_restored(rt, tmp_path):
     assert rt.record_checks(book, root) == [] and not (book / rt.IN_PROGRESS / "cifar-pursamere").exists()
 
 
+def test_restore_gives_a_finished_job_back_the_checks_its_table_holds(rt, tmp_path):
+    """A finished job keeps no checks in progress: its checks live in its table's checks.json. --restore writes them
+    back into the job that made the defence's rows, so re-running it with --resume reuses them (the engine's exact
+    match) instead of redoing hours of checks; entries that ``--checks`` made stay with the table; never over a file."""
+    import shutil
+
+    from pursamere.experiments.engine import _recorded_checks
+
+    book, root = tmp_path / "book", tmp_path / "whole"
+    shutil.copytree(ROOT / "book" / "data" / "cifar10-cpu-table", book / "cifar10-cpu-table")
+    table = json.loads((book / "cifar10-cpu-table" / "checks.json").read_text())
+    made = [e for e in table if "defence_fingerprint" in e]
+    assert made and len(made) < len(table)  # the recorded table holds both kinds
+    job_of = json.loads((book / "cifar10-cpu-table" / "provenance.json").read_text())["job_of"]
+    todo = rt.recorded_checks(book, root)
+    assert not root.exists()  # nothing written yet
+    for text, target in todo:
+        rows = {k.split("|")[0] for k, j in job_of.items() if j == target.parent.name}
+        assert all(e["defence"] in rows and "defence_fingerprint" in e for e in json.loads(text))
+    assert sorted(e for text, _ in todo for e in map(json.dumps, json.loads(text))) == sorted(map(json.dumps, made))
+    assert rt.restore_checks(todo) == len(todo) and rt.restore_checks(rt.recorded_checks(book, root)) == 0
+    for _, target in todo:  # what the engine reads back on --resume: every entry whole
+        assert _recorded_checks(target.parent) == json.loads(target.read_text())
+    todo[0][1].write_text("[]")  # a job's own file (newer) is never overwritten
+    assert rt.restore_checks(rt.recorded_checks(book, root)) == 0 and todo[0][1].read_text() == "[]"
+
+
 def test_a_jobs_finished_checks_go_into_its_tables_checks(rt, tmp_path):
     """The book shows a table's checks.json: a job's finished checks replace the table's entry for the same defence
     and gradient, other entries stay; a resumed job's newest entry wins over its stale one; and a bad file, checks
