@@ -12,7 +12,8 @@
 # results/whole with --resume and its log is results/whole/NAME.cpu.log. A stopped job loses at most the batch it
 # was in (CIFAR-10 batches of 8, digits of 64: a row in progress is kept per batch, and the batch size is part of
 # its identity, so keep these). A cifar40-* job (the 40-step check) starts from a copy of its 20-step job's ℓ∞ rows
-# and a cifar80-* job (the next rung) from its 40-step job's, once that job has finished (same line, after it).
+# and a cifar80-* job (the next rung) from its 40-step job's, once that job has finished (same line, after it);
+# a digits160-* job (the 160-step suite) starts from a copy of its 80-step digits-* job's rows.
 # Take a line out when its job is finished and recorded.
 # DRY=1: print the commands instead of running them.
 set -u
@@ -28,13 +29,15 @@ job() {  # job NAME ARGS...: one ensemble job, resumed; exit 0 only when it fini
     case $name in
         cifar40-*) src="$ROOT/cifar-${name#cifar40-}" ;;    # the 40-step check starts from the 20-step job's rows
         cifar80-*) src="$ROOT/cifar40-${name#cifar80-}" ;;  # the 80-step rung from the 40-step check's
+        digits160-*) src="$ROOT/digits-${name#digits160-}" ;;  # the 160-step suite from the 80-step job's rows
     esac
     if [ -n "$src" ] && [ ! -f "$ROOT/$name/results.json" ] && [ "${DRY:-}" != 1 ]; then
         [ -f "$src/results.json" ] || { echo "$name: no $src to start from"; return 1; }
         # into the folder, never over what it holds (rows in progress a restore wrote back before any results.json)
         # (cp -n: some coreutils versions exit 1 when they skip a file; what counts is the copied results.json)
-        mkdir -p "$ROOT/$name" && { cp -rn "$src"/. "$ROOT/$name"/; [ -f "$ROOT/$name/results.json" ]; } \
-            && $PY scripts/record_tables.py "$ROOT/$name" --keep-linf || return 1
+        mkdir -p "$ROOT/$name" && { cp -rn "$src"/. "$ROOT/$name"/; [ -f "$ROOT/$name/results.json" ]; } || return 1
+        # a digits job holds one ε at ℓ∞ and runs no checks; a CIFAR-10 one keeps its ℓ∞ rows only
+        case $name in cifar*) $PY scripts/record_tables.py "$ROOT/$name" --keep-linf || return 1 ;; esac
     fi
     echo "$(date -u +%FT%TZ) $name: start"
     if [ "${DRY:-}" = 1 ]; then echo "$PY -m pursamere ensemble $(printf '%q ' "$@")--quiet --resume --out $ROOT/$name"; return 0; fi
@@ -58,8 +61,14 @@ job digits160-0.2-ere $D --then-steps 160 --eps 0.2 --only $ERE
 job cifar40-diffpure $C --then-steps 40 --only DiffPure-style --purifier-classifier clean
 job digits160-0.2-at-ere $D --then-steps 160 --eps 0.2 --only $ATERE
 job cifar-rest-at $CR --only adversarial
+job digits160-0.15-pursamere $D --then-steps 160 --eps 0.15 --only PurSAMERE
 job cifar-rest-pursamere $CR --only PurSAMERE --purifier-classifier clean
+job digits160-0.15-ere $D --then-steps 160 --eps 0.15 --only $ERE
 job cifar-eq17-ere $C --only 'ERE descent' --purifier-classifier eq17
+job digits160-0.15-at-ere $D --then-steps 160 --eps 0.15 --only $ATERE
 job cifar-rest-baselines $CR --only 'ADP,DiffPure-style' --purifier-classifier clean
+job digits160-0.15-plain $D --then-steps 160 --eps 0.15 --only 'undefended,adversarial training,TRADES'
 job cifar-eq17-pursamere $C --only PurSAMERE --purifier-classifier eq17
+job digits160-0.15-adp $D --then-steps 160 --eps 0.15 --only ADP
+job digits160-0.15-diffpure $D --then-steps 160 --eps 0.15 --only DiffPure-style
 JOBS

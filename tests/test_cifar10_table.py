@@ -561,13 +561,14 @@ def test_groups_recorded_before_the_suite_gained_an_attack_count_as_incomplete(r
 
 
 def test_the_160_step_table_runs_the_longer_suite_on_the_80_step_survivors(rt):
-    """digits-whole-test-160: at ℓ∞ 0.2 only, the 80-step suite then the whole 160-step suite, every attack of it
+    """digits-whole-test-160: at ℓ∞ 0.15 and 0.2, the 80-step suite then the whole 160-step suite, every attack of it
     cascaded; its job folders (digits160-*) and the 80-step table's (digits-*) never mix."""
     from pursamere.evaluation.suite import standard_suite
     from pursamere.experiments.protocols import Protocol, budget_at, suite_then
 
     pr, keep = rt._protocol("digits-whole-test-160")
-    assert [t.eps for t in pr.threats] == [0.2] and {g[2] for g in rt.expected_groups("digits-whole-test-160")} == {0.2}
+    assert [t.eps for t in pr.threats] == [0.15, 0.2]
+    assert {g[2] for g in rt.expected_groups("digits-whole-test-160")} == {0.15, 0.2}
     first, then = standard_suite(budget_at(80)), standard_suite(budget_at(160))
     assert [a.name for a in pr.attacks] == [a.name for a in first] + [a.name for a in then]
     assert all(a.cascade for a in pr.attacks[len(first):])
@@ -743,6 +744,19 @@ def test_readme_table_shows_each_row_at_its_longest_suite_and_whether_it_converg
         rt.markdown_table(table, [(40, {**r40, "meta": {"data_fingerprint": "y"}})])
 
 
+def test_a_threat_no_row_has_run_is_named_once_under_the_table(rt):
+    """"Not run yet" names a column the plan added but no row has run as one phrase, and otherwise each missing
+    (defence, threat); the table's columns are what was run."""
+    base = [True, False]
+    table = {"meta": {}, "worst_case": [_wc("a", base, 2, eps=0.2), _wc("b", base, 2, eps=0.2)],
+             "not_run": [{"defence": d, "norm": "inf", "eps": 0.15} for d in ("a", "b")]}
+    md = rt.markdown_table(table)
+    assert md.splitlines()[0] == "| defence | clean | ℓ∞ ε=0.2 |"
+    assert md.splitlines()[-1] == "Not run yet: every row at ℓ∞ ε=0.15."
+    table["not_run"] = [{"defence": "b", "norm": "inf", "eps": 0.15}, {"defence": "c", "norm": "2", "eps": 0.5}]
+    assert rt.markdown_table(table).splitlines()[-1] == "Not run yet: b at ℓ∞ ε=0.15; c at ℓ2 ε=0.5."
+
+
 def test_chapter_findings_count_the_longer_suites_of_the_recorded_table():
     """Chapter 6 shows and compares each row at its worst case over every recorded suite (20, 40, 80 steps): the
     paired counts come from the same flags as the headline, so a row the 40-step suite broke further is not compared
@@ -823,6 +837,12 @@ def test_restore_gives_a_finished_job_back_the_checks_its_table_holds(rt, tmp_pa
         assert _recorded_checks(target.parent) == json.loads(target.read_text())
     todo[0][1].write_text("[]")  # a job's own file (newer) is never overwritten
     assert rt.restore_checks(rt.recorded_checks(book, root)) == 0 and todo[0][1].read_text() == "[]"
+    # the restored job has no table.md (the engine's last file): recording keeps no copy of checks its table holds
+    target = todo[0][1]
+    target.write_text(json.dumps(json.loads(todo[0][0])))
+    assert rt.record_checks(book, root) == [] and not (book / rt.IN_PROGRESS).exists()
+    target.write_text(json.dumps(json.loads(todo[0][0]) + [{**made[0], "n": 1}]))  # one it does not hold: kept
+    assert rt.record_checks(book, root) == [(target.parent.name, 1)]
 
 
 def test_a_jobs_finished_checks_go_into_its_tables_checks(rt, tmp_path):
