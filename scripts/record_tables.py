@@ -329,8 +329,8 @@ CHECKS = "checks"  # under in-progress/<job>: the job's obfuscation checks so fa
 
 def record_checks(book: Path, root: Path) -> list:
     """Keep, for every job folder under ``root`` that has not written its ``table.md`` (the engine writes it last,
-    after the obfuscation checks), the checks it finished (``checks.json``, unless its table's ``checks.json`` holds every
-    one of them) and the check attacks' kept flags
+    after the obfuscation checks), the checks it finished (``checks.json``, unless :func:`recorded_checks` gives every
+    one of them back to this folder from its table's ``checks.json``) and the check attacks' kept flags
     (``checks-in-progress/``) under ``book/in-progress/<job>/checks`` (JSON only), so that a later session on a fresh
     machine resumes inside the checks too: they take hours on a CPU. A job that wrote its table.md keeps none.
     Call after :func:`record_progress` (which replaces a job's kept folder). Returns ``[(job, files kept)]``."""
@@ -340,13 +340,15 @@ def record_checks(book: Path, root: Path) -> list:
 
     kept = []
     jobs = _job_folders(root)
+    # what --restore gives each job folder back from its table's checks.json (merge_checks put them there)
+    restorable = {target: json.loads(text) for text, target in recorded_checks(book, root)}
     for folder in jobs:
         dest = Path(book) / IN_PROGRESS / folder.name / CHECKS
-        files = [folder / "checks.json"] if (folder / "checks.json").is_file() else []
-        table = Path(book) / (_job_table(folder.name) or "") / "checks.json"
+        in_checks = not (folder / "table.md").is_file() and (folder / "checks.json").is_file()
+        files = [folder / "checks.json"] if in_checks else []
         mine = _read_json(files[0]) if files else None
-        if isinstance(mine, list) and mine and table.is_file() and all(e in _read_json(table) for e in mine):
-            files = []  # every finished check is in its table's checks.json (merge_checks), which --restore gives back
+        if isinstance(mine, list) and mine and all(e in restorable.get(folder / "checks.json", []) for e in mine):
+            files = []  # every finished check comes back from the table: no second copy
         files += sorted((folder / CHECKS_IN_PROGRESS).glob("*.json")) if (folder / CHECKS_IN_PROGRESS).is_dir() else []
         shutil.rmtree(dest, ignore_errors=True)
         if (folder / "table.md").is_file() or not files:
@@ -484,12 +486,13 @@ def recorded_checks(book: Path, root: Path) -> list:
             made = jobs.get(e["defence"], set())
             if "defence_fingerprint" in e and isinstance(e.get("checks"), list) and len(made) == 1:
                 by_job.setdefault(next(iter(made)), []).append(e)
-        todo += [(json.dumps(entries, indent=2) + "\n", Path(root) / job / "checks.json") for job, entries in sorted(by_job.items())]
+        todo += [(json.dumps(entries, indent=2, ensure_ascii=False) + "\n", Path(root) / job / "checks.json") for job, entries in sorted(by_job.items())]
     return todo
 
 
 def restore_checks(todo: list) -> int:
-    """Write :func:`kept_checks`' files back into their job folders (never over a file there). Returns how many."""
+    """Write :func:`kept_checks`' or :func:`recorded_checks`' files back into their job folders (never over a file
+    there). Returns how many."""
     written = 0
     for text, target in todo:
         if not target.exists():
