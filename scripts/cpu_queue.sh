@@ -54,7 +54,7 @@ D="--preset digits --weights shipped --n 476 --batch-size 64 --steps 80"
 ERE="'ERE descent (no SAM) ε_pur=0.3'"
 ATERE="'PGD-AT + ERE descent (no SAM) ε_pur=0.3'"
 xargs -P "$LANES" -d '\n' -I{} bash -c '{}' <<JOBS
-job cifar40-pursamere $C --then-steps 40 --only PurSAMERE --purifier-classifier clean
+job cifar40-pursamere $C --then-steps 40 --only PurSAMERE --purifier-classifier clean && job cifar80-pursamere $C --then-steps 40,80 --only PurSAMERE --purifier-classifier clean
 job digits-0.1-pursamere $D --eps 0.1 --only PurSAMERE
 job cifar-ere $C --only 'ERE descent' --purifier-classifier clean
 job digits160-0.2-ere $D --then-steps 160 --eps 0.2 --only $ERE
