@@ -12,7 +12,8 @@
 # results/whole with --resume and its log is results/whole/NAME.cpu.log. A stopped job loses at most the batch it
 # was in (CIFAR-10 batches of 8, digits of 64: a row in progress is kept per batch, and the batch size is part of
 # its identity, so keep these). A cifar40-* job (the 40-step check) starts from a copy of its 20-step job's ℓ∞ rows
-# and a cifar80-* job (the next rung) from its 40-step job's, once that job has finished (same line, after it);
+# and a cifar80-* job (the next rung) from its 40-step job's, once that job has finished (same line, after it), a
+# cifar160-* job from its 80-step job's;
 # a digits160-* job (the 160-step suite) starts from a copy of its 80-step digits-* job's rows.
 # Take a line out when its job is finished and recorded.
 # DRY=1: print the commands instead of running them.
@@ -29,6 +30,7 @@ job() {  # job NAME ARGS...: one ensemble job, resumed; exit 0 only when it fini
     case $name in
         cifar40-*) src="$ROOT/cifar-${name#cifar40-}" ;;    # the 40-step check starts from the 20-step job's rows
         cifar80-*) src="$ROOT/cifar40-${name#cifar80-}" ;;  # the 80-step rung from the 40-step check's
+        cifar160-*) src="$ROOT/cifar80-${name#cifar160-}" ;;  # the 160-step rung from the 80-step rung's
         digits160-*) src="$ROOT/digits-${name#digits160-}" ;;  # the 160-step suite from the 80-step job's rows
     esac
     if [ -n "$src" ] && [ ! -f "$ROOT/$name/results.json" ] && [ "${DRY:-}" != 1 ]; then
@@ -56,6 +58,7 @@ ATERE="'PGD-AT + ERE descent (no SAM) ε_pur=0.3'"
 xargs -P "$LANES" -d '\n' -I{} bash -c '{}' <<JOBS
 job cifar40-pursamere $C --then-steps 40 --only PurSAMERE --purifier-classifier clean && job cifar80-pursamere $C --then-steps 40,80 --only PurSAMERE --purifier-classifier clean
 job digits-0.1-pursamere $D --eps 0.1 --only PurSAMERE
+job cifar160-ere $C --then-steps 40,80,160 --only 'ERE descent' --purifier-classifier clean
 job cifar-ere $C --only 'ERE descent' --purifier-classifier clean
 job digits160-0.2-ere $D --then-steps 160 --eps 0.2 --only $ERE
 job cifar40-diffpure $C --then-steps 40 --only DiffPure-style --purifier-classifier clean

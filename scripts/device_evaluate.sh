@@ -23,7 +23,8 @@
 #    - cifar40-* jobs: the CIFAR-10 key rows' convergence check at ℓ∞ 8/255, the 40-step suite on the 20-step suite's
 #      survivors (--then-steps 40, each started from its 20-step job's ℓ∞ rows; cifar40-pursamere after
 #      cifar-pursamere on the same queue line, so the 20-step attacks it lacks run once); then cifar80-*, the
-#      next rung (--then-steps 40,80), on the same line, started from its 40-step job once that has finished;
+#      next rung (--then-steps 40,80), on the same line, started from its 40-step job once that has finished, and
+#      then cifar160-* (--then-steps 40,80,160) after its 80-step job;
 #    the unfinished work first (as recorded on 2026-11-30), then the convergence checks (doubled
 #    budgets), then the jobs already recorded (quick no-ops with RESUME_FROM, full re-runs without).
 #
@@ -65,9 +66,16 @@ ens() {  # ens NAME ARGS...: one ensemble job until DEADLINE (epoch seconds), it
         from="$RESUME_FROM/cifar-${name#cifar40-}"  # ... or as recorded
     elif [ "${name#cifar80-}" != "$name" ] && [ -f "$W/logs/cifar40-${name#cifar80-}.finished" ]; then
         from="$W/cifar40-${name#cifar80-}"  # the 80-step rung starts from its 40-step job, finished in this call
+    elif [ "${name#cifar160-}" != "$name" ] && [ -f "$W/logs/cifar80-${name#cifar160-}.finished" ]; then
+        from="$W/cifar80-${name#cifar160-}"  # the 160-step rung from its 80-step job, finished in this call
+    elif [ -n "${RESUME_FROM:-}" ] && [ "${name#cifar160-}" != "$name" ] && [ -f "$RESUME_FROM/cifar80-${name#cifar160-}/results.json" ]; then
+        from="$RESUME_FROM/cifar80-${name#cifar160-}"  # ... or as recorded (its line runs the 80-step job first)
     fi
     if [ -z "$from" ] && [ "${name#cifar80-}" != "$name" ] && [ "${DRY:-}" != 1 ]; then  # never all three suites from scratch
         say "$name: skipped (cifar40-${name#cifar80-} has not finished)"; return
+    fi
+    if [ -z "$from" ] && [ "${name#cifar160-}" != "$name" ] && [ "${DRY:-}" != 1 ]; then  # nor all four
+        say "$name: skipped (cifar80-${name#cifar160-} has not finished)"; return
     fi
     if [ -n "$from" ]; then rm -rf "${W:?}/$name"; cp -r "$from" "$W/$name"; resume="--resume"; fi
     if [ -n "$from" ] && [ "$from" != "${RESUME_FROM:-}/$name" ] && [ "${name#cifar40-}" != "$name" ]; then  # ℓ∞ rows only
@@ -107,8 +115,8 @@ fi
 # ---- 2. the jobs
 # DT: the digits160-* jobs, the 160-step suite on the 80-step suite's survivors (chapter 7), at ℓ∞ 0.2 and 0.15
 # CT: the cifar40-* jobs, the 40-step suite on the 20-step suite's survivors, at ℓ∞ 8/255
-if [ "$TINY" = tiny ]; then CN=4; CR=2; DN=8; CS="--steps 1"; CSS="--steps 2"; CT="--then-steps 4"; CT2="--then-steps 4,8"; DS="--steps 1"; DSS="--steps 2 --restarts 2"; DT="--then-steps 4"
-else CN=256; CR=128; DN=476; CS=""; CSS="--strong"; CT="--then-steps 40"; CT2="--then-steps 40,80"; DS="--steps 80"; DSS="--steps 160 --restarts 2"; DT="--then-steps 160"; fi
+if [ "$TINY" = tiny ]; then CN=4; CR=2; DN=8; CS="--steps 1"; CSS="--steps 2"; CT="--then-steps 4"; CT2="--then-steps 4,8"; CT3="--then-steps 4,8,16"; DS="--steps 1"; DSS="--steps 2 --restarts 2"; DT="--then-steps 4"
+else CN=256; CR=128; DN=476; CS=""; CSS="--strong"; CT="--then-steps 40"; CT2="--then-steps 40,80"; CT3="--then-steps 40,80,160"; DS="--steps 80"; DSS="--steps 160 --restarts 2"; DT="--then-steps 160"; fi
 export DEADLINE=$(( T0 + SECONDS_TOTAL - 100 ))
 say "jobs: $PARALLEL at a time for $(( DEADLINE - $(date +%s) )) s"
 if command -v nvidia-smi > /dev/null; then
@@ -130,8 +138,8 @@ ens digits160-0.15-pursamere $D $DS $DT --eps 0.15 --only PurSAMERE
 ens digits160-0.15-plain $D $DS $DT --eps 0.15 --only 'undefended,adversarial training,TRADES'
 ens digits160-0.15-adp $D $DS $DT --eps 0.15 --only ADP
 ens digits160-0.15-diffpure $D $DS $DT --eps 0.15 --only DiffPure-style
-ens cifar-pursamere $C --n $CN --part key $CS --only PurSAMERE --purifier-classifier clean; ens cifar40-pursamere $C --n $CN --part key $CS $CT --only PurSAMERE --purifier-classifier clean; ens cifar80-pursamere $C --n $CN --part key $CS $CT2 --only PurSAMERE --purifier-classifier clean
-ens cifar40-ere $C --n $CN --part key $CS $CT --only 'ERE descent' --purifier-classifier clean; ens cifar80-ere $C --n $CN --part key $CS $CT2 --only 'ERE descent' --purifier-classifier clean
+ens cifar-pursamere $C --n $CN --part key $CS --only PurSAMERE --purifier-classifier clean; ens cifar40-pursamere $C --n $CN --part key $CS $CT --only PurSAMERE --purifier-classifier clean; ens cifar80-pursamere $C --n $CN --part key $CS $CT2 --only PurSAMERE --purifier-classifier clean; ens cifar160-pursamere $C --n $CN --part key $CS $CT3 --only PurSAMERE --purifier-classifier clean
+ens cifar40-ere $C --n $CN --part key $CS $CT --only 'ERE descent' --purifier-classifier clean; ens cifar80-ere $C --n $CN --part key $CS $CT2 --only 'ERE descent' --purifier-classifier clean; ens cifar160-ere $C --n $CN --part key $CS $CT3 --only 'ERE descent' --purifier-classifier clean
 ens digits-0.2-diffpure $D $DS --eps 0.2 --only DiffPure-style
 ens digits-0.2-adp $D $DS --eps 0.2 --only ADP
 ens cifar-rest-at $C --n $CR --part rest $CS --only adversarial
@@ -153,9 +161,9 @@ ens digits-0.15-adp $D $DS --eps 0.15 --only ADP
 ens digits-0.2-ere-strong $D $DSS --eps 0.2 --only 'ERE descent (no SAM) ε_pur=0.3'
 ens cifar-ere-strong $C --n $CN --part key $CSS --only 'ERE descent' --purifier-classifier clean
 ens cifar-at-strong $C --n $CN --part key $CSS --only adversarial
-ens cifar40-at $C --n $CN --part key $CS $CT --only adversarial; ens cifar80-at $C --n $CN --part key $CS $CT2 --only adversarial
-ens cifar40-plain $C --n $CN --part key $CS $CT --only undefended; ens cifar80-plain $C --n $CN --part key $CS $CT2 --only undefended
-ens cifar40-diffpure $C --n $CN --part key $CS $CT --only DiffPure-style --purifier-classifier clean; ens cifar80-diffpure $C --n $CN --part key $CS $CT2 --only DiffPure-style --purifier-classifier clean
+ens cifar40-at $C --n $CN --part key $CS $CT --only adversarial; ens cifar80-at $C --n $CN --part key $CS $CT2 --only adversarial; ens cifar160-at $C --n $CN --part key $CS $CT3 --only adversarial
+ens cifar40-plain $C --n $CN --part key $CS $CT --only undefended; ens cifar80-plain $C --n $CN --part key $CS $CT2 --only undefended; ens cifar160-plain $C --n $CN --part key $CS $CT3 --only undefended
+ens cifar40-diffpure $C --n $CN --part key $CS $CT --only DiffPure-style --purifier-classifier clean; ens cifar80-diffpure $C --n $CN --part key $CS $CT2 --only DiffPure-style --purifier-classifier clean; ens cifar160-diffpure $C --n $CN --part key $CS $CT3 --only DiffPure-style --purifier-classifier clean
 ens cifar-plain $C --n $CN --part key $CS --only undefended
 ens cifar-at $C --n $CN --part key $CS --only adversarial
 ens cifar-diffpure $C --n $CN --part key $CS --only DiffPure-style --purifier-classifier clean

@@ -44,10 +44,15 @@ TABLES = {
                                          "steps on the images it left (--then-steps 40)"),
     "cifar10-cpu-table-80": ("cifar80-", "CIFAR-10 (cifar10-cpu) at ℓ∞ 8/255: the key rows' suite at 20 steps, then at 40 "
                                          "steps on the images it left, then at 80 on what both left (--then-steps 40,80)"),
+    "cifar10-cpu-table-160": ("cifar160-", "CIFAR-10 (cifar10-cpu) at ℓ∞ 8/255: the key rows' suite at 20 steps, then at 40, "
+                                           "80 and 160 steps, each on what all before it left (--then-steps 40,80,160)"),
     "digits-whole-test": ("digits-", "digits, every table image (n = 476), the ensemble at 80 steps × 1 restart"),
     "digits-whole-test-160": ("digits160-", "digits, every table image (n = 476) at ℓ∞ 0.15 and 0.2: the ensemble at 80 steps, "
                                             "then at 160 steps on the images it left (--then-steps 160)"),
 }
+
+# the CIFAR-10 key rows' longer suites: each table's --then-steps (its jobs start from a copy of the rung before's)
+CIFAR_RUNGS = {"cifar10-cpu-table-40": (40,), "cifar10-cpu-table-80": (40, 80), "cifar10-cpu-table-160": (40, 80, 160)}
 
 
 def _protocol(table: str) -> tuple:
@@ -65,8 +70,8 @@ def _protocol(table: str) -> tuple:
         pr = protocols.ensemble(DIGITS, plan)
         return pr, pr.defences
     part = "rest" if table == "cifar10-cpu-rest" else "key"
-    if table in ("cifar10-cpu-table-40", "cifar10-cpu-table-80"):  # the key rows' convergence checks: 20 steps, then
-        rungs = (40,) if table.endswith("-40") else (40, 80)  # 40 on what is left (then 80 on what both left)
+    if table in CIFAR_RUNGS:  # the key rows' convergence checks: 20 steps, then 40 on what is left, then 80 on what
+        rungs = CIFAR_RUNGS[table]  # both left, then 160 on what all three left (each table one rung longer)
         then = tuple(protocols.budget_at(r, 1) for r in rungs)
         pr = cifar10_cpu.table_protocol(CIFAR10_CPU, "key", have=("plain", "adversarial"),
                                         then=then[0] if len(then) == 1 else then)
@@ -588,7 +593,7 @@ def provenance(part_rows: dict, res: dict, old: dict, old_rows: dict, gpu: set, 
 
 
 # a table's longer suites (--then-steps), each merged from its own jobs: the README shows them as the table's checks
-RUNGS = {"cifar10-cpu-table": (("cifar10-cpu-table-40", 40), ("cifar10-cpu-table-80", 80)),
+RUNGS = {"cifar10-cpu-table": tuple((t, r[-1]) for t, r in CIFAR_RUNGS.items()),
          "digits-whole-test": (("digits-whole-test-160", 160),)}
 
 
@@ -604,7 +609,7 @@ def rung_check(w: dict) -> str:
     if not checks[0]["of"]:
         return "nothing left to break"
     parts = [f"{c['steps']} steps broke {c['broke']} of {c['of']}"
-             + ("" if c["complete"] else f" ({c['attacks']} of {c['planned']} attacks so far)") for c in checks]
+             + ("" if c["complete"] else f" ({c['attacks']} of its {c['planned']} attacks so far)") for c in checks]
     line = "; ".join(parts)
     verdict = convergence(w)
     if verdict is not None:

@@ -466,7 +466,7 @@ def test_device_queue_runs_each_recorded_row_in_exactly_one_job(rt, tmp_path, mo
                 assert seen[(table, r["defence"], str(r["norm"]), round(r["eps"], 9))] == job_of[r["key"]], r["key"]
 
 
-RUNG_TABLES = (("cifar10-cpu-table-40", 40), ("cifar10-cpu-table-80", 80))
+RUNG_TABLES = (("cifar10-cpu-table-40", 40), ("cifar10-cpu-table-80", 80), ("cifar10-cpu-table-160", 160))
 
 
 def test_cpu_queue_continues_every_unfinished_recorded_group_in_its_own_job(rt, tmp_path, monkeypatch):
@@ -652,6 +652,21 @@ def test_the_80_step_rung_table_starts_from_the_40_step_rows(rt):
     assert rt.expected_groups("cifar10-cpu-table-80") == rt.expected_groups("cifar10-cpu-table-40")
 
 
+def test_the_160_step_rung_table_starts_from_the_80_step_rows(rt):
+    """cifar10-cpu-table-160: the 80-step table's suites, then 160 steps; its jobs (cifar160-*) start from a copy of
+    their 80-step job, whose rows are all within its budget; the README's table shows the rungs in order."""
+    planned = rt.planned_attacks("cifar10-cpu-table-160")
+    assert rt.planned_attacks("cifar10-cpu-table-80") < planned and ("exact-APGD-T160-long", "inf") in planned
+    assert rt.belongs("cifar160-ere", "cifar160-") and not rt.belongs("cifar160-ere", "cifar-")
+    assert not rt.belongs("cifar160-ere", "cifar80-") and not rt.belongs("cifar80-ere", "cifar160-")
+    rows = json.loads((ROOT / "book" / "data" / "cifar10-cpu-table-80" / "results.json").read_text())["rows"]
+    rt.check_budget("cifar10-cpu-table-160", {Path("cifar160-ere"): rows})
+    with pytest.raises(ValueError, match="exact-APGD-T160-long"):  # the 80-step table's budget has none
+        rt.check_budget("cifar10-cpu-table-80", {Path("cifar80-ere"): rows + [dict(rows[-1], attack="exact-APGD-T160-long")]})
+    assert rt.expected_groups("cifar10-cpu-table-160") == rt.expected_groups("cifar10-cpu-table-80")
+    assert [steps for _, steps in rt.RUNGS["cifar10-cpu-table"]] == [40, 80, 160]
+
+
 def test_longer_suite_frame_counts_what_the_longer_suite_broke_image_by_image():
     """The chapters' table of a --then-steps run against its first suite (chapter 7: 80 then 160; chapter 6: 20 then 40),
     on the recorded digits tables: finished groups give counts, unfinished ones bounds."""
@@ -730,7 +745,7 @@ def test_readme_table_shows_each_row_at_its_longest_suite_and_whether_it_converg
     assert rows["held"][3] == "50.0 [0–100]"  # ε = 0.2: no longer suite holds it
     # the worst case over all three suites, an upper bound while the longest is still running
     assert rows["broken"][2] == "≤ 44.5 (10 of 12 attacks)"
-    assert rows["broken"][-1] == ("40 steps broke 10 of 100; 80 steps broke 1 of 90 (2 of 4 attacks so far): "
+    assert rows["broken"][-1] == ("40 steps broke 10 of 100; 80 steps broke 1 of 90 (2 of its 4 attacks so far): "
                                   "**not converged** by the 40-step suite |")
     assert rows["late"][-1].endswith("**not converged** by the 80-step suite |")  # its count can only grow
     assert rows["slow"][2].startswith("≤ 50.0 (2 of 4") and rows["slow"][-1].startswith("after its own suite")

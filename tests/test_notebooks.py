@@ -250,7 +250,8 @@ def test_06_on_the_recorded_table_counts_its_longer_suites(tmp_path):
     res = json.loads(out_json.read_text())
     data = NOTEBOOKS.parent / "book" / "data"
     table = read_results(data / "cifar10-cpu-table")
-    rungs = chapter.longer_suites(table, [(40, data / "cifar10-cpu-table-40"), (80, data / "cifar10-cpu-table-80")])
+    rungs = chapter.longer_suites(table, [(40, data / "cifar10-cpu-table-40"), (80, data / "cifar10-cpu-table-80"),
+                                          (160, data / "cifar10-cpu-table-160")])
     merged = over_longer_suites(table, rungs)
     for w in merged["worst_case"]:
         if w["norm"] == "inf":
