@@ -12,9 +12,9 @@
 # results/whole with --resume and its log is results/whole/NAME.cpu.log. A stopped job loses at most the batch it
 # was in (CIFAR-10 batches of 8, digits of 64: a row in progress is kept per batch, and the batch size is part of
 # its identity, so keep these). A cifar40-* job (the 40-step check) starts from a copy of its 20-step job's ℓ∞ rows
-# and a cifar80-* job (the next rung) from its 40-step job's, once that job has finished (same line, after it), a
-# cifar160-* job from its 80-step job's;
-# a digits160-* job (the 160-step suite) starts from a copy of its 80-step digits-* job's rows.
+# and a cifar80-* job (the next rung) from its 40-step job's, a cifar160-* job from its 80-step job's; a digits160-*
+# job (the 160-step suite) starts from a copy of its 80-step digits-* job's rows. A job is seeded only from a finished
+# one (else it says so and stops): put a job whose source is still running on the same line, after it (&&).
 # Take a line out when its job is finished and recorded.
 # DRY=1: print the commands instead of running them.
 set -u
@@ -35,6 +35,9 @@ job() {  # job NAME ARGS...: one ensemble job, resumed; exit 0 only when it fini
     esac
     if [ -n "$src" ] && [ ! -f "$ROOT/$name/results.json" ] && [ "${DRY:-}" != 1 ]; then
         [ -f "$src/results.json" ] || { echo "$name: no $src to start from"; return 1; }
+        # only from a finished job: an unfinished one's attacks would run twice (there and in the copy)
+        $PY -c 'import sys; sys.path.insert(0, "scripts"); from pathlib import Path; import record_tables as r
+sys.exit(0 if r._finished(Path(sys.argv[1])) else 1)' "$src" || { echo "$name: $src has not finished; run it first"; return 1; }
         # into the folder, never over what it holds (rows in progress a restore wrote back before any results.json)
         # (cp -n: some coreutils versions exit 1 when they skip a file; what counts is the copied results.json)
         mkdir -p "$ROOT/$name" && { cp -rn "$src"/. "$ROOT/$name"/; [ -f "$ROOT/$name/results.json" ]; } || return 1

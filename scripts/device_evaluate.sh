@@ -68,8 +68,6 @@ ens() {  # ens NAME ARGS...: one ensemble job until DEADLINE (epoch seconds), it
         from="$W/cifar40-${name#cifar80-}"  # the 80-step rung starts from its 40-step job, finished in this call
     elif [ "${name#cifar160-}" != "$name" ] && [ -f "$W/logs/cifar80-${name#cifar160-}.finished" ]; then
         from="$W/cifar80-${name#cifar160-}"  # the 160-step rung from its 80-step job, finished in this call
-    elif [ -n "${RESUME_FROM:-}" ] && [ "${name#cifar160-}" != "$name" ] && [ -f "$RESUME_FROM/cifar80-${name#cifar160-}/results.json" ]; then
-        from="$RESUME_FROM/cifar80-${name#cifar160-}"  # ... or as recorded (its line runs the 80-step job first)
     fi
     if [ -z "$from" ] && [ "${name#cifar80-}" != "$name" ] && [ "${DRY:-}" != 1 ]; then  # never all three suites from scratch
         say "$name: skipped (cifar40-${name#cifar80-} has not finished)"; return

@@ -469,6 +469,40 @@ def test_device_queue_runs_each_recorded_row_in_exactly_one_job(rt, tmp_path, mo
 RUNG_TABLES = (("cifar10-cpu-table-40", 40), ("cifar10-cpu-table-80", 80), ("cifar10-cpu-table-160", 160))
 
 
+def test_cpu_queue_seeds_a_longer_suite_only_from_a_finished_job(tmp_path):
+    """scripts/cpu_queue.sh's job(): a cifar80-*/cifar160-* job starts from a copy of the job one rung shorter only
+    once that job has finished (else its unfinished attacks would run in both folders); it says so and stops."""
+    import os
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    (tmp_path / "scripts").symlink_to(ROOT / "scripts")
+    shim = tmp_path / "py"  # the real interpreter, except that the ensemble itself only says it ran
+    shim.write_text(f'#!/bin/bash\nif [ "$1" = -m ]; then echo "ran $*"; exit 0; fi\nexec {sys.executable} "$@"\n')
+    shim.chmod(0o755)
+    whole = tmp_path / "results" / "whole"
+    for name, table in (("cifar80-a", "cifar10-cpu-table-80"), ("cifar40-b", "cifar10-cpu-table-40")):
+        (whole / name).mkdir(parents=True)
+        shutil.copy(ROOT / "book" / "data" / table / "results.json", whole / name / "results.json")
+    text = (ROOT / "scripts" / "cpu_queue.sh").read_text()
+    fn = re.search(r"^job\(\) \{.*?^\}$", text, re.S | re.M).group(0)
+    env = dict(os.environ, ROOT="results/whole", PY=str(shim), LC_ALL="C.UTF-8", OMP_NUM_THREADS="1")
+
+    def job(name):
+        return subprocess.run(["bash", "-c", fn + f"\njob {name} --preset cifar10-cpu"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    done = job("cifar160-a")  # cifar80-a holds the recorded 80-step table: every row finished
+    assert done.returncode == 0 and "cifar160-a: start" in done.stdout, done.stdout + done.stderr
+    assert "ran -m pursamere ensemble" in (whole / "cifar160-a.cpu.log").read_text()
+    assert (whole / "cifar160-a" / "results.json").is_file()
+    left = job("cifar80-b")  # cifar40-b: PurSAMERE's 40-step suite has an attack to go
+    assert left.returncode == 1 and "has not finished" in left.stdout and "start" not in left.stdout, left.stdout
+    assert not (whole / "cifar80-b").exists() and not (whole / "cifar80-b.cpu.log").exists()
+
+
 def test_cpu_queue_continues_every_unfinished_recorded_group_in_its_own_job(rt, tmp_path, monkeypatch):
     """scripts/cpu_queue.sh, as its dry run prints it: every command is one the CLI takes, and every group a recorded
     table has not finished is continued by the job folder that holds its rows (job_of), with the batch size its rows
