@@ -47,9 +47,13 @@ def test_status_reports_groups_rows_in_progress_and_the_queue(tmp_path, capsys, 
     attack = {"attack": {"name": "it", "gradient": "exact", "kind": "pgd", "steps": 10}, "eps": 2 * 8 / 255}
     (done / "checks-in-progress" / ("b" * 16 + ".json")).write_text(json.dumps(
         {"ident": {"eps": 8 / 255}, "attack": json.dumps(attack), "flags": [True]}))
+    rung = tmp_path / "cifar80-q"  # a longer suite's job that has just copied its finished source: no checks to run
+    rung.mkdir()
+    (rung / "results.json").write_text(json.dumps({"meta": {}, "rows": [], "worst_case": [
+        _group("PurSAMERE", [True] + [False] * 9, ["BPDA20"], ["BPDA20"], True)]}))
     (tmp_path / "queue.log").write_text("".join(f"2026-12-02T09:10:11Z {j}: start\n" for j in ("cifar-x", "cifar-z",
                                                                                              "cifar-w", "cifar-v")))
-    monkeypatch.setattr(rs, "live_jobs", lambda root: {"cifar-x", "cifar-y", "cifar-z", "cifar-w"})
+    monkeypatch.setattr(rs, "live_jobs", lambda root: {"cifar-x", "cifar-y", "cifar-z", "cifar-w", "cifar80-q"})
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     assert rs.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -59,6 +63,7 @@ def test_status_reports_groups_rows_in_progress_and_the_queue(tmp_path, capsys, 
     assert "inside BPDA20: 3 of 9 images, broke 0, 30 s so far, about 1 min left" in out
     assert "PGD-AT · ℓ∞ 0.03137: complete, 30.0% (3 of 10)" in out and "inside its first attack" not in out
     assert out.count("every row finished: the job is running its obfuscation checks") == 1  # cifar-z only
+    assert out.count("the job is starting its next attacks") == 1  # cifar80-q
     assert "check attacks finished in the checks under way: 2 (kept): it (exact, 10 steps, ε × 2)" in out
     assert "cifar-w  [running]: no results.json yet" in out and "cifar-v" not in out  # started, never wrote, not running
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
@@ -84,13 +89,17 @@ def test_status_reports_groups_rows_in_progress_and_the_queue(tmp_path, capsys, 
 def test_live_jobs_finds_this_machines_ensemble_processes(tmp_path):
     import subprocess
     import sys
+    import time
 
     rs = load_script("run_status")
     # a stand-in process whose command line names a job folder under tmp_path the way the queue's jobs do
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "pursamere", "ensemble",
                           "--out", str(tmp_path / "cifar-q")])
     try:
-        live = rs.live_jobs(tmp_path)
+        live, waited = rs.live_jobs(tmp_path), 0
+        while live is not None and "cifar-q" not in live and waited < 100:  # until its exec has set its command line
+            time.sleep(0.1)
+            live, waited = rs.live_jobs(tmp_path), waited + 1
         assert live is None or "cifar-q" in live
     finally:
         p.kill()
