@@ -74,6 +74,7 @@ job digits160-0.2-ere $D --then-steps 160 --eps 0.2 --only $ERE
 job cifar-ere $C --only 'ERE descent' --purifier-classifier clean
 job digits160-0.2-at-ere $D --then-steps 160 --eps 0.2 --only $ATERE
 job digits160-0.15-pursamere $D --then-steps 160 --eps 0.15 --only PurSAMERE
+job digits160-0.1-pursamere $D --then-steps 160 --eps 0.1 --only PurSAMERE
 job cifar-rest-at $CR --only adversarial
 job digits160-0.15-ere $D --then-steps 160 --eps 0.15 --only $ERE
 job cifar-rest-pursamere $CR --only PurSAMERE --purifier-classifier clean

@@ -18,8 +18,8 @@
 #      then the rest on 128 (a prefix of the same images), by defence group;
 #    - digits (shipped weights): every key row on all 476 table images at ℓ∞ 0.2 / 0.1 / 0.15 with
 #      the ensemble at 80 steps × 1 restart (chapter 7's ladder), by ε and defence group; first of all the
-#      digits160-* jobs: at ℓ∞ 0.2 then 0.15, the 160-step suite on the 80-step suite's survivors (--then-steps 160,
-#      each started from its 80-step job's folder);
+#      digits160-* jobs: at ℓ∞ 0.2 then 0.15 (and PurSAMERE at 0.1), the 160-step suite on the 80-step suite's
+#      survivors (--then-steps 160, each started from its 80-step job's folder);
 #    - cifar40-* jobs: the CIFAR-10 key rows' convergence check at ℓ∞ 8/255, the 40-step suite on the 20-step suite's
 #      survivors (--then-steps 40, each started from its 20-step job's ℓ∞ rows; cifar40-pursamere after
 #      cifar-pursamere on the same queue line, so the 20-step attacks it lacks run once); then cifar80-*, the
@@ -111,7 +111,8 @@ elif ! grep -q "smoke-cifar: exit 0" "$W/logs/status" || ! grep -q "smoke-digits
 fi
 
 # ---- 2. the jobs
-# DT: the digits160-* jobs, the 160-step suite on the 80-step suite's survivors (chapter 7), at ℓ∞ 0.2 and 0.15
+# DT: the digits160-* jobs, the 160-step suite on the 80-step suite's survivors (chapter 7), at ℓ∞ 0.2 and 0.15,
+# and PurSAMERE at 0.1
 # CT: the cifar40-* jobs, the 40-step suite on the 20-step suite's survivors, at ℓ∞ 8/255
 if [ "$TINY" = tiny ]; then CN=4; CR=2; DN=8; CS="--steps 1"; CSS="--steps 2"; CT="--then-steps 4"; CT2="--then-steps 4,8"; CT3="--then-steps 4,8,16"; DS="--steps 1"; DSS="--steps 2 --restarts 2"; DT="--then-steps 4"
 else CN=256; CR=128; DN=476; CS=""; CSS="--strong"; CT="--then-steps 40"; CT2="--then-steps 40,80"; CT3="--then-steps 40,80,160"; DS="--steps 80"; DSS="--steps 160 --restarts 2"; DT="--then-steps 160"; fi
@@ -136,6 +137,7 @@ ens digits160-0.15-pursamere $D $DS $DT --eps 0.15 --only PurSAMERE
 ens digits160-0.15-plain $D $DS $DT --eps 0.15 --only 'undefended,adversarial training,TRADES'
 ens digits160-0.15-adp $D $DS $DT --eps 0.15 --only ADP
 ens digits160-0.15-diffpure $D $DS $DT --eps 0.15 --only DiffPure-style
+ens digits160-0.1-pursamere $D $DS $DT --eps 0.1 --only PurSAMERE
 ens cifar-pursamere $C --n $CN --part key $CS --only PurSAMERE --purifier-classifier clean; ens cifar40-pursamere $C --n $CN --part key $CS $CT --only PurSAMERE --purifier-classifier clean; ens cifar80-pursamere $C --n $CN --part key $CS $CT2 --only PurSAMERE --purifier-classifier clean; ens cifar160-pursamere $C --n $CN --part key $CS $CT3 --only PurSAMERE --purifier-classifier clean
 ens cifar40-ere $C --n $CN --part key $CS $CT --only 'ERE descent' --purifier-classifier clean; ens cifar80-ere $C --n $CN --part key $CS $CT2 --only 'ERE descent' --purifier-classifier clean; ens cifar160-ere $C --n $CN --part key $CS $CT3 --only 'ERE descent' --purifier-classifier clean
 ens digits-0.2-diffpure $D $DS --eps 0.2 --only DiffPure-style

@@ -47,8 +47,8 @@ TABLES = {
     "cifar10-cpu-table-160": ("cifar160-", "CIFAR-10 (cifar10-cpu) at ℓ∞ 8/255: the key rows' suite at 20 steps, then at 40, "
                                            "80 and 160 steps, each on what all before it left (--then-steps 40,80,160)"),
     "digits-whole-test": ("digits-", "digits, every table image (n = 476), the ensemble at 80 steps × 1 restart"),
-    "digits-whole-test-160": ("digits160-", "digits, every table image (n = 476) at ℓ∞ 0.15 and 0.2: the ensemble at 80 steps, "
-                                            "then at 160 steps on the images it left (--then-steps 160)"),
+    "digits-whole-test-160": ("digits160-", "digits, every table image (n = 476) at ℓ∞ 0.15 and 0.2, and PurSAMERE at 0.1: "
+                                            "the ensemble at 80 steps, then at 160 steps on the images it left (--then-steps 160)"),
 }
 
 # the CIFAR-10 key rows' longer suites: each table's --then-steps (its jobs start from a copy of the rung before's)
@@ -62,10 +62,9 @@ def _protocol(table: str) -> tuple:
 
     if table in ("digits-whole-test", "digits-whole-test-160"):
         # chapter 7: 80 steps is not flat against the purifier; 160 after it, at 0.2 and at 0.15 (where the 80-step
-        # suite's last attack still broke 9 of ERE descent's 256 survivors); at 0.1 it broke 1 of ERE descent's and 1 of
-        # the stack's
+        # suite's last attack still broke 9 of ERE descent's 256 survivors); at 0.1 only for PurSAMERE (:data:`ONLY_AT`)
         longer = table.endswith("-160")
-        plan = protocols.EnsemblePlan(n_test=476, eps=(0.15, 0.2) if longer else (0.1, 0.15, 0.2),
+        plan = protocols.EnsemblePlan(n_test=476, eps=(0.1, 0.15, 0.2),
                                       budget=protocols.budget_at(80, 1), then=protocols.budget_at(160, 1) if longer else None)
         pr = protocols.ensemble(DIGITS, plan)
         return pr, pr.defences
@@ -85,11 +84,21 @@ def _protocol(table: str) -> tuple:
     return pr, keep
 
 
+# a table's threats that only some of its defences meet (table → eps → the labels' beginnings). At digits ℓ∞ 0.1 the
+# 80-step suite's last attack (targeted APGD on the exact gradient at 80 steps, the doubled check) broke 1 of ERE
+# descent's 357 survivors and 1 of the stack's 362, under the 1-in-100 bar (4.76 of 476), but 6 of PurSAMERE's first
+# 128 of 226 (2026-12-03): so only PurSAMERE runs the 160-step suite there.
+ONLY_AT = {"digits-whole-test-160": {0.1: ("PurSAMERE",)}}
+
+
 def expected_groups(table: str) -> list:
-    """The (defence, norm, eps) groups a table is meant to hold: its protocol's defences × the threats each meets."""
+    """The (defence, norm, eps) groups a table is meant to hold: its protocol's defences × the threats each meets
+    (:data:`ONLY_AT`: a threat only some defences meet)."""
     pr, keep = _protocol(table)
+    only = ONLY_AT.get(table, {})
     return [(d.label, str(t.norm), t.eps) for d in keep for t in pr.threats
-            if d.attacks is None or d.attacks.get(str(t.norm))]
+            if (d.attacks is None or d.attacks.get(str(t.norm)))
+            and (t.eps not in only or d.label.startswith(only[t.eps]))]
 
 
 def planned_attacks(table: str) -> set:

@@ -609,14 +609,18 @@ def test_groups_recorded_before_the_suite_gained_an_attack_count_as_incomplete(r
 
 
 def test_the_160_step_table_runs_the_longer_suite_on_the_80_step_survivors(rt):
-    """digits-whole-test-160: at ℓ∞ 0.15 and 0.2, the 80-step suite then the whole 160-step suite, every attack of it
-    cascaded; its job folders (digits160-*) and the 80-step table's (digits-*) never mix."""
+    """digits-whole-test-160: at ℓ∞ 0.15 and 0.2 (and 0.1 for PurSAMERE alone, where the 80-step suite's own doubled
+    check broke more than 1 in 100), the 80-step suite then the whole 160-step suite, every attack of it cascaded;
+    its job folders (digits160-*) and the 80-step table's (digits-*) never mix."""
     from pursamere.evaluation.suite import standard_suite
     from pursamere.experiments.protocols import Protocol, budget_at, suite_then
 
     pr, keep = rt._protocol("digits-whole-test-160")
-    assert [t.eps for t in pr.threats] == [0.15, 0.2]
-    assert {g[2] for g in rt.expected_groups("digits-whole-test-160")} == {0.15, 0.2}
+    assert [t.eps for t in pr.threats] == [0.1, 0.15, 0.2]
+    groups = rt.expected_groups("digits-whole-test-160")
+    assert {g[2] for g in groups} == {0.1, 0.15, 0.2}
+    assert {g[0] for g in groups if g[2] == 0.1} == {"PurSAMERE ρ=ε_pur/2 ε_pur=0.3"}
+    assert {g[0] for g in groups if g[2] == 0.15} == {d.label for d in keep} == {g[0] for g in groups if g[2] == 0.2}
     first, then = standard_suite(budget_at(80)), standard_suite(budget_at(160))
     assert [a.name for a in pr.attacks] == [a.name for a in first] + [a.name for a in then]
     assert all(a.cascade for a in pr.attacks[len(first):])
