@@ -86,8 +86,8 @@ def _protocol(table: str) -> tuple:
 
 # a table's threats that only some of its defences meet (table → eps → the labels' beginnings). At digits ℓ∞ 0.1 the
 # 80-step suite's last attack (targeted APGD on the exact gradient at 80 steps, the doubled check) broke 1 of ERE
-# descent's 357 survivors and 1 of the stack's 362, under the 1-in-100 bar (4.76 of 476), but 6 of PurSAMERE's first
-# 128 of 226 (2026-12-03): so only PurSAMERE runs the 160-step suite there.
+# descent's 357 survivors and 1 of the stack's 362, under the 1-in-100 bar (4.76 of 476), but 7 of PurSAMERE's 226
+# (2026-12-04): so only PurSAMERE runs the 160-step suite there.
 ONLY_AT = {"digits-whole-test-160": {0.1: ("PurSAMERE",)}}
 
 
