@@ -64,7 +64,7 @@ ATERE="'PGD-AT + ERE descent (no SAM) ε_pur=0.3'"
 xargs -P "$LANES" -d '\n' -I{} bash -c '{}' <<JOBS
 job cifar40-pursamere $C --then-steps 40 --only PurSAMERE --purifier-classifier clean && job cifar80-pursamere $C --then-steps 40,80 --only PurSAMERE --purifier-classifier clean
 job digits-0.1-pursamere $D --eps 0.1 --only PurSAMERE
-job cifar40-diffpure $C --then-steps 40 --only DiffPure-style --purifier-classifier clean
+job cifar40-diffpure $C --then-steps 40 --only DiffPure-style --purifier-classifier clean && job cifar80-diffpure $C --then-steps 40,80 --only DiffPure-style --purifier-classifier clean
 job digits160-0.15-plain $D --then-steps 160 --eps 0.15 --only 'undefended,adversarial training,TRADES'
 job digits160-0.15-adp $D --then-steps 160 --eps 0.15 --only ADP
 job cifar160-ere $C --then-steps 40,80,160 --only 'ERE descent' --purifier-classifier clean
