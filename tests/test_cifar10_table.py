@@ -715,13 +715,18 @@ def test_longer_suite_frame_counts_what_the_longer_suite_broke_image_by_image():
     """The chapters' table of a --then-steps run against its first suite (chapter 7: 80 then 160; chapter 6: 20 then 40),
     on the recorded digits tables: finished groups give counts, unfinished ones bounds."""
     from pursamere.book import frames
+    from pursamere.evaluation.results import norm_label
+
+    def pick(df, defence, eps):  # one row per (defence, threat): a longer suite may run at several ε
+        return df[df.threat == norm_label("inf", eps)].loc[defence]
 
     data = ROOT / "book" / "data"
     first = json.loads((data / "digits-whole-test" / "results.json").read_text())
     longer = json.loads((data / "digits-whole-test-160" / "results.json").read_text())
     df = frames.longer_suite_frame(first, longer, (80, 160))
+    assert not df.reset_index().duplicated(["defence", "threat"]).any()
     for w in longer["worst_case"]:
-        row = df.loc[w["defence"]]
+        row = pick(df, w["defence"], w["eps"])
         before = next(b for b in first["worst_case"] if (b["defence"], b["eps"]) == (w["defence"], w["eps"]))
         assert row["robust after 80 steps"] == sum(before["survived"])  # the same rows in both tables here
         if w.get("complete", True):
@@ -737,9 +742,9 @@ def test_longer_suite_frame_counts_what_the_longer_suite_broke_image_by_image():
     only80 = {**longer, "rows": [r for r in longer["rows"] if r["defence"] != ere or r["attack"] != last80],
               "worst_case": [{**w, "attacks": [a for a in w["attacks"] if a != last80]} if w["defence"] == ere else w
                              for w in longer["worst_case"]]}
-    row = frames.longer_suite_frame(cut, only80, (80, 160)).loc[ere]
+    row = pick(frames.longer_suite_frame(cut, only80, (80, 160)), ere, 0.2)
     assert str(row["robust after 80 steps"]).startswith("≤ ") and row["broken by the 160-step suite"] == "–"
-    row = frames.longer_suite_frame(cut, longer, (80, 160)).loc[ere]  # first suite finished in the longer table only
+    row = pick(frames.longer_suite_frame(cut, longer, (80, 160)), ere, 0.2)  # first suite finished in the longer table only
     assert row["robust after 80 steps"] == sum(next(w for w in first["worst_case"] if w["defence"] == ere
                                                     and w["eps"] == 0.2)["survived"])
     assert frames.longer_suite_frame(json.loads((data / "cifar10-cpu-table" / "results.json").read_text()), longer,
