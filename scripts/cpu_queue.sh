@@ -10,7 +10,7 @@
 #
 # LANES jobs at a time (default 2, one thread each: the machine's two cores). Each job continues its folder under
 # results/whole with --resume and its log is results/whole/NAME.cpu.log. A stopped job loses at most the batch it
-# was in (CIFAR-10 batches of 8, digits of 64: a row in progress is kept per batch, and the batch size is part of
+# was in (CIFAR-10 batches of 8 or 2, digits of 64: a row in progress is kept per batch, and the batch size is part of
 # its identity, so keep these). A cifar40-* job (the 40-step check) starts from a copy of its 20-step job's ℓ∞ rows
 # and a cifar80-* job (the next rung) from its 40-step job's, a cifar160-* job from its 80-step job's; a digits160-*
 # job (the 160-step suite) starts from a copy of its 80-step digits-* job's rows. A job is seeded only from a finished
@@ -54,6 +54,10 @@ sys.exit(0 if r._finished(Path(sys.argv[1])) else 1)' "$src" || { echo "$name: $
 export -f job
 
 C="--preset cifar10-cpu --data-root $DATA --n 256 --part key --batch-size 8"
+# the long rungs attack few images (10 and 4) for hours per attack: batches of 2 keep a stopped row's progress every
+# ≈ 40 minutes instead of losing the whole row (finished rows are reused whatever the batch size; rows in progress
+# are resumed only at the batch size they were started with, so keep this one)
+C2="--preset cifar10-cpu --data-root $DATA --n 256 --part key --batch-size 2"
 CR="--preset cifar10-cpu --data-root $DATA --n 128 --part rest --batch-size 8"  # the other rows: the first 128 images
 D="--preset digits --weights shipped --n 476 --batch-size 64 --steps 80"
 ERE="'ERE descent (no SAM) ε_pur=0.3'"
@@ -62,8 +66,8 @@ ATERE="'PGD-AT + ERE descent (no SAM) ε_pur=0.3'"
 # DiffPure-style's 80-step rung and its other rows, then the long ones, digits and CIFAR-10 alternating. Estimated
 # CPU-hours per job: book/reproducibility.md.
 xargs -P "$LANES" -d '\n' -I{} bash -c '{}' <<JOBS
-job cifar80-pursamere $C --then-steps 40,80 --only PurSAMERE --purifier-classifier clean
-job cifar160-ere $C --then-steps 40,80,160 --only 'ERE descent' --purifier-classifier clean
+job cifar80-pursamere $C2 --then-steps 40,80 --only PurSAMERE --purifier-classifier clean
+job cifar160-ere $C2 --then-steps 40,80,160 --only 'ERE descent' --purifier-classifier clean
 job cifar80-diffpure $C --then-steps 40,80 --only DiffPure-style --purifier-classifier clean
 job cifar-rest-baselines $CR --only 'ADP,DiffPure-style' --purifier-classifier clean
 job digits160-0.15-diffpure $D --then-steps 160 --eps 0.15 --only DiffPure-style
