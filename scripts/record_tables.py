@@ -91,14 +91,40 @@ def _protocol(table: str) -> tuple:
 ONLY_AT = {"digits-whole-test-160": {0.1: ("PurSAMERE",)}}
 
 
-def expected_groups(table: str) -> list:
+def expected_groups(table: str, book: Path | None = None) -> list:
     """The (defence, norm, eps) groups a table is meant to hold: its protocol's defences × the threats each meets
-    (:data:`ONLY_AT`: a threat only some defences meet)."""
+    (:data:`ONLY_AT`: a threat only some defences meet), less, with ``book``, a CIFAR-10 rung's groups that a
+    shorter suite recorded there has settled (:func:`settled_before`)."""
     pr, keep = _protocol(table)
     only = ONLY_AT.get(table, {})
+    done = settled_before(table, book) if book is not None else set()
     return [(d.label, str(t.norm), t.eps) for d in keep for t in pr.threats
             if (d.attacks is None or d.attacks.get(str(t.norm)))
-            and (t.eps not in only or d.label.startswith(only[t.eps]))]
+            and (t.eps not in only or d.label.startswith(only[t.eps]))
+            and (d.label, str(t.norm), float(t.eps)) not in done]
+
+
+def settled_before(table: str, book: Path) -> set:
+    """The groups ``(defence, norm, eps)`` a CIFAR-10 rung table (:data:`CIFAR_RUNGS`) will never hold, as recorded
+    under ``book``: the 20-step table's rows that the shorter rungs have settled — nothing left to break, or a
+    finished longer suite that broke under 1 image in 100 (chapter 7's bar, :func:`convergence`). Their jobs do not
+    run them, so the table does not list them as "not run yet". Empty for any other table, and while a row's
+    shorter suites are still deciding."""
+    from pursamere.evaluation.results import convergence, over_longer_suites
+
+    if table not in CIFAR_RUNGS or not (book / "cifar10-cpu-table" / "results.json").is_file():
+        return set()
+    rungs = []
+    for t, steps in sorted(CIFAR_RUNGS.items(), key=lambda kv: len(kv[1])):
+        if len(steps) >= len(CIFAR_RUNGS[table]) or not (book / t / "results.json").is_file():
+            break
+        rungs.append((steps[-1], read_results(book / t)))
+    out = set()
+    for w in over_longer_suites(read_results(book / "cifar10-cpu-table"), rungs)["worst_case"]:
+        verdict = convergence(w)
+        if w.get("complete", True) and (not any(w["survived"]) or (verdict is not None and verdict[0])):
+            out.add((w["defence"], str(w["norm"]), float(w["eps"])))
+    return out
 
 
 def planned_attacks(table: str) -> set:
@@ -825,7 +851,7 @@ def _main(args) -> int:
         parts.sort(key=lambda p: (then is not None and (read_results(p)["meta"].get("plan") or {}).get("then") != then,
                                   before.index(p.name) if p.name in before else len(before)))
         res = merge_results([p / "results.json" for p in parts], out, title=title, order=order,
-                            expected=expected_groups(table), replan=replan(table))
+                            expected=expected_groups(table, Path(args.book)), replan=replan(table))
         if "restored_from" in res["meta"] or ("plan" not in res["meta"] and "plan" in recorded["meta"]):
             # the first part was restored and has not run since: the table keeps the plan it was recorded with
             meta = {k: v for k, v in res["meta"].items() if k != "restored_from"}

@@ -509,10 +509,15 @@ def test_cpu_queue_seeds_a_longer_suite_only_from_a_finished_job(tmp_path):
     assert not (whole / "cifar80-b").exists() and not (whole / "cifar80-b.cpu.log").exists()
 
 
+# the CIFAR-10 rungs that attack a few images for hours per attack: batches of 2 from 2026-12-04 on (rows in progress
+# resume only at the batch size they started with; none of these jobs had one kept when the size changed)
+LONG_RUNGS = {"cifar80-pursamere": "2", "cifar160-ere": "2"}
+
+
 def test_cpu_queue_continues_every_unfinished_recorded_group_in_its_own_job(rt, tmp_path, monkeypatch):
     """scripts/cpu_queue.sh, as its dry run prints it: every command is one the CLI takes, and every group a recorded
     table has not finished is continued by the job folder that holds its rows (job_of), with the batch size its rows
-    in progress were kept at (CIFAR-10 8, digits 64)."""
+    in progress were kept at (CIFAR-10 8, its long rungs 2 from 2026-12-04 on, digits 64)."""
     import os
     import re
     import shlex
@@ -536,7 +541,7 @@ def test_cpu_queue_continues_every_unfinished_recorded_group_in_its_own_job(rt, 
         box = {}
         monkeypatch.setattr(cli, "_engine", lambda args, protocol, kind, **kw: box.update(p=protocol))
         assert cli.main(["ensemble", *argv]) == 0, (name, argv)
-        assert argv[argv.index("--batch-size") + 1] == ("8" if name.startswith("cifar") else "64")
+        assert argv[argv.index("--batch-size") + 1] == (LONG_RUNGS.get(name, "8") if name.startswith("cifar") else "64")
         runs[name] = {(d.label, str(t.norm), round(t.eps, 9)) for d in box["p"].defences for t in box["p"].threats}
     for table, (prefix, _) in rt.TABLES.items():
         src = ROOT / "book" / "data" / table
@@ -970,3 +975,32 @@ def test_a_jobs_finished_checks_go_into_its_tables_checks(rt, tmp_path):
     (table / "checks.json").write_text(json.dumps([{"gradient": "bpda"}]))  # the table's own file, malformed
     with pytest.raises(ValueError, match="cifar10-cpu-table/checks.json is not an obfuscation-check record"):
         rt.merge_checks(book, root, write=False)
+
+
+def test_a_rung_does_not_list_rows_shorter_suites_settled_as_not_run(rt, tmp_path):
+    """A CIFAR-10 rung table's "not run yet" leaves out the rows its job will never run: nothing left to break, or a
+    finished shorter rung that broke under 1 image in 100; a row still undecided (or still running) stays listed."""
+    from pursamere.evaluation.results import SCHEMA
+
+    meta, n = {"data_fingerprint": "x", "schema": SCHEMA}, 200
+    half = [True] * 100 + [False] * 100
+    tables = {
+        "cifar10-cpu-table": [_wc("nothing", [False] * n, 4), _wc("held", half, 4), _wc("broken", half, 4),
+                              _wc("running", half, 4), _wc("slow", half, 2, 4)],
+        "cifar10-cpu-table-40": [_wc("held", [True] * 99 + [False] * 101, 8),  # broke 1 of 100: converged
+                                 _wc("broken", [True] * 90 + [False] * 110, 8),  # broke 10: not converged
+                                 _wc("running", [True] * 99 + [False] * 101, 6, 8)],  # under the bar, unfinished
+    }
+    for t, wc in tables.items():
+        (tmp_path / t).mkdir()
+        (tmp_path / t / "results.json").write_text(json.dumps({"meta": meta, "rows": [], "worst_case": wc}))
+    eps = 0.1
+    assert rt.settled_before("cifar10-cpu-table-80", tmp_path) == {("nothing", "inf", eps), ("held", "inf", eps)}
+    assert rt.settled_before("cifar10-cpu-table-40", tmp_path) == {("nothing", "inf", eps)}
+    assert rt.settled_before("cifar10-cpu-table", tmp_path) == set() and rt.settled_before("digits-whole-test", tmp_path) == set()
+    # the recorded book: whatever it holds, a group is only dropped where a shorter suite settled it
+    book = ROOT / "book" / "data"
+    full = rt.expected_groups("cifar10-cpu-table-160")
+    kept = rt.expected_groups("cifar10-cpu-table-160", book)
+    assert set(kept) <= set(full) and set(full) - set(kept) == rt.settled_before("cifar10-cpu-table-160", book) & set(full)
+    assert "undefended" in {d for d, _, _ in set(full) - set(kept)}  # 0.0 % at 20 steps: nothing left to break
