@@ -62,12 +62,11 @@ CR="--preset cifar10-cpu --data-root $DATA --n 128 --part rest --batch-size 8"  
 D="--preset digits --weights shipped --n 476 --batch-size 64 --steps 80"
 ERE="'ERE descent (no SAM) ε_pur=0.3'"
 ATERE="'PGD-AT + ERE descent (no SAM) ε_pur=0.3'"
-# Order: the jobs running at the last stop (CIFAR-10 PurSAMERE's 80-step rung, ERE descent's 160-step rung), then
-# DiffPure-style's 80-step rung and its other rows, then the long ones, digits and CIFAR-10 alternating. Estimated
+# Order: the jobs running at the last stop (CIFAR-10 PurSAMERE's 80-step rung, DiffPure-style's 80-step rung), then
+# DiffPure-style's other rows, then the long ones, digits and CIFAR-10 alternating. Estimated
 # CPU-hours per job: book/reproducibility.md.
 xargs -P "$LANES" -d '\n' -I{} bash -c '{}' <<JOBS
 job cifar80-pursamere $C2 --then-steps 40,80 --only PurSAMERE --purifier-classifier clean
-job cifar160-ere $C2 --then-steps 40,80,160 --only 'ERE descent' --purifier-classifier clean
 job cifar80-diffpure $C --then-steps 40,80 --only DiffPure-style --purifier-classifier clean
 job cifar-rest-baselines $CR --only 'ADP,DiffPure-style' --purifier-classifier clean
 job digits160-0.15-diffpure $D --then-steps 160 --eps 0.15 --only DiffPure-style
