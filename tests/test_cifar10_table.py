@@ -1004,3 +1004,34 @@ def test_a_rung_does_not_list_rows_shorter_suites_settled_as_not_run(rt, tmp_pat
     kept = rt.expected_groups("cifar10-cpu-table-160", book)
     assert set(kept) <= set(full) and set(full) - set(kept) == rt.settled_before("cifar10-cpu-table-160", book) & set(full)
     assert "undefended" in {d for d, _, _ in set(full) - set(kept)}  # 0.0 % at 20 steps: nothing left to break
+
+
+def test_sam_against_sam_off_compares_two_converged_rows_even_when_one_needed_a_longer_suite():
+    """ERE descent needed the 160-step suite, PurSAMERE (once its 80-step suite has finished) did not: each row then
+    stands at its converged worst case, and chapter 6 compares the two as they are instead of calling them not
+    comparable (a row still running, or not converged, keeps the attacks-both-ran comparison)."""
+    import copy
+
+    from pursamere.book import cifar10 as chapter
+    from pursamere.evaluation.results import convergence, over_longer_suites, paired, read_results
+
+    data = ROOT / "book" / "data"
+    res = read_results(data / "cifar10-cpu-table")
+    merged = over_longer_suites(res, chapter.longer_suites(res, [(s, data / f"cifar10-cpu-table-{s}") for s in (40, 80, 160)]))
+    sam, ere = chapter._find(merged, family="PurSAMERE"), chapter._find(merged, family="ERE descent", classifier="plain")
+    assert convergence(ere) == (True, 160)
+    if convergence(sam) != (True, 80):  # its 80-step suite still running: shown as if it had finished, flags as they are
+        merged = copy.deepcopy(merged)
+        sam = chapter._find(merged, family="PurSAMERE")
+        sam["complete"] = sam["longer_suites"][-1]["complete"] = True
+    lines = chapter.findings(merged)
+    line = next(s for s in lines if s.startswith("SAM (the paper's"))
+    q = paired(sam["survived"], ere["survived"])
+    assert "converged (80 steps with SAM, 160 without)" in line
+    assert f"{q['a_keeps_b_loses']} images kept only with SAM, {q['b_keeps_a_loses']} only without" in line
+    assert ("SAM is ahead" in line) == (q["p"] < 0.05 and q["a_robust"] > q["b_robust"])
+    assert not any(s.startswith("On the ") and "attacks both have run" in s for s in lines)
+    # not converged: back to the attacks both ran
+    sam["longer_suites"][-1]["broke"] = 3
+    lines = chapter.findings(merged)
+    assert any("have not run the same attacks" in s for s in lines)

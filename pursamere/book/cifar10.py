@@ -9,7 +9,7 @@ from itertools import takewhile
 from typing import Optional
 
 from ..evaluation.defences import Family
-from ..evaluation.results import paired, read_results, robust_flags
+from ..evaluation.results import convergence, paired, read_results, robust_flags
 from .frames import PAPER_CIFAR10, headline, longer_suite_frame, paired_frame, pct, rows_frame
 
 __all__ = ["against_paper", "findings", "key_pairs", "attack_frame", "longer_suites", "longer_suite_view",
@@ -155,6 +155,12 @@ def findings(results: dict) -> list[str]:
     if sam and ere:
         p = pair("PurSAMERE (paper's SAM)", "ERE descent (SAM off)")
         same = set(sam["attacks"]) == set(ere["attacks"])
+        # two rows whose longer suites (``over_longer_suites``) each ended at a converged verdict compare as they are,
+        # even where one row needed a longer suite than the other
+        verdicts = [convergence(w) for w in (sam, ere)]
+        settled = None if same or not all(v and v[0] for v in verdicts) or not (sam.get("complete", True)
+                                                                               and ere.get("complete", True)) \
+            else tuple(v[1] for v in verdicts)
         # the attacks both ran, as long as both ran them in the same order (cascaded rows' flags count what the
         # earlier attacks broke, so a worst case over a subset of attacks is only right for a shared prefix)
         common = [x for x, _ in takewhile(lambda pair: pair[0] == pair[1], zip(sam["attacks"], ere["attacks"]))]
@@ -170,11 +176,17 @@ def findings(results: dict) -> list[str]:
                        f"{pct(ere['robust_acc'])}%; {p['A keeps, B loses']} images kept only with SAM, {p['B keeps, A loses']} "
                        f"only without (sign test p = {p['sign-test p']:.3g}). " + verdict(sam["robust_acc"] > ere["robust_acc"], p["sign-test p"])
                        + ("" if p["both rows complete"] else " — provisional: a row is incomplete") + ".")
+        elif settled:  # each row's longer suites stopped where chapter 7's bar said it had converged: compare those
+            out.append(f"SAM (the paper's ρ = ε_pur/2) against SAM off, each at its worst case over the suites up to the "
+                       f"one that found it converged ({settled[0]} steps with SAM, {settled[1]} without): {pct(sam['robust_acc'])}% vs "
+                       f"{pct(ere['robust_acc'])}%; {p['A keeps, B loses']} images kept only with SAM, {p['B keeps, A loses']} "
+                       f"only without (sign test p = {p['sign-test p']:.3g}). "
+                       + verdict(sam["robust_acc"] > ere["robust_acc"], p["sign-test p"]) + ".")
         else:
             out.append(f"SAM (the paper's ρ = ε_pur/2) against SAM off: {pct(sam['robust_acc'])}% vs {pct(ere['robust_acc'])}%, "
                        f"but the two rows have not run the same attacks ({len(sam['attacks'])} and {len(ere['attacks'])}), so "
                        "these numbers do not compare them.")
-        if not same and common:  # the fair comparison meanwhile: the worst case over the attacks both have run
+        if not same and not settled and common:  # the fair comparison meanwhile: the worst case over the attacks both have run
             sel = [r for r in results["rows"] if r["norm"] == "inf" and r["attack"] in common]
             fs, fe = robust_flags(sel, sam["defence"], eps=sam["eps"]), robust_flags(sel, ere["defence"], eps=ere["eps"])
             q = paired(fs, fe)
