@@ -511,7 +511,7 @@ def test_cpu_queue_seeds_a_longer_suite_only_from_a_finished_job(tmp_path):
 
 # the CIFAR-10 rungs that attack a few images for hours per attack: batches of 2 from 2026-12-04 on (rows in progress
 # resume only at the batch size they started with; none of these jobs had one kept when the size changed)
-LONG_RUNGS = {"cifar80-pursamere": "2", "cifar160-ere": "2"}
+LONG_RUNGS: dict = {}  # queued jobs at batch size 2 (cifar80-pursamere and cifar160-ere ran so, both finished)
 
 
 def test_cpu_queue_continues_every_unfinished_recorded_group_in_its_own_job(rt, tmp_path, monkeypatch):
