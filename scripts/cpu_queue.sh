@@ -64,7 +64,7 @@ D="--preset digits --weights shipped --n 476 --batch-size 64 --steps 80"
 ERE="'ERE descent (no SAM) ε_pur=0.3'"
 ATERE="'PGD-AT + ERE descent (no SAM) ε_pur=0.3'"
 # Order: CIFAR-10 DiffPure-style's 80-step rung (running at the last stop), then its 160-step rung (its first two
-# 80-step attacks broke 6 of 46, over the bar), then the long ones, digits and CIFAR-10 alternating. Estimated
+# 80-step attacks broke 6 of 46, over the bar; four broke 9), then the long ones, digits and CIFAR-10 alternating. Estimated
 # CPU-hours per job: book/reproducibility.md.
 xargs -P "$LANES" -d '\n' -I{} bash -c '{}' <<JOBS
 job cifar80-diffpure $C --then-steps 40,80 --only DiffPure-style --purifier-classifier clean && job cifar160-diffpure $C --then-steps 40,80,160 --only DiffPure-style --purifier-classifier clean
