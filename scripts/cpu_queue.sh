@@ -63,11 +63,11 @@ CR="--preset cifar10-cpu --data-root $DATA --n 128 --part rest --batch-size 8"  
 D="--preset digits --weights shipped --n 476 --batch-size 64 --steps 80"
 ERE="'ERE descent (no SAM) ε_pur=0.3'"
 ATERE="'PGD-AT + ERE descent (no SAM) ε_pur=0.3'"
-# Order: CIFAR-10 DiffPure-style's 80-step rung (running at the last stop), then its 160-step rung (its first two
-# 80-step attacks broke 6 of 46, over the bar; four broke 9), then the long ones, digits and CIFAR-10 alternating. Estimated
-# CPU-hours per job: book/reproducibility.md.
+# Order: CIFAR-10 DiffPure-style's 160-step rung (its 80-step rung broke 10 of 46, over the bar), then the long
+# ones, digits and CIFAR-10 alternating (digits160-0.15-diffpure and digits160-0.2-ere were running at the last
+# stop). Estimated CPU-hours per job: book/reproducibility.md.
 xargs -P "$LANES" -d '\n' -I{} bash -c '{}' <<JOBS
-job cifar80-diffpure $C --then-steps 40,80 --only DiffPure-style --purifier-classifier clean && job cifar160-diffpure $C --then-steps 40,80,160 --only DiffPure-style --purifier-classifier clean
+job cifar160-diffpure $C --then-steps 40,80,160 --only DiffPure-style --purifier-classifier clean
 job digits160-0.15-diffpure $D --then-steps 160 --eps 0.15 --only DiffPure-style
 job digits160-0.2-ere $D --then-steps 160 --eps 0.2 --only $ERE
 job cifar-ere $C --only 'ERE descent' --purifier-classifier clean
