@@ -25,7 +25,7 @@
 #      cifar-pursamere on the same queue line, so the 20-step attacks it lacks run once); then cifar80-*, the
 #      next rung (--then-steps 40,80), on the same line, started from its 40-step job once that has finished, and
 #      then cifar160-* (--then-steps 40,80,160) after its 80-step job;
-#    the unfinished work first (as recorded on 2026-11-30), then the convergence checks (doubled
+#    the unfinished work first (as recorded on 2026-12-04), then the convergence checks (doubled
 #    budgets), then the jobs already recorded (quick no-ops with RESUME_FROM, full re-runs without).
 #
 # The CIFAR-10 purifier jobs of the recorded table say --purifier-classifier clean (its rows were made in front of
@@ -97,7 +97,9 @@ print("torch", torch.__version__, "python", platform.python_version(), "cuda", t
 PYEOF
 
 # ---- 1. smoke (a few images, one step per attack, the key rows of both presets)
-SMOKE=${SMOKE:-150}  # seconds per smoke run (the CPU rehearsal needs about 300)
+SMOKE=${SMOKE:-150}  # seconds per smoke run (the CPU rehearsal needs about 300); SMOKE=0: no smoke at all
+if [ "$SMOKE" = 0 ]; then say "smoke: not run (SMOKE=0; a job that fails early ends its slot, not the call)"
+else
 say "smoke"
 export DEADLINE=$(( $(date +%s) + SMOKE ))
 [ "$DEADLINE" -gt $(( T0 + SECONDS_TOTAL - 100 )) ] && DEADLINE=$(( T0 + SECONDS_TOTAL - 100 ))
@@ -108,6 +110,7 @@ ens smoke-digits --preset digits --weights shipped --n 8 --steps 1 --eps 0.2 --t
 if [ "${SKIP_SMOKE:-}" = 1 ]; then say "smoke results ignored (SKIP_SMOKE=1: rehearsal of the queue)"
 elif ! grep -q "smoke-cifar: exit 0" "$W/logs/status" || ! grep -q "smoke-digits: exit 0" "$W/logs/status"; then
     say "smoke failed: stopping"; tail -n 30 "$W"/logs/smoke-*.log; pack; exit 1
+fi
 fi
 
 # ---- 2. the jobs
@@ -125,34 +128,35 @@ fi
 C="--preset cifar10-cpu --data-root $DATA --batch-size 128"
 D="--preset digits --weights shipped --n $DN --batch-size 512"
 cat > "$W/jobs.txt" <<JOBS
+ens cifar-rest-pursamere $C --n $CR --part rest $CS --only PurSAMERE --purifier-classifier clean
+ens cifar-rest-at $C --n $CR --part rest $CS --only adversarial
+ens cifar-ere $C --n $CN --part key $CS --only 'ERE descent' --purifier-classifier clean
+ens cifar40-diffpure $C --n $CN --part key $CS $CT --only DiffPure-style --purifier-classifier clean; ens cifar80-diffpure $C --n $CN --part key $CS $CT2 --only DiffPure-style --purifier-classifier clean; ens cifar160-diffpure $C --n $CN --part key $CS $CT3 --only DiffPure-style --purifier-classifier clean
 ens digits160-0.2-ere $D $DS $DT --eps 0.2 --only 'ERE descent (no SAM) ε_pur=0.3'
 ens digits160-0.2-at-ere $D $DS $DT --eps 0.2 --only 'PGD-AT + ERE descent (no SAM) ε_pur=0.3'
+ens digits160-0.15-diffpure $D $DS $DT --eps 0.15 --only DiffPure-style
+ens digits160-0.15-ere $D $DS $DT --eps 0.15 --only 'ERE descent (no SAM) ε_pur=0.3'
+ens digits160-0.15-at-ere $D $DS $DT --eps 0.15 --only 'PGD-AT + ERE descent (no SAM) ε_pur=0.3'
+ens digits160-0.15-pursamere $D $DS $DT --eps 0.15 --only PurSAMERE
+ens digits160-0.1-pursamere $D $DS $DT --eps 0.1 --only PurSAMERE
+ens cifar-eq17-ere $C --n $CN --part key $CS --only 'ERE descent' --purifier-classifier eq17
+ens cifar-eq17-pursamere $C --n $CN --part key $CS --only PurSAMERE --purifier-classifier eq17
 ens digits160-0.2-pursamere $D $DS $DT --eps 0.2 --only PurSAMERE
 ens digits160-0.2-plain $D $DS $DT --eps 0.2 --only 'undefended,adversarial training,TRADES'
 ens digits160-0.2-adp $D $DS $DT --eps 0.2 --only ADP
 ens digits160-0.2-diffpure $D $DS $DT --eps 0.2 --only DiffPure-style
-ens digits160-0.15-ere $D $DS $DT --eps 0.15 --only 'ERE descent (no SAM) ε_pur=0.3'
-ens digits160-0.15-at-ere $D $DS $DT --eps 0.15 --only 'PGD-AT + ERE descent (no SAM) ε_pur=0.3'
-ens digits160-0.15-pursamere $D $DS $DT --eps 0.15 --only PurSAMERE
 ens digits160-0.15-plain $D $DS $DT --eps 0.15 --only 'undefended,adversarial training,TRADES'
 ens digits160-0.15-adp $D $DS $DT --eps 0.15 --only ADP
-ens digits160-0.15-diffpure $D $DS $DT --eps 0.15 --only DiffPure-style
-ens digits160-0.1-pursamere $D $DS $DT --eps 0.1 --only PurSAMERE
 ens cifar-pursamere $C --n $CN --part key $CS --only PurSAMERE --purifier-classifier clean; ens cifar40-pursamere $C --n $CN --part key $CS $CT --only PurSAMERE --purifier-classifier clean; ens cifar80-pursamere $C --n $CN --part key $CS $CT2 --only PurSAMERE --purifier-classifier clean; ens cifar160-pursamere $C --n $CN --part key $CS $CT3 --only PurSAMERE --purifier-classifier clean
 ens cifar40-ere $C --n $CN --part key $CS $CT --only 'ERE descent' --purifier-classifier clean; ens cifar80-ere $C --n $CN --part key $CS $CT2 --only 'ERE descent' --purifier-classifier clean; ens cifar160-ere $C --n $CN --part key $CS $CT3 --only 'ERE descent' --purifier-classifier clean
 ens digits-0.2-diffpure $D $DS --eps 0.2 --only DiffPure-style
 ens digits-0.2-adp $D $DS --eps 0.2 --only ADP
-ens cifar-rest-at $C --n $CR --part rest $CS --only adversarial
-ens cifar-ere $C --n $CN --part key $CS --only 'ERE descent' --purifier-classifier clean
-ens cifar-eq17-ere $C --n $CN --part key $CS --only 'ERE descent' --purifier-classifier eq17
-ens cifar-eq17-pursamere $C --n $CN --part key $CS --only PurSAMERE --purifier-classifier eq17
 ens digits-0.1-ere $D $DS --eps 0.1 --only 'ERE descent (no SAM) ε_pur=0.3'
 ens digits-0.15-ere $D $DS --eps 0.15 --only 'ERE descent (no SAM) ε_pur=0.3'
 ens digits-0.1-pursamere $D $DS --eps 0.1 --only PurSAMERE
 ens digits-0.15-pursamere $D $DS --eps 0.15 --only PurSAMERE
 ens digits-0.1-at-ere $D $DS --eps 0.1 --only 'PGD-AT + ERE descent (no SAM) ε_pur=0.3'
 ens digits-0.15-at-ere $D $DS --eps 0.15 --only 'PGD-AT + ERE descent (no SAM) ε_pur=0.3'
-ens cifar-rest-pursamere $C --n $CR --part rest $CS --only PurSAMERE --purifier-classifier clean
 ens cifar-rest-baselines $C --n $CR --part rest $CS --only 'ADP,DiffPure-style' --purifier-classifier clean
 ens digits-0.1-diffpure $D $DS --eps 0.1 --only DiffPure-style
 ens digits-0.15-diffpure $D $DS --eps 0.15 --only DiffPure-style
@@ -163,7 +167,6 @@ ens cifar-ere-strong $C --n $CN --part key $CSS --only 'ERE descent' --purifier-
 ens cifar-at-strong $C --n $CN --part key $CSS --only adversarial
 ens cifar40-at $C --n $CN --part key $CS $CT --only adversarial; ens cifar80-at $C --n $CN --part key $CS $CT2 --only adversarial; ens cifar160-at $C --n $CN --part key $CS $CT3 --only adversarial
 ens cifar40-plain $C --n $CN --part key $CS $CT --only undefended; ens cifar80-plain $C --n $CN --part key $CS $CT2 --only undefended; ens cifar160-plain $C --n $CN --part key $CS $CT3 --only undefended
-ens cifar40-diffpure $C --n $CN --part key $CS $CT --only DiffPure-style --purifier-classifier clean; ens cifar80-diffpure $C --n $CN --part key $CS $CT2 --only DiffPure-style --purifier-classifier clean; ens cifar160-diffpure $C --n $CN --part key $CS $CT3 --only DiffPure-style --purifier-classifier clean
 ens cifar-plain $C --n $CN --part key $CS --only undefended
 ens cifar-at $C --n $CN --part key $CS --only adversarial
 ens cifar-diffpure $C --n $CN --part key $CS --only DiffPure-style --purifier-classifier clean
@@ -174,7 +177,7 @@ ens digits-0.2-at-ere $D $DS --eps 0.2 --only 'PGD-AT + ERE descent (no SAM) ε_
 ens digits-0.1-plain $D $DS --eps 0.1 --only 'undefended,adversarial training,TRADES'
 ens digits-0.15-plain $D $DS --eps 0.15 --only 'undefended,adversarial training,TRADES'
 JOBS
-xargs -P "$PARALLEL" -d '\n' -I{} bash -c '{}' < "$W/jobs.txt"
+head -n "${JOBS_FIRST:-100000}" "$W/jobs.txt" | xargs -P "$PARALLEL" -d '\n' -I{} bash -c '{}'
 [ -n "${SMI:-}" ] && kill "$SMI" 2> /dev/null
 pack
 say "done"

@@ -655,13 +655,16 @@ def rung_check(w: dict) -> str:
     return line
 
 
-def markdown_table(results: dict, rungs: list = ()) -> str:
+def markdown_table(results: dict, rungs: list = (), only: dict | None = None) -> str:
     """The README's compact table of a merged results file: defence × threat, worst case with its 95% interval;
     a group that did not run every planned attack shows "≤" and how many ran (an upper bound).
 
     ``rungs``: the table's longer suites as (steps, results), shortest first, on the same images. A row they
     checked shows its worst case over every suite run, and a last column says what each longer suite broke and
-    whether the row has converged (the first suite's number alone would overstate a row a longer suite broke)."""
+    whether the row has converged (the first suite's number alone would overstate a row a longer suite broke).
+    ``only``: the longer suites' :data:`ONLY_AT` (ε → the defences they run there); a row they do not run at a
+    threat says nothing there rather than "not run yet"."""
+    only = only or {}
     from pursamere.evaluation.results import norm_label, over_longer_suites
 
     results = over_longer_suites(results, rungs)
@@ -678,7 +681,8 @@ def markdown_table(results: dict, rungs: list = ()) -> str:
             v = f"≤ {100 * w['robust_acc']:.1f} ({len(w['attacks'])} of {len(w['planned'])} attacks)"
         cells.setdefault(w["defence"], {})[label] = v
         clean[w["defence"]] = f"{100 * w['clean_acc']:.1f}"
-        if label in checked:
+        if label in checked and (w.get("longer_suites") or not any(
+                eps == w["eps"] and not w["defence"].startswith(ds) for eps, ds in only.items())):
             line = rung_check(w)
             checks.setdefault(w["defence"], []).append(line if len(checked) == 1 else f"{label}: {line}")
     head = cols + ([f"longer suites ({checked[0]})" if len(checked) == 1 else "longer suites"] if checked else [])
@@ -701,12 +705,13 @@ def markdown_table(results: dict, rungs: list = ()) -> str:
 def readme_table(book: Path, table: str) -> str:
     """:func:`markdown_table` of a recorded table with its recorded longer suites (:data:`RUNGS`), up to the first
     one not recorded yet (a later suite's counts would be over two suites)."""
-    rungs = []
+    rungs, only = [], {}
     for t, steps in RUNGS.get(table, ()):
         if not (book / t / "results.json").is_file():
             break
         rungs.append((steps, read_results(book / t)))
-    return markdown_table(read_results(book / table), rungs)
+        only.update(ONLY_AT.get(t, {}))
+    return markdown_table(read_results(book / table), rungs, only)
 
 
 README_BLOCK = re.compile(r"<!-- recorded table: (?P<table>[\w.-]+)[^\n]*-->\n(?P<body>.*?)\n<!-- end of recorded table -->", re.S)

@@ -804,6 +804,11 @@ def test_readme_table_shows_each_row_at_its_longest_suite_and_whether_it_converg
     assert rows["late"][-1].endswith("**not converged** by the 80-step suite |")  # its count can only grow
     assert rows["slow"][2].startswith("≤ 50.0 (2 of 4") and rows["slow"][-1].startswith("after its own suite")
     assert rows["alone"][-1] == "not run yet |" and rows["nothing"][-1] == "nothing left to break |"
+    # a row the longer suites do not run at that threat (ONLY_AT) says nothing there; the rows they run keep theirs
+    only = {line.split(" | ")[0][2:]: line.split(" | ")[-1] for line in
+            rt.markdown_table(table, [(40, r40), (80, r80)], {0.1: ("held", "broken")}).splitlines()
+            if line.startswith("| ") and "defence" not in line}
+    assert only["alone"] == "– |" and only["broken"] == rows["broken"][-1] and only["nothing"] == "nothing left to break |"
     assert rows["noisy"][-1].endswith("(stochastic: each attack redraws the noise) |")
     assert rt.markdown_table(table).splitlines()[0] == "| defence | clean | ℓ∞ ε=0.1 | ℓ∞ ε=0.2 |"  # no longer suites: no column
 
