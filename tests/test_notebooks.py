@@ -267,6 +267,14 @@ def test_06_on_the_recorded_table_counts_its_longer_suites(tmp_path):
             {(d, k): v for d, row in res["rest"]["worst_case"].items() for k, v in row.items()}
     else:
         assert "rest" not in res
+    # the purifiers in front of the eq.-17 classifier (the paper's pairing), on the same images as the table
+    if (data / "cifar10-cpu-eq17" / "results.json").is_file():
+        eq17 = read_results(data / "cifar10-cpu-eq17")
+        assert res["eq17"]["n"] == eq17["meta"]["n"] == table["meta"]["n"]
+        assert {(w["defence"], f"l{w['norm']}"): w["robust_acc"] for w in eq17["worst_case"]} == \
+            {(d, k): v for d, row in res["eq17"]["worst_case"].items() for k, v in row.items()}
+    else:
+        assert "eq17" not in res
     # the obfuscation checks, one line per purifier and gradient the table's checks.json holds
     text = "\n".join(o.get("data", {}).get("text/markdown", "") for c in nb.cells if c.cell_type == "code"
                      for o in c.get("outputs", []))
