@@ -10,14 +10,15 @@
 #   tiny        the CPU rehearsal (DEVICE=cpu): a few images, one step per attack
 #
 # 1. smoke: every attack path of both presets on a few images (a failure stops the call at once,
-#    when a rerun is still affordable); it also decodes and caches the CIFAR-10 test images;
+#    when a rerun is still affordable); it also decodes and caches the CIFAR-10 test images. SMOKE=0 skips it
+#    (the 2026-12-04 lease did: it had cost 129 s of 505, and a job that fails early ends only its own slot);
 # 2. the jobs, from a queue in priority order, PARALLEL at a time (the GPU interleaves them), all
 #    stopping cleanly at one deadline; each writes its own results folder (rows saved as they
 #    finish), merged afterwards on the CPU with pursamere.evaluation.results.merge_results:
 #    - CIFAR-10 (cifar10-cpu, shipped weights): key rows on 256 images at the paper's step counts,
 #      then the rest on 128 (a prefix of the same images), by defence group;
 #    - digits (shipped weights): every key row on all 476 table images at ℓ∞ 0.2 / 0.1 / 0.15 with
-#      the ensemble at 80 steps × 1 restart (chapter 7's ladder), by ε and defence group; first of all the
+#      the ensemble at 80 steps × 1 restart (chapter 7's ladder), by ε and defence group; the
 #      digits160-* jobs: at ℓ∞ 0.2 then 0.15 (and PurSAMERE at 0.1), the 160-step suite on the 80-step suite's
 #      survivors (--then-steps 160, each started from its 80-step job's folder);
 #    - cifar40-* jobs: the CIFAR-10 key rows' convergence check at ℓ∞ 8/255, the 40-step suite on the 20-step suite's
@@ -35,6 +36,7 @@
 # results.json starts from a copy of it with --resume (finished rows reused, only what is missing runs).
 # On a fresh checkout, `python scripts/record_tables.py results/whole --restore` first writes the recorded
 # rows of book/data/ back into those folders.
+# JOBS_FIRST=N: run only the queue's first N lines (on 2026-12-04, the 13 unfinished jobs, PARALLEL=13 at once).
 # DRY=1: print each job's command line instead of running it (checks the queue without a machine).
 set -u
 OUT=${1:?OUT}; SECONDS_TOTAL=${2:?SECONDS}; DATA=${3:?CIFAR_DATA}; TINY=${4:-}
