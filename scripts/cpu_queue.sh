@@ -63,21 +63,19 @@ CR="--preset cifar10-cpu --data-root $DATA --n 128 --part rest --batch-size 8"  
 D="--preset digits --weights shipped --n 476 --batch-size 64 --steps 80"
 ERE="'ERE descent (no SAM) ε_pur=0.3'"
 ATERE="'PGD-AT + ERE descent (no SAM) ε_pur=0.3'"
-# Order (2026-12-04, after the GPU lease of that day took every job below part of the way): what is closest to
+# Order (2026-12-04, after the day's two GPU leases took every job below part of the way): what is closest to
 # finishing first, CIFAR-10's table before digits' where the costs are alike. Estimated CPU-hours per job:
 # book/reproducibility.md.
 xargs -P "$LANES" -d '\n' -I{} bash -c '{}' <<JOBS
-job cifar-rest-at $CR --only adversarial
-job cifar160-diffpure $C --then-steps 40,80,160 --only DiffPure-style --purifier-classifier clean
-job digits160-0.2-ere $D --then-steps 160 --eps 0.2 --only $ERE
-job digits160-0.15-diffpure $D --then-steps 160 --eps 0.15 --only DiffPure-style
 job cifar-rest-pursamere $CR --only PurSAMERE --purifier-classifier clean
+job digits160-0.15-diffpure $D --then-steps 160 --eps 0.15 --only DiffPure-style
+job cifar-eq17-ere $C --only 'ERE descent' --purifier-classifier eq17
+job digits160-0.2-ere $D --then-steps 160 --eps 0.2 --only $ERE
 job cifar-ere $C --only 'ERE descent' --purifier-classifier clean
 job digits160-0.2-at-ere $D --then-steps 160 --eps 0.2 --only $ATERE
-job digits160-0.15-pursamere $D --then-steps 160 --eps 0.15 --only PurSAMERE
 job digits160-0.15-ere $D --then-steps 160 --eps 0.15 --only $ERE
+job cifar-eq17-pursamere $C --only PurSAMERE --purifier-classifier eq17
+job digits160-0.15-pursamere $D --then-steps 160 --eps 0.15 --only PurSAMERE
 job digits160-0.15-at-ere $D --then-steps 160 --eps 0.15 --only $ATERE
 job digits160-0.1-pursamere $D --then-steps 160 --eps 0.1 --only PurSAMERE
-job cifar-eq17-ere $C --only 'ERE descent' --purifier-classifier eq17
-job cifar-eq17-pursamere $C --only PurSAMERE --purifier-classifier eq17
 JOBS

@@ -26,7 +26,7 @@
 #      cifar-pursamere on the same queue line, so the 20-step attacks it lacks run once); then cifar80-*, the
 #      next rung (--then-steps 40,80), on the same line, started from its 40-step job once that has finished, and
 #      then cifar160-* (--then-steps 40,80,160) after its 80-step job;
-#    the unfinished work first (as recorded on 2026-12-04), then the convergence checks (doubled
+#    the unfinished work first (as recorded after 2026-12-04's leases), then the convergence checks (doubled
 #    budgets), then the jobs already recorded (quick no-ops with RESUME_FROM, full re-runs without).
 #
 # The CIFAR-10 purifier jobs of the recorded table say --purifier-classifier clean (its rows were made in front of
@@ -36,7 +36,12 @@
 # results.json starts from a copy of it with --resume (finished rows reused, only what is missing runs).
 # On a fresh checkout, `python scripts/record_tables.py results/whole --restore` first writes the recorded
 # rows of book/data/ back into those folders.
-# JOBS_FIRST=N: run only the queue's first N lines (on 2026-12-04, the 13 unfinished jobs, PARALLEL=13 at once).
+# JOBS_FIRST=N: run only the queue's first N lines (after 2026-12-04's leases, the 11 unfinished jobs, PARALLEL=11 at once).
+# A call may carry 64 MiB with the working tree, and results/whole passed that on 2026-12-04: carry a copy of the
+# unfinished jobs' folders instead, e.g. `mkdir -p results/gpu-in && cp -r results/whole/{cifar-ere,...} results/gpu-in/`
+# (the names: the first JOBS_FIRST lines' jobs) and RESUME_FROM=results/gpu-in, carry ["results/gpu-in", ".device"].
+# The machine goes back 30 s after a call and a new one starts bare: a second call carries the first call's
+# results (its results.tar.gz unpacked into a folder of its own) the same way.
 # DRY=1: print each job's command line instead of running it (checks the queue without a machine).
 set -u
 OUT=${1:?OUT}; SECONDS_TOTAL=${2:?SECONDS}; DATA=${3:?CIFAR_DATA}; TINY=${4:-}
@@ -131,9 +136,7 @@ C="--preset cifar10-cpu --data-root $DATA --batch-size 128"
 D="--preset digits --weights shipped --n $DN --batch-size 512"
 cat > "$W/jobs.txt" <<JOBS
 ens cifar-rest-pursamere $C --n $CR --part rest $CS --only PurSAMERE --purifier-classifier clean
-ens cifar-rest-at $C --n $CR --part rest $CS --only adversarial
 ens cifar-ere $C --n $CN --part key $CS --only 'ERE descent' --purifier-classifier clean
-ens cifar40-diffpure $C --n $CN --part key $CS $CT --only DiffPure-style --purifier-classifier clean; ens cifar80-diffpure $C --n $CN --part key $CS $CT2 --only DiffPure-style --purifier-classifier clean; ens cifar160-diffpure $C --n $CN --part key $CS $CT3 --only DiffPure-style --purifier-classifier clean
 ens digits160-0.2-ere $D $DS $DT --eps 0.2 --only 'ERE descent (no SAM) ε_pur=0.3'
 ens digits160-0.2-at-ere $D $DS $DT --eps 0.2 --only 'PGD-AT + ERE descent (no SAM) ε_pur=0.3'
 ens digits160-0.15-diffpure $D $DS $DT --eps 0.15 --only DiffPure-style
@@ -143,6 +146,8 @@ ens digits160-0.15-pursamere $D $DS $DT --eps 0.15 --only PurSAMERE
 ens digits160-0.1-pursamere $D $DS $DT --eps 0.1 --only PurSAMERE
 ens cifar-eq17-ere $C --n $CN --part key $CS --only 'ERE descent' --purifier-classifier eq17
 ens cifar-eq17-pursamere $C --n $CN --part key $CS --only PurSAMERE --purifier-classifier eq17
+ens cifar-rest-at $C --n $CR --part rest $CS --only adversarial
+ens cifar40-diffpure $C --n $CN --part key $CS $CT --only DiffPure-style --purifier-classifier clean; ens cifar80-diffpure $C --n $CN --part key $CS $CT2 --only DiffPure-style --purifier-classifier clean; ens cifar160-diffpure $C --n $CN --part key $CS $CT3 --only DiffPure-style --purifier-classifier clean
 ens digits160-0.2-pursamere $D $DS $DT --eps 0.2 --only PurSAMERE
 ens digits160-0.2-plain $D $DS $DT --eps 0.2 --only 'undefended,adversarial training,TRADES'
 ens digits160-0.2-adp $D $DS $DT --eps 0.2 --only ADP
