@@ -63,9 +63,9 @@ CR="--preset cifar10-cpu --data-root $DATA --n 128 --part rest --batch-size 8"  
 D="--preset digits --weights shipped --n 476 --batch-size 64 --steps 80"
 ERE="'ERE descent (no SAM) ε_pur=0.3'"
 ATERE="'PGD-AT + ERE descent (no SAM) ε_pur=0.3'"
-# Order (2026-12-04, after the day's two GPU leases took every job below part of the way): what is closest to
-# finishing first, CIFAR-10's table before digits' where the costs are alike. Estimated CPU-hours per job:
-# book/reproducibility.md.
+# Order (2026-12-04, after the day's two GPU leases took every job below part of the way): the job whose row in
+# progress is closest to finishing first (a job may go on to rows not started: cifar-ere and cifar-eq17-ere to ℓ2
+# and ℓ1), CIFAR-10's table before digits' where the costs are alike. CPU-hours per job: book/reproducibility.md.
 xargs -P "$LANES" -d '\n' -I{} bash -c '{}' <<JOBS
 job cifar-rest-pursamere $CR --only PurSAMERE --purifier-classifier clean
 job digits160-0.15-diffpure $D --then-steps 160 --eps 0.15 --only DiffPure-style

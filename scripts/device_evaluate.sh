@@ -11,7 +11,8 @@
 #
 # 1. smoke: every attack path of both presets on a few images (a failure stops the call at once,
 #    when a rerun is still affordable); it also decodes and caches the CIFAR-10 test images. SMOKE=0 skips it
-#    (the 2026-12-04 lease did: it had cost 129 s of 505, and a job that fails early ends only its own slot);
+#    (the 2026-12-04 leases did: it had cost the first lease 129 s of 505, and a job that fails early ends only its
+#    own slot);
 # 2. the jobs, from a queue in priority order, PARALLEL at a time (the GPU interleaves them), all
 #    stopping cleanly at one deadline; each writes its own results folder (rows saved as they
 #    finish), merged afterwards on the CPU with pursamere.evaluation.results.merge_results:
@@ -26,8 +27,8 @@
 #      cifar-pursamere on the same queue line, so the 20-step attacks it lacks run once); then cifar80-*, the
 #      next rung (--then-steps 40,80), on the same line, started from its 40-step job once that has finished, and
 #      then cifar160-* (--then-steps 40,80,160) after its 80-step job;
-#    the unfinished work first (as recorded after 2026-12-04's leases), then the convergence checks (doubled
-#    budgets), then the jobs already recorded (quick no-ops with RESUME_FROM, full re-runs without).
+#    the unfinished work first (as recorded after 2026-12-04's leases), then the jobs already recorded, the
+#    convergence checks (doubled budgets) among them (quick no-ops with RESUME_FROM, full re-runs without).
 #
 # The CIFAR-10 purifier jobs of the recorded table say --purifier-classifier clean (its rows were made in front of
 # the clean classifier, before the eq.-17 one shipped); the cifar-eq17-* jobs run the paper's pairing beside them.
