@@ -43,6 +43,8 @@
 # (the names: the first JOBS_FIRST lines' jobs) and RESUME_FROM=results/gpu-in, carry ["results/gpu-in", ".device"].
 # The machine goes back 30 s after a call and a new one starts bare: a second call carries the first call's
 # results (its results.tar.gz unpacked into a folder of its own) the same way.
+# Back on the CPU: `python scripts/record_tables.py results/whole --from-device DIR` (DIR: a results.tar.gz unpacked)
+# takes the folders in and marks the rows the GPU finished as 'gpu'.
 # DRY=1: print each job's command line instead of running it (checks the queue without a machine).
 set -u
 OUT=${1:?OUT}; SECONDS_TOTAL=${2:?SECONDS}; DATA=${3:?CIFAR_DATA}; TINY=${4:-}

@@ -5,6 +5,8 @@
                                                              # (recording refuses a root that lacks recorded rows)
     python scripts/record_tables.py --readme README.md       # the README's marked tables rewritten from book/data
                                                              # (also after a recording: ... results/whole --readme README.md)
+    python scripts/record_tables.py results/whole --from-device DIR  # first take in a GPU call's folders (its
+                                                             # results.tar.gz unpacked into DIR), their new rows marked 'gpu'
 
 The jobs of ``scripts/device_evaluate.sh`` (and their CPU continuations with ``--resume``) each wrote one
 results folder per defence group (and per ε on digits), all on the same images. This script merges
@@ -588,6 +590,45 @@ def keep_linf(folder: Path) -> int:
     return len(res["rows"]) - len(rows)
 
 
+def take_device(root: Path, device: Path) -> tuple[set, list, list]:
+    """Bring the job folders a lent GPU returned (``device``: its ``results.tar.gz`` unpacked) into ``root``.
+
+    A device folder replaces the folder of the same name under ``root`` when it holds finished rows that one lacks;
+    the keys of those rows (the GPU computed them) are returned for the provenance, with the folders replaced and
+    the ones left as they were (nothing new). Every folder is checked before any is touched: a root folder with a
+    row the device folder lacks (the CPU finished it meanwhile) or holds otherwise is refused, since replacing it
+    would lose that row."""
+    if not device.is_dir():
+        raise ValueError(f"{device}: no such folder (unpack the GPU call's results.tar.gz into it)")
+    plan, gpu, same = [], set(), []
+    for dev in sorted(p for p in device.iterdir() if (p / "results.json").is_file()):
+        dev_rows = {r["key"]: r for r in read_results(dev)["rows"]}
+        mine = root / dev.name
+        own = {r["key"]: r for r in read_results(mine)["rows"]} if (mine / "results.json").is_file() else {}
+        lost = [k for k, r in own.items() if dev_rows.get(k) != r]
+        if lost:
+            raise ValueError(f"{mine} holds a row the device's {dev.name} lacks or holds otherwise ({lost[0]}): "
+                             "taking the device folder would lose it; record it first or move the folder aside")
+        new = {k for k, r in dev_rows.items() if own.get(k) != r}
+        if new:
+            plan.append((dev, mine))
+            gpu |= new
+        else:
+            same.append(mine)
+    if not plan and not same:
+        raise ValueError(f"{device}: no job folders with a results.json in it")
+    import shutil
+
+    for dev, mine in plan:  # copied beside (a hidden name no table's glob matches), then swapped in: a failed copy
+        tmp = mine.with_name(f".{mine.name}.from-device")  # leaves the old folder whole
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(dev, tmp)
+        if mine.exists():
+            shutil.rmtree(mine)
+        tmp.rename(mine)
+    return gpu, [m for _, m in plan], same
+
+
 def lost_rows(book: Path, root: Path) -> list:
     """Recorded rows that no job folder of their table under ``root`` holds (``"table: key (job)"``):
     re-recording without them would drop them from the table."""
@@ -610,7 +651,8 @@ def provenance(part_rows: dict, res: dict, old: dict, old_rows: dict, gpu: set, 
     returned do not outlive the session), and so does a row identical to one another table recorded with its
     machine (``prior``: rows and machines by key; the 160-step table's jobs start from the 80-step jobs' rows);
     a new or re-run row is 'gpu' when found in ``gpu`` (rows of the GPU's folders), else 'cpu'. A table with
-    no machine on record, no shared row and no ``gpu_roots`` records none (unknown)."""
+    no machine on record, no shared row and no ``gpu_roots`` records none (unknown); given ``gpu_roots``, its
+    rows recorded before stay unknown (None) and only its new rows get a machine."""
     prior_rows, prior_machine = prior
     job_of = {r["key"]: p.name for p, rows in part_rows.items() for r in rows}
     shared = {r["key"] for r in res["rows"] if r["key"] in prior_machine and prior_rows.get(r["key"]) == r}
@@ -619,7 +661,9 @@ def provenance(part_rows: dict, res: dict, old: dict, old_rows: dict, gpu: set, 
         before = old.get("machine") or {}
         machine = {r["key"]: (before[r["key"]] if r["key"] in before and old_rows.get(r["key"]) == r
                               else prior_machine[r["key"]] if r["key"] in shared
-                              else "gpu" if r["key"] in gpu else "cpu") for r in res["rows"]}
+                              else "gpu" if r["key"] in gpu
+                              else None if not before and old_rows.get(r["key"]) == r  # recorded with no machine
+                              else "cpu") for r in res["rows"]}
     return {"jobs": [p.name for p in part_rows], "rows": len(res["rows"]), "job_of": job_of, "machine": machine,
             "device": Path(device_log).read_text().strip() if device_log else old.get("device"),
             "note": "rows computed on the lent GPU by scripts/device_evaluate.sh and, where a job ran out of time, "
@@ -755,6 +799,10 @@ def main(argv=None) -> int:
     ap.add_argument("--gpu-root", action="append", default=[],
                     help="the results folders as they came back from the GPU: rows found there are marked 'gpu', the "
                          "others 'cpu' (the machine behind each row's seconds)")
+    ap.add_argument("--from-device", action="append", default=[], metavar="DIR",
+                    help="first take the job folders a GPU call returned (its results.tar.gz unpacked into DIR) into ROOT: "
+                         "each replaces its namesake when it holds finished rows that one lacks, and those rows are "
+                         "marked 'gpu' (refused, nothing copied, when a ROOT folder holds a row the device's lacks)")
     ap.add_argument("--checks", type=int, default=0, metavar="N",
                     help="also run the obfuscation checks (BPDA gradient) of the CIFAR-10 table's purifier rows on N images "
                          "(a job's own checks of the same purifier and gradient replace them when recorded)")
@@ -780,8 +828,10 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
+    if args.from_device and (args.restore or args.keep_linf):
+        raise ValueError("--from-device takes a GPU call's folders into ROOT before recording: not with --restore or --keep-linf")
     if args.root is None:
-        if not args.readme or args.restore or args.keep_linf or args.examples or args.checks:
+        if not args.readme or args.restore or args.keep_linf or args.examples or args.checks or args.from_device:
             raise ValueError("give the folder holding the jobs' results folders (ROOT); only --readme works without it")
         changed = update_readme(Path(args.readme), Path(args.book))
         print(f"{args.readme}: " + (f"rewrote {', '.join(changed)}" if changed else "its recorded tables are current"))
@@ -816,6 +866,13 @@ def _main(args) -> int:
         cifar_checks(Path(args.book) / "cifar10-cpu-table" / "checks.json", args.checks,
                      tuple(f.strip() for f in args.checks_rows.split(",")))
     root = Path(args.root)
+    from_device = set()
+    for d in args.from_device:
+        keys, replaced, same = take_device(root, Path(d))
+        from_device |= keys
+        print(f"{d}: took {len(replaced)} job folders ({len(keys)} rows the GPU finished)"
+              + (f": {', '.join(p.name for p in replaced)}" if replaced else "")
+              + (f"; left {len(same)} with nothing new" if same else ""))
     lost = lost_rows(Path(args.book), root)
     if lost and not args.allow_dropped:
         raise ValueError(f"{len(lost)} recorded rows are in no job folder under {root} (first: {lost[0]}): recording "
@@ -865,10 +922,10 @@ def _main(args) -> int:
             res["meta"] = {k: meta.get(k, keep.get(k)) for k in old_meta if k in meta or k in keep}  # recorded order
             res["meta"].update({k: v for k, v in meta.items() if k not in res["meta"]})
             atomic_write_json(out / "results.json", res)
-        gpu = set()
+        gpu = set(from_device)
         if args.gpu_root:
-            gpu = {r["key"] for g in args.gpu_root for p in folders(Path(g), prefix) for r in read_results(p)["rows"]}
-        prov = provenance(part_rows, res, old, old_rows, gpu, bool(args.gpu_root), args.device_log,
+            gpu |= {r["key"] for g in args.gpu_root for p in folders(Path(g), prefix) for r in read_results(p)["rows"]}
+        prov = provenance(part_rows, res, old, old_rows, gpu, bool(args.gpu_root or args.from_device), args.device_log,
                           prior=(prior_rows, prior_machine))
         atomic_write_json(out / "provenance.json", prov)
         print(f"{table}: {len(res['rows'])} rows from {len(parts)} jobs → {out}")

@@ -661,6 +661,49 @@ def test_a_row_shared_with_another_table_keeps_its_machine(rt):
     assert rt.provenance(parts, res, {}, {}, set(), False, None)["machine"] is None
 
 
+def test_gpu_rows_of_a_table_recorded_without_machines_leave_its_older_rows_unknown(rt):
+    """Given the GPU's rows, a table that never recorded machines marks its new rows and leaves the rows recorded
+    before as unknown (None), not 'cpu'; a table with machines on record keeps them."""
+    old, new, rerun = {"key": "d|A|inf|0.2", "seconds": 1.0}, {"key": "d|B|inf|0.2", "seconds": 2.0}, {"key": "d|C|inf|0.2"}
+    res, parts = {"rows": [old, new, rerun]}, {Path("cifar-rest-at"): [old, new, rerun]}
+    prov = rt.provenance(parts, res, {}, {old["key"]: dict(old)}, {new["key"]}, True, None)
+    assert prov["machine"] == {old["key"]: None, new["key"]: "gpu", rerun["key"]: "cpu"}
+    prov = rt.provenance(parts, res, {"machine": {old["key"]: "gpu"}}, {old["key"]: dict(old)}, {new["key"]}, True, None)
+    assert prov["machine"] == {old["key"]: "gpu", new["key"]: "gpu", rerun["key"]: "cpu"}
+
+
+def test_from_device_takes_the_gpu_folders_and_marks_what_they_finished(rt, tmp_path, capsys):
+    """record_tables --from-device DIR: a GPU call's folder replaces its namesake when it finished rows that one
+    lacks (those rows are the GPU's), a folder with nothing new is left as it is, and a ROOT folder holding a row
+    the device's lacks is refused in one line before any folder is touched."""
+    import shutil
+
+    book = tmp_path / "book"
+    shutil.copytree(ROOT / "book" / "data" / "cifar10-cpu-table", book / "cifar10-cpu-table")
+    jobs, dev = tmp_path / "jobs", tmp_path / "device"
+    assert rt.main([str(jobs), "--book", str(book), "--restore"]) == 0
+    for name in ("cifar-at", "cifar-plain"):
+        shutil.copytree(jobs / name, dev / name)
+    res = json.loads((jobs / "cifar-at" / "results.json").read_text())
+    gone = res["rows"].pop()  # the CPU folder lacks the last row: the GPU finished it
+    (jobs / "cifar-at" / "results.json").write_text(json.dumps(res))
+    keys, replaced, same = rt.take_device(jobs, dev)
+    assert keys == {gone["key"]} and [p.name for p in replaced] == ["cifar-at"] and [p.name for p in same] == ["cifar-plain"]
+    assert (jobs / "cifar-at" / "results.json").read_text() == (dev / "cifar-at" / "results.json").read_text()
+    assert not list(jobs.glob(".*from-device"))
+    # the CPU finished a row meanwhile that the device folder lacks: refused, nothing touched
+    res = json.loads((dev / "cifar-at" / "results.json").read_text())
+    res["rows"].pop()
+    (dev / "cifar-at" / "results.json").write_text(json.dumps(res))
+    before = (jobs / "cifar-at" / "results.json").read_text()
+    assert rt.main([str(jobs), "--book", str(book), "--from-device", str(dev)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cifar-at" in err and gone["key"] in err and len(err.splitlines()) == 1
+    assert (jobs / "cifar-at" / "results.json").read_text() == before
+    assert rt.main([str(jobs), "--book", str(book), "--from-device", str(tmp_path / "nowhere")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
 def test_the_40_step_cifar_table_checks_the_key_rows_at_linf(rt, tmp_path):
     """cifar10-cpu-table-40: the key rows at ℓ∞ 8/255, the 20-step suite then the 40-step one on what it left; its
     jobs (cifar40-*) start from a copy of their 20-step job with only the ℓ∞ rows kept (--keep-linf)."""

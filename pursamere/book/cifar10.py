@@ -235,7 +235,7 @@ def timing_frame(results: dict, machine: Optional[dict] = None):
         attacked = sum(earlier) if (r.get("cascade") and earlier is not None) else round(r["clean_acc"] * r["n"])
         alive[group] = list(r["survived"]) if earlier is None else [a and b for a, b in zip(earlier, r["survived"])]
         lines.append({"defence": r["defence"], "threat": f"ℓ{'∞' if r['norm'] == 'inf' else r['norm']}", "attack": r["attack"],
-                      "machine": (machine or {}).get(r["key"], "?"), "images attacked": attacked,
+                      "machine": (machine or {}).get(r["key"]) or "?", "images attacked": attacked,
                       "seconds": round(r["seconds"], 1),
                       "seconds per image": round(r["seconds"] / attacked, 3) if attacked else None})
     return pd.DataFrame(lines)
