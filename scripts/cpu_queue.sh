@@ -68,7 +68,6 @@ ATERE="'PGD-AT + ERE descent (no SAM) ε_pur=0.3'"
 # and ℓ1), CIFAR-10's table before digits' where the costs are alike. CPU-hours per job: book/reproducibility.md.
 xargs -P "$LANES" -d '\n' -I{} bash -c '{}' <<JOBS
 job cifar-rest-pursamere $CR --only PurSAMERE --purifier-classifier clean
-job digits160-0.15-diffpure $D --then-steps 160 --eps 0.15 --only DiffPure-style
 job cifar-eq17-ere $C --only 'ERE descent' --purifier-classifier eq17
 job digits160-0.2-ere $D --then-steps 160 --eps 0.2 --only $ERE
 job cifar-ere $C --only 'ERE descent' --purifier-classifier clean

@@ -37,7 +37,7 @@
 # results.json starts from a copy of it with --resume (finished rows reused, only what is missing runs).
 # On a fresh checkout, `python scripts/record_tables.py results/whole --restore` first writes the recorded
 # rows of book/data/ back into those folders.
-# JOBS_FIRST=N: run only the queue's first N lines (after 2026-12-04's leases, the 11 unfinished jobs, PARALLEL=11 at once).
+# JOBS_FIRST=N: run only the queue's first N lines (after 2026-12-04's leases, the 10 unfinished jobs, PARALLEL=10 at once).
 # A call may carry 64 MiB with the working tree, and results/whole passed that on 2026-12-04: carry a copy of the
 # unfinished jobs' folders instead, e.g. `mkdir -p results/gpu-in && cp -r results/whole/{cifar-ere,...} results/gpu-in/`
 # (the names: the first JOBS_FIRST lines' jobs) and RESUME_FROM=results/gpu-in, carry ["results/gpu-in", ".device"].
@@ -142,13 +142,13 @@ ens cifar-rest-pursamere $C --n $CR --part rest $CS --only PurSAMERE --purifier-
 ens cifar-ere $C --n $CN --part key $CS --only 'ERE descent' --purifier-classifier clean
 ens digits160-0.2-ere $D $DS $DT --eps 0.2 --only 'ERE descent (no SAM) ε_pur=0.3'
 ens digits160-0.2-at-ere $D $DS $DT --eps 0.2 --only 'PGD-AT + ERE descent (no SAM) ε_pur=0.3'
-ens digits160-0.15-diffpure $D $DS $DT --eps 0.15 --only DiffPure-style
 ens digits160-0.15-ere $D $DS $DT --eps 0.15 --only 'ERE descent (no SAM) ε_pur=0.3'
 ens digits160-0.15-at-ere $D $DS $DT --eps 0.15 --only 'PGD-AT + ERE descent (no SAM) ε_pur=0.3'
 ens digits160-0.15-pursamere $D $DS $DT --eps 0.15 --only PurSAMERE
 ens digits160-0.1-pursamere $D $DS $DT --eps 0.1 --only PurSAMERE
 ens cifar-eq17-ere $C --n $CN --part key $CS --only 'ERE descent' --purifier-classifier eq17
 ens cifar-eq17-pursamere $C --n $CN --part key $CS --only PurSAMERE --purifier-classifier eq17
+ens digits160-0.15-diffpure $D $DS $DT --eps 0.15 --only DiffPure-style
 ens cifar-rest-at $C --n $CR --part rest $CS --only adversarial
 ens cifar40-diffpure $C --n $CN --part key $CS $CT --only DiffPure-style --purifier-classifier clean; ens cifar80-diffpure $C --n $CN --part key $CS $CT2 --only DiffPure-style --purifier-classifier clean; ens cifar160-diffpure $C --n $CN --part key $CS $CT3 --only DiffPure-style --purifier-classifier clean
 ens digits160-0.2-pursamere $D $DS $DT --eps 0.2 --only PurSAMERE
