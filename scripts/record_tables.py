@@ -590,14 +590,15 @@ def keep_linf(folder: Path) -> int:
     return len(res["rows"]) - len(rows)
 
 
-def take_device(root: Path, device: Path) -> tuple[set, list, list]:
+def take_device(root: Path, device: Path, live: set | None = None) -> tuple[set, list, list]:
     """Bring the job folders a lent GPU returned (``device``: its ``results.tar.gz`` unpacked) into ``root``.
 
     A device folder replaces the folder of the same name under ``root`` when it holds finished rows that one lacks;
     the keys of those rows (the GPU computed them) are returned for the provenance, with the folders replaced and
     the ones left as they were (nothing new). Every folder is checked before any is touched: a root folder with a
     row the device folder lacks (the CPU finished it meanwhile) or holds otherwise is refused, since replacing it
-    would lose that row."""
+    would lose that row; so is a folder a running ``pursamere ensemble`` writes (``live``: those folders' names,
+    read from ``/proc`` when not given), which would write its own rows over the device's."""
     if not device.is_dir():
         raise ValueError(f"{device}: no such folder (unpack the GPU call's results.tar.gz into it)")
     plan, gpu, same = [], set(), []
@@ -617,6 +618,15 @@ def take_device(root: Path, device: Path) -> tuple[set, list, list]:
             same.append(mine)
     if not plan and not same:
         raise ValueError(f"{device}: no job folders with a results.json in it")
+    if live is None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from run_status import live_jobs  # scripts/run_status.py: the job folders running ensembles write
+
+        live = live_jobs(root) or set()
+    busy = [mine.name for _, mine in plan if mine.name in live]
+    if busy:
+        raise ValueError(f"{root / busy[0]} is being written by a running `pursamere ensemble`: stop its job (and the "
+                         "queue that would restart it) before taking the device's folder")
     import shutil
 
     for dev, mine in plan:  # copied beside (a hidden name no table's glob matches), then swapped in: a failed copy

@@ -687,6 +687,8 @@ def test_from_device_takes_the_gpu_folders_and_marks_what_they_finished(rt, tmp_
     res = json.loads((jobs / "cifar-at" / "results.json").read_text())
     gone = res["rows"].pop()  # the CPU folder lacks the last row: the GPU finished it
     (jobs / "cifar-at" / "results.json").write_text(json.dumps(res))
+    with pytest.raises(ValueError, match="running"):  # a job still writing the folder would overwrite the device's rows
+        rt.take_device(jobs, dev, live={"cifar-at"})
     keys, replaced, same = rt.take_device(jobs, dev)
     assert keys == {gone["key"]} and [p.name for p in replaced] == ["cifar-at"] and [p.name for p in same] == ["cifar-plain"]
     assert (jobs / "cifar-at" / "results.json").read_text() == (dev / "cifar-at" / "results.json").read_text()
