@@ -38,9 +38,10 @@
 # On a fresh checkout, `python scripts/record_tables.py results/whole --restore` first writes the recorded
 # rows of book/data/ back into those folders.
 # JOBS_FIRST=N: run only the queue's first N lines (after 2026-12-04's leases, the 10 unfinished jobs, PARALLEL=10 at once).
-# A call may carry 64 MiB with the working tree, and results/whole passed that on 2026-12-04: carry a copy of the
-# unfinished jobs' folders instead, e.g. `mkdir -p results/gpu-in && cp -r results/whole/{cifar-ere,...} results/gpu-in/`
-# (the names: the first JOBS_FIRST lines' jobs) and RESUME_FROM=results/gpu-in, carry ["results/gpu-in", ".device"].
+# A call may carry 64 MiB with the working tree, and results/whole passed that on 2026-12-04: carry a copy of just
+# the folders the jobs start from. CARRY_TO=DIR gathers them (here, before the call; runs nothing else):
+#   CARRY_TO=results/gpu-in JOBS_FIRST=10 RESUME_FROM=results/whole bash scripts/device_evaluate.sh /tmp/o 100000 x
+# then call with RESUME_FROM=results/gpu-in and carry ["results/gpu-in", ".device"].
 # The machine goes back 30 s after a call and a new one starts bare: a second call carries the first call's
 # results (its results.tar.gz unpacked into a folder of its own) the same way.
 # Back on the CPU: `python scripts/record_tables.py results/whole --from-device DIR` (DIR: a results.tar.gz unpacked)
@@ -79,6 +80,12 @@ ens() {  # ens NAME ARGS...: one ensemble job until DEADLINE (epoch seconds), it
     elif [ "${name#cifar160-}" != "$name" ] && [ -f "$W/logs/cifar80-${name#cifar160-}.finished" ]; then
         from="$W/cifar80-${name#cifar160-}"  # the 160-step rung from its 80-step job, finished in this call
     fi
+    if [ -n "${CARRY_TO:-}" ]; then  # only gather what the job would start from, for the call to carry
+        if [ -n "$from" ]; then
+            rm -rf "${CARRY_TO:?}/$(basename "$from")" && cp -r "$from" "$CARRY_TO/" && say "$name: carry $(basename "$from")"
+        else say "$name: nothing to carry (starts from scratch)"; fi
+        return
+    fi
     if [ -z "$from" ] && [ "${name#cifar80-}" != "$name" ] && [ "${DRY:-}" != 1 ]; then  # never all three suites from scratch
         say "$name: skipped (cifar40-${name#cifar80-} has not finished)"; return
     fi
@@ -99,6 +106,10 @@ ens() {  # ens NAME ARGS...: one ensemble job until DEADLINE (epoch seconds), it
     if [ "$rc" = 0 ] && ! grep -q '"stopped":' "$W/$name/results.json" 2> /dev/null; then touch "$W/logs/$name.finished"; fi
 }
 export -f say ens
+if [ -n "${CARRY_TO:-}" ]; then  # a new folder only: never over results
+    if [ -e "$CARRY_TO" ] && [ -n "$(ls -A "$CARRY_TO" 2> /dev/null)" ]; then echo "CARRY_TO=$CARRY_TO is not empty: give a new folder" >&2; exit 2; fi
+    mkdir -p "$CARRY_TO"; SMOKE=0
+fi
 
 $PY - <<'PYEOF' 2>&1 | tee "$W/logs/device.txt"
 import os, platform, torch

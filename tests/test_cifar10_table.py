@@ -470,6 +470,33 @@ def test_device_queue_runs_each_recorded_row_in_exactly_one_job(rt, tmp_path, mo
                 assert seen[(table, r["defence"], str(r["norm"]), round(r["eps"], 9))] == job_of[r["key"]], r["key"]
 
 
+def test_device_carry_gathers_only_the_folders_the_first_jobs_start_from(tmp_path):
+    """CARRY_TO=DIR (scripts/device_evaluate.sh, before a call): copies what each of the queue's first JOBS_FIRST
+    jobs would resume from (its own folder, or a 160-step job's 80-step one) into a new folder, runs nothing, and
+    refuses a folder that is not empty."""
+    import os
+    import subprocess
+
+    lines = (ROOT / "scripts" / "device_evaluate.sh").read_text().split("<<JOBS\n", 1)[1].splitlines()
+    first, second = (ln.split()[1] for ln in lines[:2])
+    later = next(ln.split()[1] for ln in lines[2:] if ln.split()[1].startswith("digits160-"))
+    source = "digits-" + later[len("digits160-"):]  # a 160-step job without a folder starts from its 80-step one
+    whole, carry = tmp_path / "whole", tmp_path / "carry"
+    for name in (second, source, "digits-0.1-plain"):  # the last: a folder no job among them starts from
+        (whole / name).mkdir(parents=True)
+        (whole / name / "results.json").write_text("{}")
+    env = dict(os.environ, CARRY_TO=str(carry), JOBS_FIRST=str(lines.index(next(ln for ln in lines if later in ln)) + 1),
+               RESUME_FROM=str(whole), PY="true", LC_ALL="C.UTF-8")
+    cmd = ["bash", str(ROOT / "scripts" / "device_evaluate.sh"), str(tmp_path / "out"), "100000", str(tmp_path / "data")]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in carry.iterdir()) == sorted([second, source])
+    status = (tmp_path / "device-work" / "logs" / "status").read_text()
+    assert f"{first}: nothing to carry" in status and "ensemble" not in status
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "not empty" in again.stderr
+
+
 RUNG_TABLES = (("cifar10-cpu-table-40", 40), ("cifar10-cpu-table-80", 80), ("cifar10-cpu-table-160", 160))
 
 
