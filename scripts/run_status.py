@@ -81,6 +81,7 @@ def folder_status(folder: Path, running: bool = False) -> list:
     """One line per defence group of ``folder``'s results.json (with its row in progress, if any); ``running``: its
     job is running (a job whose rows are all finished is then inside its obfuscation checks)."""
     res = json.loads((folder / "results.json").read_text())
+    finished = {r["key"] for r in res.get("rows", [])}
     inside = {}
     for kind, _, f in _kept_files(folder, ".ckpt"):
         if kind != "rows-in-progress":
@@ -91,6 +92,8 @@ def folder_status(folder: Path, running: bool = False) -> list:
             continue
         if state is not None:
             state = _checked(state, kind, f)
+            if state["key"] in finished:  # a stale copy of a row that has finished since
+                continue
             defence, attack, norm, eps = state["key"].rsplit("|", 3)
             inside[_group_key(defence, norm, eps)] = (attack, state)
     lines, in_progress = [], bool(inside)

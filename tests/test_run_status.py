@@ -27,12 +27,14 @@ def test_status_reports_groups_rows_in_progress_and_the_queue(tmp_path, capsys, 
     job = tmp_path / "cifar-x"
     job.mkdir()
     survived = [True] * 6 + [False] * 4
-    (job / "results.json").write_text(json.dumps({"meta": {}, "rows": [], "worst_case": [
+    (job / "results.json").write_text(json.dumps({"meta": {}, "rows": [{"key": f"ERE descent|BPDA20|inf|{EPS:.6g}"}],
+                                                  "worst_case": [
         _group("ERE descent", survived, ["BPDA20", "APGD-CE20"], ["BPDA20", "APGD-CE20", "exact10"], False,
                cascaded=["APGD-CE20"]),
         _group("PGD-AT", [True] * 3 + [False] * 7, ["BPDA20"], ["BPDA20"], True)]}))
     # the third attack, cascaded over the 6 survivors: 2 images done in 400 s, 1 broken → 4 left, about 13 min
     _in_progress(job, "exact10", 2, [True, False], 400)
+    _in_progress(job, "BPDA20", 5, [True] * 5, 90, stem="1")  # a stale copy of a finished row: not what is running
     first = tmp_path / "cifar-y"  # inside its second attack, which (like its first) attacks all 9 clean images
     first.mkdir()
     (first / "results.json").write_text(json.dumps({"meta": {}, "rows": [], "worst_case": [

@@ -476,6 +476,12 @@ def test_rows_in_progress_travel_to_another_machine_as_safetensors(tmp_path, mon
     assert set(calls) == {"warm"} and len(calls) == -(-n_warm // 4) - 1  # apgd not rerun, warm's first batch kept
     assert any("resumed after 4 of" in line for line in said)
     assert [(r["key"], r["survived"]) for r in again["rows"]] == [(r["key"], r["survived"]) for r in full["rows"]]
+    # a copy kept before its row finished is stale: importing it into a folder that has finished the row writes only
+    # the end points (a restored stale row in progress once hid the row really running from run_status)
+    (tmp_path / "late").mkdir()
+    shutil.copy(tmp_path / "fresh" / "results.json", tmp_path / "late")
+    assert ev.import_progress(tmp_path / "kept", tmp_path / "late") == (1, 1)
+    assert not (tmp_path / "late" / "rows-in-progress").exists()
     # a finished folder keeps nothing but its end points; an altered file is refused before anything is written
     assert ev.export_progress(tmp_path / "fresh", tmp_path / "kept") == 2  # merged: what was kept before stays
     assert ev.export_progress(tmp_path / "fresh", tmp_path / "kept", finished_rows={r["key"] for r in again["rows"]}) == 1

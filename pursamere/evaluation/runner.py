@@ -186,11 +186,14 @@ def read_progress(src) -> list:
 
 def write_progress(states: list, folder) -> tuple:
     """Write :func:`read_progress`'s states into the results folder as checkpoints, each only where the folder holds
-    none (a live run's file may be newer). Returns ``(written, kept)``."""
+    none (a live run's file may be newer) and, for a row in progress, only where the folder's ``results.json`` has
+    not finished that row (a copy kept before the row finished is stale). Returns ``(written, kept)``."""
     written = kept = 0
+    res = Path(folder) / "results.json"
+    finished = {r["key"] for r in json.loads(res.read_text()).get("rows", [])} if res.is_file() else set()
     for kind, stem, state in states:
         target = Path(folder) / kind / f"{stem}.ckpt"
-        if target.exists():
+        if target.exists() or (kind == "rows-in-progress" and state["key"] in finished):
             kept += 1
             continue
         save_checkpoint(target, state)
