@@ -39,7 +39,8 @@
 # rows of book/data/ back into those folders.
 # JOBS_FIRST=N: run only the queue's first N lines (after 2026-12-04's leases, the 10 unfinished jobs, PARALLEL=10 at once).
 # A call may carry 64 MiB with the working tree, and results/whole passed that on 2026-12-04: carry a copy of just
-# the folders the jobs start from. CARRY_TO=DIR gathers them (here, before the call; runs nothing else):
+# the folders the jobs start from. CARRY_TO=DIR gathers them (here, before the call; runs no job, packs nothing,
+# writes nothing but DIR). Stop the CPU queue first and keep it stopped until the GPU's folders are taken in:
 #   CARRY_TO=results/gpu-in JOBS_FIRST=10 RESUME_FROM=results/whole bash scripts/device_evaluate.sh /tmp/o 100000 x
 # then call with RESUME_FROM=results/gpu-in and carry ["results/gpu-in", ".device"].
 # The machine goes back 30 s after a call and a new one starts bare: a second call carries the first call's
@@ -51,7 +52,13 @@ set -u
 OUT=${1:?OUT}; SECONDS_TOTAL=${2:?SECONDS}; DATA=${3:?CIFAR_DATA}; TINY=${4:-}
 export DEVICE=${DEVICE:-cuda} PARALLEL=${PARALLEL:-8}
 export W=$PWD/device-work
-rm -rf "$W"; mkdir -p "$W/logs" "$OUT"
+if [ -n "${CARRY_TO:-}" ]; then  # a new folder only: never over results; one job at a time (two jobs may carry the
+    # same folder), its log in a scratch folder, not device-work (which would travel with the working tree)
+    if [ -e "$CARRY_TO" ] && [ -n "$(ls -A "$CARRY_TO" 2> /dev/null)" ]; then echo "CARRY_TO=$CARRY_TO is not empty: give a new folder" >&2; exit 2; fi
+    mkdir -p "$CARRY_TO"; SMOKE=0; PARALLEL=1; W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
+fi
+[ -n "${CARRY_TO:-}" ] || rm -rf "$W"
+mkdir -p "$W/logs"; [ -n "${CARRY_TO:-}" ] || mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 export PY=${PY:-python3}
 export T0=$(date +%s)
@@ -83,6 +90,8 @@ ens() {  # ens NAME ARGS...: one ensemble job until DEADLINE (epoch seconds), it
     if [ -n "${CARRY_TO:-}" ]; then  # only gather what the job would start from, for the call to carry
         if [ -n "$from" ]; then
             rm -rf "${CARRY_TO:?}/$(basename "$from")" && cp -r "$from" "$CARRY_TO/" && say "$name: carry $(basename "$from")"
+        elif [ "${name#cifar80-}" != "$name" ] || [ "${name#cifar160-}" != "$name" ]; then
+            say "$name: nothing to carry (starts from the rung before, if this call finishes it)"
         else say "$name: nothing to carry (starts from scratch)"; fi
         return
     fi
@@ -106,16 +115,13 @@ ens() {  # ens NAME ARGS...: one ensemble job until DEADLINE (epoch seconds), it
     if [ "$rc" = 0 ] && ! grep -q '"stopped":' "$W/$name/results.json" 2> /dev/null; then touch "$W/logs/$name.finished"; fi
 }
 export -f say ens
-if [ -n "${CARRY_TO:-}" ]; then  # a new folder only: never over results
-    if [ -e "$CARRY_TO" ] && [ -n "$(ls -A "$CARRY_TO" 2> /dev/null)" ]; then echo "CARRY_TO=$CARRY_TO is not empty: give a new folder" >&2; exit 2; fi
-    mkdir -p "$CARRY_TO"; SMOKE=0
-fi
-
+if [ -z "${CARRY_TO:-}" ]; then
 $PY - <<'PYEOF' 2>&1 | tee "$W/logs/device.txt"
 import os, platform, torch
 print("torch", torch.__version__, "python", platform.python_version(), "cuda", torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-", "cpus", os.cpu_count())
 PYEOF
+fi
 
 # ---- 1. smoke (a few images, one step per attack, the key rows of both presets)
 SMOKE=${SMOKE:-150}  # seconds per smoke run (the CPU rehearsal needs about 300); SMOKE=0: no smoke at all
@@ -142,7 +148,7 @@ if [ "$TINY" = tiny ]; then CN=4; CR=2; DN=8; CS="--steps 1"; CSS="--steps 2"; C
 else CN=256; CR=128; DN=476; CS=""; CSS="--strong"; CT="--then-steps 40"; CT2="--then-steps 40,80"; CT3="--then-steps 40,80,160"; DS="--steps 80"; DSS="--steps 160 --restarts 2"; DT="--then-steps 160"; fi
 export DEADLINE=$(( T0 + SECONDS_TOTAL - 100 ))
 say "jobs: $PARALLEL at a time for $(( DEADLINE - $(date +%s) )) s"
-if command -v nvidia-smi > /dev/null; then
+if command -v nvidia-smi > /dev/null && [ -z "${CARRY_TO:-}" ]; then
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv -l 15 > "$W/logs/gpu.csv" 2>&1 &
     SMI=$!
 fi
@@ -200,5 +206,6 @@ ens digits-0.15-plain $D $DS --eps 0.15 --only 'undefended,adversarial training,
 JOBS
 head -n "${JOBS_FIRST:-100000}" "$W/jobs.txt" | xargs -P "$PARALLEL" -d '\n' -I{} bash -c '{}'
 [ -n "${SMI:-}" ] && kill "$SMI" 2> /dev/null
+if [ -n "${CARRY_TO:-}" ]; then say "carried into $CARRY_TO: $(du -sh "$CARRY_TO" | cut -f1)"; exit 0; fi
 pack
 say "done"

@@ -590,53 +590,116 @@ def keep_linf(folder: Path) -> int:
     return len(res["rows"]) - len(rows)
 
 
-def take_device(root: Path, device: Path, live: set | None = None) -> tuple[set, list, list]:
+FROM_DEVICE = "from-device.json"  # in a job folder taken from a GPU call: {row key: digest} of the rows the GPU finished
+
+
+def _row_digest(row: dict) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(row, sort_keys=True).encode()).hexdigest()
+
+
+def device_rows(root: Path) -> set:
+    """The keys of the rows that :func:`take_device` marked as the GPU's in ``root``'s job folders (``from-device.json``)
+    and that the folder still holds as the GPU wrote them. The marks stay with the folder, so a recording refused
+    after the take (or one that takes no device folder) still records those rows' machine."""
+    keys = set()
+    for folder in _job_folders(root):
+        f = folder / FROM_DEVICE
+        if not f.is_file() or not (folder / "results.json").is_file():
+            continue
+        try:
+            marks = json.loads(f.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{f}: not a readable list of the GPU's rows ({e})") from None
+        if not isinstance(marks, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in marks.items()):
+            raise ValueError(f"{f}: not a map of row keys to digests")
+        rows = {r["key"]: r for r in read_results(folder)["rows"]}
+        keys |= {k for k, d in marks.items() if k in rows and _row_digest(rows[k]) == d}
+    return keys
+
+
+def take_device(root: Path, device: Path, live: set | None = None) -> tuple[set, list, list, list]:
     """Bring the job folders a lent GPU returned (``device``: its ``results.tar.gz`` unpacked) into ``root``.
 
-    A device folder replaces the folder of the same name under ``root`` when it holds finished rows that one lacks;
-    the keys of those rows (the GPU computed them) are returned for the provenance, with the folders replaced and
-    the ones left as they were (nothing new). Every folder is checked before any is touched: a root folder with a
-    row the device folder lacks (the CPU finished it meanwhile) or holds otherwise is refused, since replacing it
-    would lose that row; so is a folder a running ``pursamere ensemble`` writes (``live``: those folders' names,
-    read from ``/proc`` when not given), which would write its own rows over the device's."""
+    A device folder replaces the folder of the same name under ``root`` when it holds rows that one lacks. Of those,
+    the rows no folder under ``root`` holds as they are (a job the GPU seeded from a CPU-made folder copies that
+    folder's rows) are the GPU's: their keys are returned for the provenance and written into the taken folder
+    (``from-device.json``, read back by :func:`device_rows`), so the marks outlive a recording refused later.
+    Returns ``(the GPU's row keys, folders replaced, folders left as they were (nothing new), device folders skipped
+    (no table's job: the smoke runs))``.
+
+    Every folder is checked before any is touched: a root folder with a row the device folder lacks or holds
+    otherwise (the CPU finished it while the GPU ran) is refused, since replacing it would lose that row; so is a
+    folder a running ``pursamere ensemble`` writes (``live``: those folders' names, read from ``/proc`` when not
+    given), which would write its own rows over the device's. Each folder is copied beside under a hidden name
+    first; only when every copy has succeeded are they swapped in (the old folder renamed aside, then removed)."""
+    import shutil
+
     if not device.is_dir():
         raise ValueError(f"{device}: no such folder (unpack the GPU call's results.tar.gz into it)")
-    plan, gpu, same = [], set(), []
-    for dev in sorted(p for p in device.iterdir() if (p / "results.json").is_file()):
+    found = sorted(p for p in device.iterdir() if (p / "results.json").is_file())
+    skipped = [p.name for p in found if _job_table(p.name) is None]
+    known = {json.dumps(r, sort_keys=True) for p in _job_folders(root) if (p / "results.json").is_file()
+             for r in read_results(p)["rows"]}
+    plan, gpu, same, lost = [], set(), [], []
+    for dev in (p for p in found if _job_table(p.name) is not None):
         dev_rows = {r["key"]: r for r in read_results(dev)["rows"]}
         mine = root / dev.name
         own = {r["key"]: r for r in read_results(mine)["rows"]} if (mine / "results.json").is_file() else {}
-        lost = [k for k, r in own.items() if dev_rows.get(k) != r]
-        if lost:
-            raise ValueError(f"{mine} holds a row the device's {dev.name} lacks or holds otherwise ({lost[0]}): "
-                             "taking the device folder would lose it; record it first or move the folder aside")
-        new = {k for k, r in dev_rows.items() if own.get(k) != r}
-        if new:
-            plan.append((dev, mine))
-            gpu |= new
-        else:
+        differ = [k for k, r in own.items() if dev_rows.get(k) != r]
+        if differ:
+            lost.append((dev, mine, differ[0]))
+            continue
+        if dev_rows.keys() == own.keys():
             same.append(mine)
-    if not plan and not same:
-        raise ValueError(f"{device}: no job folders with a results.json in it")
+            continue
+        new = {k for k, r in dev_rows.items() if k not in own and json.dumps(r, sort_keys=True) not in known}
+        marks = {}
+        for f in (dev / FROM_DEVICE, mine / FROM_DEVICE):  # earlier leases' marks the folder carried
+            if f.is_file():
+                marks.update(json.loads(f.read_text()))
+        marks = {k: d for k, d in marks.items() if k in dev_rows and _row_digest(dev_rows[k]) == d}
+        marks.update({k: _row_digest(dev_rows[k]) for k in new})
+        plan.append((dev, mine, marks))
+        gpu |= new
+    if not plan and not same and not lost:
+        raise ValueError(f"{device}: no job folders of a recorded table with a results.json in it"
+                         + (f" (skipped {', '.join(skipped)})" if skipped else ""))
     if live is None:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from run_status import live_jobs  # scripts/run_status.py: the job folders running ensembles write
 
         live = live_jobs(root) or set()
-    busy = [mine.name for _, mine in plan if mine.name in live]
+    busy = [m.name for _, m, *_ in plan + lost if m.name in live]
     if busy:
         raise ValueError(f"{root / busy[0]} is being written by a running `pursamere ensemble`: stop its job (and the "
                          "queue that would restart it) before taking the device's folder")
-    import shutil
-
-    for dev, mine in plan:  # copied beside (a hidden name no table's glob matches), then swapped in: a failed copy
-        tmp = mine.with_name(f".{mine.name}.from-device")  # leaves the old folder whole
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(dev, tmp)
+    if lost:
+        dev, mine, key = lost[0]
+        raise ValueError(f"{mine} holds a row the device's {dev.name} lacks or holds otherwise ({key}), finished on the "
+                         f"CPU while the GPU ran (stop the CPU queue during a GPU call): to keep the CPU's folder, remove "
+                         f"{dev}; to take the device's, move {mine} out of {root} first")
+    tmps = []
+    try:
+        for dev, mine, marks in plan:  # copied beside under a hidden name no table's glob matches
+            tmp = mine.with_name(f".{mine.name}.from-device")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmps.append(tmp)
+            shutil.copytree(dev, tmp)
+            atomic_write_json(tmp / FROM_DEVICE, marks)
+    except BaseException:
+        for tmp in tmps:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for (dev, mine, _), tmp in zip(plan, tmps):  # then swapped in: at no point is a folder half-deleted
+        old = mine.with_name(f".{mine.name}.before-device")
+        shutil.rmtree(old, ignore_errors=True)
         if mine.exists():
-            shutil.rmtree(mine)
+            mine.rename(old)
         tmp.rename(mine)
-    return gpu, [m for _, m in plan], same
+        shutil.rmtree(old, ignore_errors=True)
+    return gpu, [m for _, m, _ in plan], same, skipped
 
 
 def lost_rows(book: Path, root: Path) -> list:
@@ -865,7 +928,7 @@ def _main(args) -> int:
               + (f"; left {len(kept)} that already hold results as they are: {', '.join(p.name for p in kept)}"
                  if kept else "")
               + (f"; restored {states} kept rows in progress and end points" if states else "")
-              + (f" (left {held} that the folders already hold)" if held else "")
+              + (f" (left {held} that the folders already hold or have finished)" if held else "")
               + (f"; restored {checks} files of obfuscation checks in progress" if checks else "")
               + (f"; restored the finished obfuscation checks of {finished_checks} job{'s' * (finished_checks != 1)} from their tables"
                  if finished_checks else ""))
@@ -876,13 +939,13 @@ def _main(args) -> int:
         cifar_checks(Path(args.book) / "cifar10-cpu-table" / "checks.json", args.checks,
                      tuple(f.strip() for f in args.checks_rows.split(",")))
     root = Path(args.root)
-    from_device = set()
     for d in args.from_device:
-        keys, replaced, same = take_device(root, Path(d))
-        from_device |= keys
+        keys, replaced, same, skipped = take_device(root, Path(d))
         print(f"{d}: took {len(replaced)} job folders ({len(keys)} rows the GPU finished)"
               + (f": {', '.join(p.name for p in replaced)}" if replaced else "")
-              + (f"; left {len(same)} with nothing new" if same else ""))
+              + (f"; left {len(same)} with nothing new" if same else "")
+              + (f"; skipped {', '.join(skipped)} (no recorded table's jobs)" if skipped else ""))
+    from_device = device_rows(root)  # the GPU's rows, marked in the folders taken (now or by a refused recording)
     lost = lost_rows(Path(args.book), root)
     if lost and not args.allow_dropped:
         raise ValueError(f"{len(lost)} recorded rows are in no job folder under {root} (first: {lost[0]}): recording "
@@ -935,7 +998,8 @@ def _main(args) -> int:
         gpu = set(from_device)
         if args.gpu_root:
             gpu |= {r["key"] for g in args.gpu_root for p in folders(Path(g), prefix) for r in read_results(p)["rows"]}
-        prov = provenance(part_rows, res, old, old_rows, gpu, bool(args.gpu_root or args.from_device), args.device_log,
+        theirs = {r["key"] for rows in part_rows.values() for r in rows} & from_device
+        prov = provenance(part_rows, res, old, old_rows, gpu, bool(args.gpu_root or theirs), args.device_log,
                           prior=(prior_rows, prior_machine))
         atomic_write_json(out / "provenance.json", prov)
         print(f"{table}: {len(res['rows'])} rows from {len(parts)} jobs → {out}")

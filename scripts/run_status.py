@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -54,8 +55,14 @@ def live_jobs(root: Path) -> set | None:
         except OSError:  # the process ended meanwhile, or is not ours to read
             continue
         args = [a.decode(errors="replace") for a in argv]
-        if "pursamere" in args and "--out" in args[:-1]:
-            out = Path(args[args.index("--out") + 1])
+        outs = [b for a, b in zip(args, args[1:]) if a == "--out"] + [a[6:] for a in args if a.startswith("--out=")]
+        if "pursamere" in args and outs:
+            out = Path(outs[-1])
+            if not out.is_absolute():  # relative to the job's own working directory, not this one's
+                try:
+                    out = Path(os.readlink(cmd.parent / "cwd")) / out
+                except OSError:
+                    continue
             if out.parent.resolve() == root.resolve():
                 live.add(out.name)
     return live

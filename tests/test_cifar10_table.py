@@ -472,8 +472,8 @@ def test_device_queue_runs_each_recorded_row_in_exactly_one_job(rt, tmp_path, mo
 
 def test_device_carry_gathers_only_the_folders_the_first_jobs_start_from(tmp_path):
     """CARRY_TO=DIR (scripts/device_evaluate.sh, before a call): copies what each of the queue's first JOBS_FIRST
-    jobs would resume from (its own folder, or a 160-step job's 80-step one) into a new folder, runs nothing, and
-    refuses a folder that is not empty."""
+    jobs would resume from (its own folder, or a 160-step job's 80-step one) into a new folder, runs nothing, writes
+    nothing else, and refuses a folder that is not empty."""
     import os
     import subprocess
 
@@ -491,8 +491,9 @@ def test_device_carry_gathers_only_the_folders_the_first_jobs_start_from(tmp_pat
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in carry.iterdir()) == sorted([second, source])
-    status = (tmp_path / "device-work" / "logs" / "status").read_text()
-    assert f"{first}: nothing to carry" in status and "ensemble" not in status
+    status = done.stdout  # said, not written: a carry leaves nothing but DIR (no device-work, no packed results)
+    assert f"{first}: nothing to carry" in status and "ensemble" not in status and "carried into" in status
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["carry", "whole"]
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "not empty" in again.stderr
 
@@ -701,14 +702,16 @@ def test_gpu_rows_of_a_table_recorded_without_machines_leave_its_older_rows_unkn
 
 def test_from_device_takes_the_gpu_folders_and_marks_what_they_finished(rt, tmp_path, capsys):
     """record_tables --from-device DIR: a GPU call's folder replaces its namesake when it finished rows that one
-    lacks (those rows are the GPU's), a folder with nothing new is left as it is, and a ROOT folder holding a row
-    the device's lacks is refused in one line before any folder is touched."""
+    lacks (those rows are the GPU's, marked in the folder so that a recording refused after the take still records
+    them as the GPU's), a folder with nothing new is left as it is, a smoke run's folder is skipped, and a ROOT
+    folder holding a row the device's lacks is refused in one line before any folder is touched."""
     import shutil
 
     book = tmp_path / "book"
     shutil.copytree(ROOT / "book" / "data" / "cifar10-cpu-table", book / "cifar10-cpu-table")
     jobs, dev = tmp_path / "jobs", tmp_path / "device"
     assert rt.main([str(jobs), "--book", str(book), "--restore"]) == 0
+    before_machine = json.loads((book / "cifar10-cpu-table" / "provenance.json").read_text())["machine"]
     for name in ("cifar-at", "cifar-plain"):
         shutil.copytree(jobs / name, dev / name)
     res = json.loads((jobs / "cifar-at" / "results.json").read_text())
@@ -716,10 +719,28 @@ def test_from_device_takes_the_gpu_folders_and_marks_what_they_finished(rt, tmp_
     (jobs / "cifar-at" / "results.json").write_text(json.dumps(res))
     with pytest.raises(ValueError, match="running"):  # a job still writing the folder would overwrite the device's rows
         rt.take_device(jobs, dev, live={"cifar-at"})
-    keys, replaced, same = rt.take_device(jobs, dev)
-    assert keys == {gone["key"]} and [p.name for p in replaced] == ["cifar-at"] and [p.name for p in same] == ["cifar-plain"]
+    shutil.copytree(dev / "cifar-plain", dev / "smoke-cifar")  # a smoke run's folder: no table's job, skipped
+    (jobs / "cifar-ere").rename(tmp_path / "aside")  # a recorded job's folder missing: recording refuses, after the take
+    assert rt.main([str(jobs), "--book", str(book), "--from-device", str(dev)]) == 2
+    out, err = capsys.readouterr()
+    assert "took 1 job folders (1 rows the GPU finished): cifar-at; left 1 with nothing new; skipped smoke-cifar" in out
+    assert "--restore" in err and len(err.strip().splitlines()) == 1
     assert (jobs / "cifar-at" / "results.json").read_text() == (dev / "cifar-at" / "results.json").read_text()
-    assert not list(jobs.glob(".*from-device"))
+    assert not list(jobs.glob(".*device")) and not (jobs / "smoke-cifar").exists()
+    assert rt.device_rows(jobs) == {gone["key"]}  # the GPU's rows are marked in the folder: the refusal loses nothing
+    (tmp_path / "aside").rename(jobs / "cifar-ere")
+    rec = json.loads((book / "cifar10-cpu-table" / "results.json").read_text())  # make the GPU's row new to the book
+    rec["rows"] = [r for r in rec["rows"] if r["key"] != gone["key"]]
+    (book / "cifar10-cpu-table" / "results.json").write_text(json.dumps(rec))
+    assert rt.main([str(jobs), "--book", str(book)]) == 0  # recorded later, without --from-device: still the GPU's
+    prov = json.loads((book / "cifar10-cpu-table" / "provenance.json").read_text())
+    assert prov["machine"][gone["key"]] == "gpu"
+    assert {k: m for k, m in prov["machine"].items() if k != gone["key"]} == {
+        k: m for k, m in before_machine.items() if k != gone["key"]}  # the other rows keep their recorded machines
+    capsys.readouterr()
+    keys, replaced, same, skipped = rt.take_device(jobs, dev)  # taken already: nothing new
+    assert keys == set() and replaced == [] and [p.name for p in same] == ["cifar-at", "cifar-plain"]
+    assert skipped == ["smoke-cifar"]
     # the CPU finished a row meanwhile that the device folder lacks: refused, nothing touched
     res = json.loads((dev / "cifar-at" / "results.json").read_text())
     res["rows"].pop()

@@ -107,3 +107,22 @@ def test_live_jobs_finds_this_machines_ensemble_processes(tmp_path):
         p.kill()
         p.wait()
     assert rs.live_jobs(tmp_path) in (None, set())
+
+
+def test_live_jobs_reads_a_relative_out_against_the_jobs_own_directory(tmp_path, monkeypatch):
+    """A job started as ``--out results/whole/NAME`` from the checkout is found from any working directory (the
+    GPU take refuses a folder such a job writes), and so is ``--out=...``."""
+    import subprocess
+    import sys
+
+    rs = load_script("run_status")
+    (tmp_path / "whole").mkdir()
+    jobs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "pursamere", *out], cwd=tmp_path)
+            for out in (["--out", "whole/cifar-q"], ["--out=whole/cifar-r"])]
+    try:
+        monkeypatch.chdir(tmp_path.parent)
+        assert {"cifar-q", "cifar-r"} <= rs.live_jobs(tmp_path / "whole")
+    finally:
+        for job in jobs:
+            job.kill()
+            job.wait()

@@ -485,6 +485,10 @@ def test_rows_in_progress_travel_to_another_machine_as_safetensors(tmp_path, mon
     # a finished folder keeps nothing but its end points; an altered file is refused before anything is written
     assert ev.export_progress(tmp_path / "fresh", tmp_path / "kept") == 2  # merged: what was kept before stays
     assert ev.export_progress(tmp_path / "fresh", tmp_path / "kept", finished_rows={r["key"] for r in again["rows"]}) == 1
+    # nor is a stale copy the folder itself holds (a stopped run leaves its finished rows' files)
+    shutil.copytree(tmp_path / "cut" / "rows-in-progress", tmp_path / "fresh" / "rows-in-progress")
+    assert ev.export_progress(tmp_path / "fresh", tmp_path / "kept2", finished_rows={r["key"] for r in again["rows"]}) == 1
+    assert not (tmp_path / "kept2" / "rows-in-progress").exists()
     (f,) = (tmp_path / "kept").rglob("*.safetensors")
     blob = bytearray(f.read_bytes())
     blob[-1] ^= 1

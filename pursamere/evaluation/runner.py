@@ -214,8 +214,8 @@ def export_progress(folder, dest, finished_rows=frozenset()) -> int:
     includes it). Of the end points only the attacked images' are stored: no later row reads the others.
 
     What ``dest`` already holds is merged, not dropped: a state the folder has no file for stays (the folder may
-    never have had it restored), unless it is a row in progress whose row is finished (its key in
-    ``finished_rows``). ``dest`` is then replaced as a whole (removed when nothing is left). Returns how many
+    never have had it restored). A row in progress whose row is finished (its key in ``finished_rows``) is dropped,
+    from ``dest`` and from the folder's files alike. ``dest`` is then replaced as a whole (removed when nothing is left). Returns how many
     states it holds."""
     import shutil
 
@@ -234,6 +234,8 @@ def export_progress(folder, dest, finished_rows=frozenset()) -> int:
         if state is None:  # its row finished (a live run cleared it) since the folder was listed
             continue
         state = _checked(state, kind, f)
+        if kind == "rows-in-progress" and state["key"] in finished_rows:  # a stale copy: a run stopped before it
+            continue  # ended leaves its finished rows' files (only a run that ends clears them)
         if kind == "end-points":
             if state["points"].shape[0] != state["attacked"].shape[0]:
                 raise ValueError(f"{f}: its end points do not match its attacked images")
