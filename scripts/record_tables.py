@@ -599,24 +599,33 @@ def _row_digest(row: dict) -> str:
     return hashlib.sha256(json.dumps(row, sort_keys=True).encode()).hexdigest()
 
 
-def device_rows(root: Path) -> set:
-    """The keys of the rows that :func:`take_device` marked as the GPU's in ``root``'s job folders (``from-device.json``)
-    and that the folder still holds as the GPU wrote them. The marks stay with the folder, so a recording refused
-    after the take (or one that takes no device folder) still records those rows' machine."""
-    keys = set()
+def _read_marks(f: Path) -> dict:
+    """A ``from-device.json``: ``{row key: digest}``, checked (one clear error line if it is not one)."""
+    try:
+        marks = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{f}: not a readable list of the GPU's rows ({e})") from None
+    if not isinstance(marks, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in marks.items()):
+        raise ValueError(f"{f}: not a map of row keys to digests")
+    return marks
+
+
+def device_rows(root: Path) -> dict:
+    """The rows that :func:`take_device` marked as the GPU's in ``root``'s job folders (``from-device.json``) and
+    that the folder still holds as the GPU wrote them: ``{row key: {digests}}``. A row elsewhere counts as the GPU's
+    only if its content is the same (:func:`_row_digest`): another table's row of the same key may be the CPU's. The
+    marks stay with the folder, so a recording refused after the take (or one that takes no device folder) still
+    records those rows' machine."""
+    marked = {}
     for folder in _job_folders(root):
         f = folder / FROM_DEVICE
         if not f.is_file() or not (folder / "results.json").is_file():
             continue
-        try:
-            marks = json.loads(f.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{f}: not a readable list of the GPU's rows ({e})") from None
-        if not isinstance(marks, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in marks.items()):
-            raise ValueError(f"{f}: not a map of row keys to digests")
         rows = {r["key"]: r for r in read_results(folder)["rows"]}
-        keys |= {k for k, d in marks.items() if k in rows and _row_digest(rows[k]) == d}
-    return keys
+        for k, d in _read_marks(f).items():
+            if k in rows and _row_digest(rows[k]) == d:
+                marked.setdefault(k, set()).add(d)
+    return marked
 
 
 def take_device(root: Path, device: Path, live: set | None = None) -> tuple[set, list, list, list]:
@@ -658,7 +667,7 @@ def take_device(root: Path, device: Path, live: set | None = None) -> tuple[set,
         marks = {}
         for f in (dev / FROM_DEVICE, mine / FROM_DEVICE):  # earlier leases' marks the folder carried
             if f.is_file():
-                marks.update(json.loads(f.read_text()))
+                marks.update(_read_marks(f))
         marks = {k: d for k, d in marks.items() if k in dev_rows and _row_digest(dev_rows[k]) == d}
         marks.update({k: _row_digest(dev_rows[k]) for k in new})
         plan.append((dev, mine, marks))
@@ -675,6 +684,11 @@ def take_device(root: Path, device: Path, live: set | None = None) -> tuple[set,
     if busy:
         raise ValueError(f"{root / busy[0]} is being written by a running `pursamere ensemble`: stop its job (and the "
                          "queue that would restart it) before taking the device's folder")
+    aside = [m.with_name(f".{m.name}.before-device") for _, m, _ in plan]
+    aside = [a for a in aside if a.exists()]
+    if aside:  # an earlier take stopped between its two renames: this may be the CPU's only copy of the folder
+        raise ValueError(f"{aside[0]} was set aside by an interrupted take: rename it back to "
+                         f"{aside[0].name[1:-len('.before-device')]} (or remove it, if the folder of that name is whole)")
     if lost:
         dev, mine, key = lost[0]
         raise ValueError(f"{mine} holds a row the device's {dev.name} lacks or holds otherwise ({key}), finished on the "
@@ -693,8 +707,7 @@ def take_device(root: Path, device: Path, live: set | None = None) -> tuple[set,
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     for (dev, mine, _), tmp in zip(plan, tmps):  # then swapped in: at no point is a folder half-deleted
-        old = mine.with_name(f".{mine.name}.before-device")
-        shutil.rmtree(old, ignore_errors=True)
+        old = mine.with_name(f".{mine.name}.before-device")  # (checked above: none is left from an earlier take)
         if mine.exists():
             mine.rename(old)
         tmp.rename(mine)
@@ -945,7 +958,7 @@ def _main(args) -> int:
               + (f": {', '.join(p.name for p in replaced)}" if replaced else "")
               + (f"; left {len(same)} with nothing new" if same else "")
               + (f"; skipped {', '.join(skipped)} (no recorded table's jobs)" if skipped else ""))
-    from_device = device_rows(root)  # the GPU's rows, marked in the folders taken (now or by a refused recording)
+    marked = device_rows(root)  # the GPU's rows, marked in the folders taken (now or by a refused recording)
     lost = lost_rows(Path(args.book), root)
     if lost and not args.allow_dropped:
         raise ValueError(f"{len(lost)} recorded rows are in no job folder under {root} (first: {lost[0]}): recording "
@@ -995,10 +1008,10 @@ def _main(args) -> int:
             res["meta"] = {k: meta.get(k, keep.get(k)) for k in old_meta if k in meta or k in keep}  # recorded order
             res["meta"].update({k: v for k, v in meta.items() if k not in res["meta"]})
             atomic_write_json(out / "results.json", res)
-        gpu = set(from_device)
+        gpu = {r["key"] for rows in part_rows.values() for r in rows if _row_digest(r) in marked.get(r["key"], ())}
+        theirs = bool(gpu)
         if args.gpu_root:
             gpu |= {r["key"] for g in args.gpu_root for p in folders(Path(g), prefix) for r in read_results(p)["rows"]}
-        theirs = {r["key"] for rows in part_rows.values() for r in rows} & from_device
         prov = provenance(part_rows, res, old, old_rows, gpu, bool(args.gpu_root or theirs), args.device_log,
                           prior=(prior_rows, prior_machine))
         atomic_write_json(out / "provenance.json", prov)

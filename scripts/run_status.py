@@ -55,7 +55,8 @@ def live_jobs(root: Path) -> set | None:
         except OSError:  # the process ended meanwhile, or is not ours to read
             continue
         args = [a.decode(errors="replace") for a in argv]
-        outs = [b for a, b in zip(args, args[1:]) if a == "--out"] + [a[6:] for a in args if a.startswith("--out=")]
+        outs = [b if a == "--out" else a[6:] for a, b in zip(args, args[1:] + [""])  # in order: argparse takes the last
+                if a == "--out" or a.startswith("--out=")]
         if "pursamere" in args and outs:
             out = Path(outs[-1])
             if not out.is_absolute():  # relative to the job's own working directory, not this one's

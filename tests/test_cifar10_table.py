@@ -727,7 +727,7 @@ def test_from_device_takes_the_gpu_folders_and_marks_what_they_finished(rt, tmp_
     assert "--restore" in err and len(err.strip().splitlines()) == 1
     assert (jobs / "cifar-at" / "results.json").read_text() == (dev / "cifar-at" / "results.json").read_text()
     assert not list(jobs.glob(".*device")) and not (jobs / "smoke-cifar").exists()
-    assert rt.device_rows(jobs) == {gone["key"]}  # the GPU's rows are marked in the folder: the refusal loses nothing
+    assert set(rt.device_rows(jobs)) == {gone["key"]}  # the GPU's rows are marked in the folder: the refusal loses nothing
     (tmp_path / "aside").rename(jobs / "cifar-ere")
     rec = json.loads((book / "cifar10-cpu-table" / "results.json").read_text())  # make the GPU's row new to the book
     rec["rows"] = [r for r in rec["rows"] if r["key"] != gone["key"]]
@@ -752,6 +752,33 @@ def test_from_device_takes_the_gpu_folders_and_marks_what_they_finished(rt, tmp_
     assert (jobs / "cifar-at" / "results.json").read_text() == before
     assert rt.main([str(jobs), "--book", str(book), "--from-device", str(tmp_path / "nowhere")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_the_gpu_marks_only_rows_it_made_and_a_take_never_removes_a_folder_set_aside(rt, tmp_path):
+    """A device folder's row identical to one a CPU folder holds (a job the GPU seeded from it) is not the GPU's; a
+    mark counts only for a row of the same content (another table's row of the same key may be the CPU's); a
+    malformed mark file is one error line; a folder an interrupted take set aside is never removed."""
+    root, dev = tmp_path / "whole", tmp_path / "dev"
+    row = {"key": "d|BPDA20|inf|0.0313725", "survived": [True, False]}
+    made = {"key": "d|BPDA40|inf|0.0313725", "survived": [False, False]}
+    for folder, rows in ((root / "cifar-at", [row]), (dev / "cifar40-at", [row, made])):
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps({"meta": {"schema": 2}, "rows": rows}))
+    keys, replaced, same, skipped = rt.take_device(root, dev, live=set())
+    assert keys == {made["key"]} and [p.name for p in replaced] == ["cifar40-at"] and not same and not skipped
+    marked = rt.device_rows(root)
+    assert set(marked) == {made["key"]}
+    rerun = {**made, "survived": [True, False]}  # the same key, made elsewhere on the CPU: not the GPU's
+    assert rt._row_digest(made) in marked[made["key"]] and rt._row_digest(rerun) not in marked[made["key"]]
+    (root / "cifar40-at" / rt.FROM_DEVICE).write_text("5")
+    with pytest.raises(ValueError, match="not a map of row keys"):
+        rt.device_rows(root)
+    (root / "cifar40-at" / rt.FROM_DEVICE).write_text("{}")
+    (dev / "cifar40-at" / "results.json").write_text(json.dumps({"meta": {"schema": 2}, "rows": [row, made, rerun | {"key": "e"}]}))
+    (root / ".cifar40-at.before-device").mkdir()  # left by a take stopped between its renames
+    with pytest.raises(ValueError, match="interrupted take"):
+        rt.take_device(root, dev, live=set())
+    assert (root / ".cifar40-at.before-device").is_dir() and not list(root.glob(".*from-device"))
 
 
 def test_the_40_step_cifar_table_checks_the_key_rows_at_linf(rt, tmp_path):

@@ -114,6 +114,7 @@ def test_live_jobs_reads_a_relative_out_against_the_jobs_own_directory(tmp_path,
     GPU take refuses a folder such a job writes), and so is ``--out=...``."""
     import subprocess
     import sys
+    import time
 
     rs = load_script("run_status")
     (tmp_path / "whole").mkdir()
@@ -121,7 +122,12 @@ def test_live_jobs_reads_a_relative_out_against_the_jobs_own_directory(tmp_path,
             for out in (["--out", "whole/cifar-q"], ["--out=whole/cifar-r"])]
     try:
         monkeypatch.chdir(tmp_path.parent)
-        assert {"cifar-q", "cifar-r"} <= rs.live_jobs(tmp_path / "whole")
+        for _ in range(100):  # a child may not show its command line the instant Popen returns
+            seen = rs.live_jobs(tmp_path / "whole")
+            if {"cifar-q", "cifar-r"} <= seen:
+                break
+            time.sleep(0.05)
+        assert {"cifar-q", "cifar-r"} <= seen
     finally:
         for job in jobs:
             job.kill()

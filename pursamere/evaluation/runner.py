@@ -214,8 +214,9 @@ def export_progress(folder, dest, finished_rows=frozenset()) -> int:
     includes it). Of the end points only the attacked images' are stored: no later row reads the others.
 
     What ``dest`` already holds is merged, not dropped: a state the folder has no file for stays (the folder may
-    never have had it restored). A row in progress whose row is finished (its key in ``finished_rows``) is dropped,
-    from ``dest`` and from the folder's files alike. ``dest`` is then replaced as a whole (removed when nothing is left). Returns how many
+    never have had it restored). A row in progress whose row is finished (its key in ``finished_rows``) is not kept,
+    whether ``dest`` held it or the folder does (the folder's file is left alone). The match is by key: a finished
+    row that a run is re-running (its settings changed) keeps its progress in the folder only, until it finishes. ``dest`` is then replaced as a whole (removed when nothing is left). Returns how many
     states it holds."""
     import shutil
 
