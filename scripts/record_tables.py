@@ -649,8 +649,7 @@ def take_device(root: Path, device: Path, live: set | None = None) -> tuple[set,
         raise ValueError(f"{device}: no such folder (unpack the GPU call's results.tar.gz into it)")
     found = sorted(p for p in device.iterdir() if (p / "results.json").is_file())
     skipped = [p.name for p in found if _job_table(p.name) is None]
-    known = {json.dumps(r, sort_keys=True) for p in _job_folders(root) if (p / "results.json").is_file()
-             for r in read_results(p)["rows"]}
+    known = {_row_digest(r) for p in _job_folders(root) if (p / "results.json").is_file() for r in read_results(p)["rows"]}
     plan, gpu, same, lost = [], set(), [], []
     for dev in (p for p in found if _job_table(p.name) is not None):
         dev_rows = {r["key"]: r for r in read_results(dev)["rows"]}
@@ -663,7 +662,7 @@ def take_device(root: Path, device: Path, live: set | None = None) -> tuple[set,
         if dev_rows.keys() == own.keys():
             same.append(mine)
             continue
-        new = {k for k, r in dev_rows.items() if k not in own and json.dumps(r, sort_keys=True) not in known}
+        new = {k for k, r in dev_rows.items() if k not in own and _row_digest(r) not in known}
         marks = {}
         for f in (dev / FROM_DEVICE, mine / FROM_DEVICE):  # earlier leases' marks the folder carried
             if f.is_file():
@@ -1009,10 +1008,10 @@ def _main(args) -> int:
             res["meta"].update({k: v for k, v in meta.items() if k not in res["meta"]})
             atomic_write_json(out / "results.json", res)
         gpu = {r["key"] for rows in part_rows.values() for r in rows if _row_digest(r) in marked.get(r["key"], ())}
-        theirs = bool(gpu)
+        marks_given = bool(gpu)  # this table has rows a take marked as the GPU's
         if args.gpu_root:
             gpu |= {r["key"] for g in args.gpu_root for p in folders(Path(g), prefix) for r in read_results(p)["rows"]}
-        prov = provenance(part_rows, res, old, old_rows, gpu, bool(args.gpu_root or theirs), args.device_log,
+        prov = provenance(part_rows, res, old, old_rows, gpu, bool(args.gpu_root or marks_given), args.device_log,
                           prior=(prior_rows, prior_machine))
         atomic_write_json(out / "provenance.json", prov)
         print(f"{table}: {len(res['rows'])} rows from {len(parts)} jobs → {out}")

@@ -216,8 +216,8 @@ def export_progress(folder, dest, finished_rows=frozenset()) -> int:
     What ``dest`` already holds is merged, not dropped: a state the folder has no file for stays (the folder may
     never have had it restored). A row in progress whose row is finished (its key in ``finished_rows``) is not kept,
     whether ``dest`` held it or the folder does (the folder's file is left alone). The match is by key: a finished
-    row that a run is re-running (its settings changed) keeps its progress in the folder only, until it finishes. ``dest`` is then replaced as a whole (removed when nothing is left). Returns how many
-    states it holds."""
+    row that a run is re-running (its settings changed) keeps its progress in the folder only, until it finishes.
+    ``dest`` is then replaced as a whole (removed when nothing is left). Returns how many states it holds."""
     import shutil
 
     dest = Path(dest)
