@@ -739,7 +739,10 @@ def provenance(part_rows: dict, res: dict, old: dict, old_rows: dict, gpu: set, 
     no machine on record, no shared row and no ``gpu_roots`` records none (unknown); given ``gpu_roots``, its
     rows recorded before stay unknown (None) and only its new rows get a machine."""
     prior_rows, prior_machine = prior
-    job_of = {r["key"]: p.name for p, rows in part_rows.items() for r in rows}
+    folder_of = {r["key"]: p.name for p, rows in part_rows.items() for r in rows}
+    # in the merged table's row order, so a folder rebuilt by --restore (its rows in another order) changes nothing
+    job_of = {r["key"]: folder_of[r["key"]] for r in res["rows"] if r["key"] in folder_of}
+    job_of.update({k: v for k, v in folder_of.items() if k not in job_of})
     shared = {r["key"] for r in res["rows"] if r["key"] in prior_machine and prior_rows.get(r["key"]) == r}
     machine = None
     if gpu_roots or old.get("machine") or shared:

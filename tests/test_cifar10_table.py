@@ -1160,3 +1160,14 @@ def test_sam_against_sam_off_compares_two_converged_rows_even_when_one_needed_a_
     sam["longer_suites"][-1]["broke"] = 3
     lines = chapter.findings(merged)
     assert any("have not run the same attacks" in s for s in lines)
+
+
+def test_provenance_lists_jobs_in_the_tables_row_order_whatever_order_the_folders_hold(rt):
+    """--restore rebuilds a job folder with its rows in another order than the run wrote them; recording it again
+    must not rewrite provenance.json (a diff of moved lines with no change)."""
+    a, b, c = ({"key": f"d|{n}|inf|0.2"} for n in "ABC")
+    res = {"rows": [a, b, c]}
+    one = rt.provenance({Path("job-1"): [a, c], Path("job-2"): [b]}, res, {}, {}, set(), False, None)
+    two = rt.provenance({Path("job-2"): [b], Path("job-1"): [c, a]}, res, {}, {}, set(), False, None)
+    assert list(one["job_of"].items()) == list(two["job_of"].items()) == [
+        (a["key"], "job-1"), (b["key"], "job-2"), (c["key"], "job-1")]
