@@ -22,7 +22,7 @@
 #      the ensemble at 80 steps × 1 restart (chapter 7's ladder), by ε and defence group; the
 #      digits160-* jobs: at ℓ∞ 0.2 then 0.15 (and PurSAMERE at 0.1), the 160-step suite on the 80-step suite's
 #      survivors (--then-steps 160, each started from its 80-step job's folder);
-#    - cifar40-* jobs: the CIFAR-10 key rows' convergence check at ℓ∞ 8/255, the 40-step suite on the 20-step suite's
+#    - cifar40-* jobs: the CIFAR-10 key rows' (and the other rows' PurSAMERE, cifar40-rest-pursamere) convergence check at ℓ∞ 8/255, the 40-step suite on the 20-step suite's
 #      survivors (--then-steps 40, each started from its 20-step job's ℓ∞ rows; cifar40-pursamere after
 #      cifar-pursamere on the same queue line, so the 20-step attacks it lacks run once); then cifar80-*, the
 #      next rung (--then-steps 40,80), on the same line, started from its 40-step job once that has finished, and
@@ -81,7 +81,9 @@ ens() {  # ens NAME ARGS...: one ensemble job until DEADLINE (epoch seconds), it
     elif [ "${name#cifar40-}" != "$name" ] && [ -f "$W/logs/cifar-${name#cifar40-}.finished" ]; then
         from="$W/cifar-${name#cifar40-}"  # a 40-step CIFAR-10 job starts from its 20-step job's rows, finished in this call
     elif [ -n "${RESUME_FROM:-}" ] && [ "${name#cifar40-}" != "$name" ] && [ -f "$RESUME_FROM/cifar-${name#cifar40-}/results.json" ]; then
-        from="$RESUME_FROM/cifar-${name#cifar40-}"  # ... or as recorded
+        from="$RESUME_FROM/cifar-${name#cifar40-}"  # ... or as recorded, once finished (else its attacks would run twice)
+        $PY -c 'import sys; sys.path.insert(0, "scripts"); from pathlib import Path; import record_tables as r
+sys.exit(0 if r._finished(Path(sys.argv[1])) else 1)' "$from" || { say "$name: skipped (cifar-${name#cifar40-} has not finished)"; return; }
     elif [ "${name#cifar80-}" != "$name" ] && [ -f "$W/logs/cifar40-${name#cifar80-}.finished" ]; then
         from="$W/cifar40-${name#cifar80-}"  # the 80-step rung starts from its 40-step job, finished in this call
     elif [ "${name#cifar160-}" != "$name" ] && [ -f "$W/logs/cifar80-${name#cifar160-}.finished" ]; then
@@ -155,7 +157,7 @@ fi
 C="--preset cifar10-cpu --data-root $DATA --batch-size 128"
 D="--preset digits --weights shipped --n $DN --batch-size 512"
 cat > "$W/jobs.txt" <<JOBS
-ens cifar-rest-pursamere $C --n $CR --part rest $CS --only PurSAMERE --purifier-classifier clean
+ens cifar-rest-pursamere $C --n $CR --part rest $CS --only PurSAMERE --purifier-classifier clean; ens cifar40-rest-pursamere $C --n $CR --part rest $CS $CT --only PurSAMERE --purifier-classifier clean
 ens cifar-ere $C --n $CN --part key $CS --only 'ERE descent' --purifier-classifier clean
 ens digits160-0.2-ere $D $DS $DT --eps 0.2 --only 'ERE descent (no SAM) ε_pur=0.3'
 ens digits160-0.2-at-ere $D $DS $DT --eps 0.2 --only 'PGD-AT + ERE descent (no SAM) ε_pur=0.3'

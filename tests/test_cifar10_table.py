@@ -539,7 +539,8 @@ def test_cpu_queue_seeds_a_longer_suite_only_from_a_finished_job(tmp_path):
 
 # the CIFAR-10 rungs that attack a few images for hours per attack: batches of 2 from 2026-12-04 on (rows in progress
 # resume only at the batch size they started with; none of these jobs had one kept when the size changed)
-LONG_RUNGS: dict = {}  # queued jobs at batch size 2 (cifar80-pursamere and cifar160-ere ran so, both finished)
+# queued jobs at batch size 2 (cifar80-pursamere and cifar160-ere ran so, both finished)
+LONG_RUNGS: dict = {"cifar40-rest-pursamere": "2"}
 
 
 def test_cpu_queue_continues_every_unfinished_recorded_group_in_its_own_job(rt, tmp_path, monkeypatch):
@@ -1171,3 +1172,38 @@ def test_provenance_lists_jobs_in_the_tables_row_order_whatever_order_the_folder
     two = rt.provenance({Path("job-2"): [b], Path("job-1"): [c, a]}, res, {}, {}, set(), False, None)
     assert list(one["job_of"].items()) == list(two["job_of"].items()) == [
         (a["key"], "job-1"), (b["key"], "job-2"), (c["key"], "job-1")]
+
+
+def test_the_other_rows_40_step_check_runs_their_pursamere_rows_only(rt, tmp_path):
+    """cifar10-cpu-rest-40 (jobs cifar40-rest-*): PurSAMERE at ε_pur 8 and 16/255 of the other rows, the 20-step suite
+    then the 40-step one on what it left, at ℓ∞; its job starts from the 20-step job's rows (within its budget). The
+    README's table of the other rows gains a longer-suites column: the PurSAMERE rows say what 40 steps broke, the
+    rows the check does not run say nothing ("–", not "not run yet")."""
+    import shutil
+
+    t = "cifar10-cpu-rest-40"
+    pr, keep = rt._protocol(t)
+    assert [str(x.norm) for x in pr.threats] == ["inf"]
+    labels = {d.label for d in rt._protocol("cifar10-cpu-rest")[1] if d.label.startswith("PurSAMERE")}
+    assert len(labels) == 2 and {d.label for d in keep} == {g[0] for g in rt.expected_groups(t)} == labels
+    assert {("BPDA40", "inf"), ("exact-APGD-T40-long", "inf"), ("BPDA20", "inf")} <= rt.planned_attacks(t)
+    assert rt._job_table("cifar40-rest-pursamere") == t
+    assert rt._job_table("cifar40-pursamere") == "cifar10-cpu-table-40" and rt._job_table("cifar-rest-pursamere") == "cifar10-cpu-rest"
+    src = ROOT / "book" / "data" / "cifar10-cpu-rest"
+    res = json.loads((src / "results.json").read_text())
+    mine = [r for r in res["rows"] if r["defence"] in labels]
+    rt.check_budget(t, {Path("cifar40-rest-pursamere"): mine})
+    shutil.copytree(src, tmp_path / "cifar10-cpu-rest")
+    (tmp_path / t).mkdir()
+    rung = {**res, "rows": mine, "worst_case": [w for w in res["worst_case"] if w["defence"] in labels]}
+    (tmp_path / t / "results.json").write_text(json.dumps(rung))
+    lines = {line.split(" | ")[0][2:]: line for line in rt.readme_table(tmp_path, "cifar10-cpu-rest").splitlines()
+             if line.startswith("| ") and "defence" not in line}
+    assert rt.readme_table(tmp_path, "cifar10-cpu-rest").splitlines()[0].endswith("| longer suites (ℓ∞ ε=0.03137) |")
+    for d, line in lines.items():
+        if d in labels:
+            w = next(w for w in res["worst_case"] if w["defence"] == d)
+            want = f"40 steps broke 0 of {sum(w['survived'])}" if w["complete"] else "after its own suite has finished"
+            assert line.split(" | ")[-1].startswith(want), line
+        else:
+            assert line.endswith("| – |"), line

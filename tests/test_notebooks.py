@@ -259,9 +259,11 @@ def test_06_on_the_recorded_table_counts_its_longer_suites(tmp_path):
     shown = {(s["defence"], s["norm"]): s for s in res["over_all_suites"]}
     assert any(s["longer_suites"] for s in shown.values()) == bool(rungs)
     assert any("-step suite" in f for f in res["findings"]) == any(w.get("longer_suites") for w in merged["worst_case"])
-    # the other rows (--part rest), each at its worst case over what has run (an upper bound until it finishes)
+    # the other rows (--part rest), each at its worst case over what has run (an upper bound until it finishes), over
+    # both suites where the 40-step check of their PurSAMERE rows has run
     if (data / "cifar10-cpu-rest" / "results.json").is_file():
         rest = read_results(data / "cifar10-cpu-rest")
+        rest = over_longer_suites(rest, chapter.longer_suites(rest, [(40, data / "cifar10-cpu-rest-40")]))
         assert res["rest"]["n"] == rest["meta"]["n"] == 128
         assert {(w["defence"], f"l{w['norm']}"): w["robust_acc"] for w in rest["worst_case"]} == \
             {(d, k): v for d, row in res["rest"]["worst_case"].items() for k, v in row.items()}
