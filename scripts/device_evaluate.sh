@@ -61,6 +61,7 @@ fi
 mkdir -p "$W/logs"; [ -n "${CARRY_TO:-}" ] || mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 export PY=${PY:-python3}
+export SCRIPTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export T0=$(date +%s)
 say() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$W/logs/status"; }
 
@@ -82,8 +83,12 @@ ens() {  # ens NAME ARGS...: one ensemble job until DEADLINE (epoch seconds), it
         from="$W/cifar-${name#cifar40-}"  # a 40-step CIFAR-10 job starts from its 20-step job's rows, finished in this call
     elif [ -n "${RESUME_FROM:-}" ] && [ "${name#cifar40-}" != "$name" ] && [ -f "$RESUME_FROM/cifar-${name#cifar40-}/results.json" ]; then
         from="$RESUME_FROM/cifar-${name#cifar40-}"  # ... or as recorded, once finished (else its attacks would run twice)
-        $PY -c 'import sys; sys.path.insert(0, "scripts"); from pathlib import Path; import record_tables as r
-sys.exit(0 if r._finished(Path(sys.argv[1])) else 1)' "$from" || { say "$name: skipped (cifar-${name#cifar40-} has not finished)"; return; }
+        if [ -z "${CARRY_TO:-}" ]; then  # (a carry gathers that folder for its own job on the same line anyway)
+            $PY -c 'import sys; sys.path.insert(0, sys.argv[2]); from pathlib import Path; import record_tables as r
+sys.exit(0 if r._finished(Path(sys.argv[1])) else 3)' "$from" "$SCRIPTS_DIR"
+            case $? in 0) ;; 3) say "$name: skipped (cifar-${name#cifar40-} has not finished)"; return ;;
+                *) say "$name: skipped (could not read whether cifar-${name#cifar40-} has finished: see the error above)"; return ;; esac
+        fi
     elif [ "${name#cifar80-}" != "$name" ] && [ -f "$W/logs/cifar40-${name#cifar80-}.finished" ]; then
         from="$W/cifar40-${name#cifar80-}"  # the 80-step rung starts from its 40-step job, finished in this call
     elif [ "${name#cifar160-}" != "$name" ] && [ -f "$W/logs/cifar80-${name#cifar160-}.finished" ]; then
@@ -96,6 +101,9 @@ sys.exit(0 if r._finished(Path(sys.argv[1])) else 1)' "$from" || { say "$name: s
             say "$name: nothing to carry (starts from the rung before, if this call finishes it)"
         else say "$name: nothing to carry (starts from scratch)"; fi
         return
+    fi
+    if [ -z "$from" ] && [ "${name#cifar40-}" != "$name" ] && [ "${DRY:-}" != 1 ]; then  # never both suites from scratch
+        say "$name: skipped (cifar-${name#cifar40-} has not finished)"; return
     fi
     if [ -z "$from" ] && [ "${name#cifar80-}" != "$name" ] && [ "${DRY:-}" != 1 ]; then  # never all three suites from scratch
         say "$name: skipped (cifar40-${name#cifar80-} has not finished)"; return

@@ -1207,3 +1207,33 @@ def test_the_other_rows_40_step_check_runs_their_pursamere_rows_only(rt, tmp_pat
             assert line.split(" | ")[-1].startswith(want), line
         else:
             assert line.endswith("| – |"), line
+
+
+def test_device_queue_never_starts_a_40_step_job_from_an_unfinished_20_step_folder(tmp_path):
+    """scripts/device_evaluate.sh: a cifar40-* job starts from its 20-step job's folder only once that has finished
+    (else the 20-step attacks left would run twice, there and in the copy): a recorded folder still running is
+    refused, as is starting from scratch when the 20-step job did not finish in the call."""
+    import os
+    import shutil
+    import stat
+    import subprocess
+    import sys
+
+    whole = tmp_path / "whole"
+    (whole / "cifar-rest-pursamere").mkdir(parents=True)
+    rec = json.loads((ROOT / "book" / "data" / "cifar10-cpu-rest" / "results.json").read_text())
+    assert not all(w["complete"] for w in rec["worst_case"] if w["defence"].startswith("PurSAMERE")), \
+        "the recorded rest rows have finished: make one unfinished here"
+    shutil.copy(ROOT / "book" / "data" / "cifar10-cpu-rest" / "results.json", whole / "cifar-rest-pursamere")
+    fake = tmp_path / "py"  # the real interpreter for the script's checks; every ensemble job fails at once
+    fake.write_text(f'#!/bin/bash\n[ "$1" = -c ] && exec {sys.executable} "$@"\nexit 1\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    env = dict(os.environ, SMOKE="0", PARALLEL="1", JOBS_FIRST="1", PY=str(fake), DEVICE="cpu", LC_ALL="C.UTF-8")
+    cmd = ["bash", str(ROOT / "scripts" / "device_evaluate.sh"), str(tmp_path / "out"), "100000", str(tmp_path / "data")]
+    for resume, why in ((str(whole), "has not finished"), ("", "has not finished")):
+        done = subprocess.run(cmd, cwd=tmp_path, env={**env, "RESUME_FROM": resume} if resume else env,
+                              capture_output=True, text=True, timeout=300)
+        status = (tmp_path / "device-work" / "logs" / "status").read_text()
+        assert "cifar-rest-pursamere: exit 1" in status, (status, done.stderr)
+        assert f"cifar40-rest-pursamere: skipped (cifar-rest-pursamere {why})" in status, status
+        assert "cifar40-rest-pursamere: start" not in status
