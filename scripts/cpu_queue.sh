@@ -67,7 +67,8 @@ ATERE="'PGD-AT + ERE descent (no SAM) ε_pur=0.3'"
 # Order (2026-12-04, after the day's two GPU leases took every job below part of the way): the job whose row in
 # progress is closest to finishing first (a job may go on to rows not started: cifar-ere and cifar-eq17-ere to ℓ2
 # and ℓ1), CIFAR-10's table before digits' where the costs are alike. cifar40-rest-pursamere (added 2026-12-04, the
-# 40-step check of PurSAMERE at ε_pur 8 and 16/255) follows cifar-rest-pursamere on its line, once that has finished. CPU-hours per job: book/reproducibility.md.
+# 40-step check of PurSAMERE at ε_pur 8 and 16/255) follows cifar-rest-pursamere on its line, once that has
+# finished. CPU-hours per job: book/reproducibility.md.
 xargs -P "$LANES" -d '\n' -I{} bash -c '{}' <<JOBS
 job cifar-rest-pursamere $CR --only PurSAMERE --purifier-classifier clean && job cifar40-rest-pursamere $CR2 --then-steps 40 --only PurSAMERE --purifier-classifier clean
 job cifar-eq17-ere $C --only 'ERE descent' --purifier-classifier eq17
