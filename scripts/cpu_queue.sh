@@ -13,7 +13,8 @@
 # was in (CIFAR-10 batches of 8 or 2, digits of 64: a row in progress is kept per batch, and the batch size is part of
 # its identity, so keep these). A cifar40-* job (the 40-step check) starts from a copy of its 20-step job's ℓ∞ rows
 # and a cifar80-* job (the next rung) from its 40-step job's, a cifar160-* job from its 80-step job's; a digits160-*
-# job (the 160-step suite) starts from a copy of its 80-step digits-* job's rows. A job is seeded only from a finished
+# job (the 160-step suite) starts from a copy of its 80-step digits-* job's rows, a digits320-* job from its 160-step
+# job's. A job is seeded only from a finished
 # one (else it says so and stops): put a job whose source is still running on the same line, after it (&&).
 # Take a line out when its job is finished and recorded.
 # DRY=1: print the commands instead of running them.
@@ -32,6 +33,7 @@ job() {  # job NAME ARGS...: one ensemble job, resumed; exit 0 only when it fini
         cifar80-*) src="$ROOT/cifar40-${name#cifar80-}" ;;  # the 80-step rung from the 40-step check's
         cifar160-*) src="$ROOT/cifar80-${name#cifar160-}" ;;  # the 160-step rung from the 80-step rung's
         digits160-*) src="$ROOT/digits-${name#digits160-}" ;;  # the 160-step suite from the 80-step job's rows
+        digits320-*) src="$ROOT/digits160-${name#digits320-}" ;;  # the 320-step rung from the 160-step job's
     esac
     if [ -n "$src" ] && [ ! -f "$ROOT/$name/results.json" ] && [ "${DRY:-}" != 1 ]; then
         [ -f "$src/results.json" ] || { echo "$name: no $src to start from"; return 1; }
@@ -68,11 +70,14 @@ ATERE="'PGD-AT + ERE descent (no SAM) ε_pur=0.3'"
 # progress is closest to finishing first (a job may go on to rows not started: cifar-ere and cifar-eq17-ere to ℓ2
 # and ℓ1), CIFAR-10's table before digits' where the costs are alike. cifar40-rest-pursamere (added 2026-12-04, the
 # 40-step check of PurSAMERE at ε_pur 8 and 16/255) follows cifar-rest-pursamere on its line, once that has
-# finished. CPU-hours per job: book/reproducibility.md.
+# finished. On 2026-12-05 digits160-0.2-ere (2 attacks left) moved to the first line, ahead of that 5-hour check, with
+# digits320-0.2-ere after it: its 160-step suite broke 10 of 126 (over the 1-in-100 bar), so ERE descent at ε = 0.2
+# gets a 320-step rung (--then-steps 160,320) on what the 80- and 160-step suites left. CPU-hours per job:
+# book/reproducibility.md.
 xargs -P "$LANES" -d '\n' -I{} bash -c '{}' <<JOBS
-job cifar-rest-pursamere $CR --only PurSAMERE --purifier-classifier clean && job cifar40-rest-pursamere $CR2 --then-steps 40 --only PurSAMERE --purifier-classifier clean
+job digits160-0.2-ere $D --then-steps 160 --eps 0.2 --only $ERE && job digits320-0.2-ere $D --then-steps 160,320 --eps 0.2 --only $ERE
 job cifar-eq17-ere $C --only 'ERE descent' --purifier-classifier eq17
-job digits160-0.2-ere $D --then-steps 160 --eps 0.2 --only $ERE
+job cifar-rest-pursamere $CR --only PurSAMERE --purifier-classifier clean && job cifar40-rest-pursamere $CR2 --then-steps 40 --only PurSAMERE --purifier-classifier clean
 job cifar-ere $C --only 'ERE descent' --purifier-classifier clean
 job digits160-0.2-at-ere $D --then-steps 160 --eps 0.2 --only $ATERE
 job digits160-0.15-ere $D --then-steps 160 --eps 0.15 --only $ERE

@@ -21,7 +21,8 @@
 #    - digits (shipped weights): every key row on all 476 table images at ℓ∞ 0.2 / 0.1 / 0.15 with
 #      the ensemble at 80 steps × 1 restart (chapter 7's ladder), by ε and defence group; the
 #      digits160-* jobs: at ℓ∞ 0.2 then 0.15 (and PurSAMERE at 0.1), the 160-step suite on the 80-step suite's
-#      survivors (--then-steps 160, each started from its 80-step job's folder);
+#      survivors (--then-steps 160, each started from its 80-step job's folder); digits320-0.2-ere, ERE descent's
+#      320-step rung at ℓ∞ 0.2 (--then-steps 160,320), after its 160-step job on the same line, once that finished;
 #    - cifar40-* jobs: the CIFAR-10 key rows' (and the other rows' PurSAMERE, cifar40-rest-pursamere) convergence check at ℓ∞ 8/255, the 40-step suite on the 20-step suite's
 #      survivors (--then-steps 40, each started from its 20-step job's ℓ∞ rows; cifar40-pursamere after
 #      cifar-pursamere on the same queue line, so the 20-step attacks it lacks run once); then cifar80-*, the
@@ -93,11 +94,13 @@ sys.exit(0 if r._finished(Path(sys.argv[1])) else 3)' "$from" "$SCRIPTS_DIR"
         from="$W/cifar40-${name#cifar80-}"  # the 80-step rung starts from its 40-step job, finished in this call
     elif [ "${name#cifar160-}" != "$name" ] && [ -f "$W/logs/cifar80-${name#cifar160-}.finished" ]; then
         from="$W/cifar80-${name#cifar160-}"  # the 160-step rung from its 80-step job, finished in this call
+    elif [ "${name#digits320-}" != "$name" ] && [ -f "$W/logs/digits160-${name#digits320-}.finished" ]; then
+        from="$W/digits160-${name#digits320-}"  # the digits 320-step rung from its 160-step job, finished in this call
     fi
     if [ -n "${CARRY_TO:-}" ]; then  # only gather what the job would start from, for the call to carry
         if [ -n "$from" ]; then
             rm -rf "${CARRY_TO:?}/$(basename "$from")" && cp -r "$from" "$CARRY_TO/" && say "$name: carry $(basename "$from")"
-        elif [ "${name#cifar80-}" != "$name" ] || [ "${name#cifar160-}" != "$name" ]; then
+        elif [ "${name#cifar80-}" != "$name" ] || [ "${name#cifar160-}" != "$name" ] || [ "${name#digits320-}" != "$name" ]; then
             say "$name: nothing to carry (starts from the rung before, if this call finishes it)"
         else say "$name: nothing to carry (starts from scratch)"; fi
         return
@@ -110,6 +113,9 @@ sys.exit(0 if r._finished(Path(sys.argv[1])) else 3)' "$from" "$SCRIPTS_DIR"
     fi
     if [ -z "$from" ] && [ "${name#cifar160-}" != "$name" ] && [ "${DRY:-}" != 1 ]; then  # nor all four
         say "$name: skipped (cifar80-${name#cifar160-} has not finished)"; return
+    fi
+    if [ -z "$from" ] && [ "${name#digits320-}" != "$name" ] && [ "${DRY:-}" != 1 ]; then  # nor the three digits suites
+        say "$name: skipped (digits160-${name#digits320-} has not finished)"; return
     fi
     if [ -n "$from" ]; then rm -rf "${W:?}/$name"; cp -r "$from" "$W/$name"; resume="--resume"; fi
     if [ -n "$from" ] && [ "$from" != "${RESUME_FROM:-}/$name" ] && [ "${name#cifar40-}" != "$name" ]; then  # ℓ∞ rows only
@@ -152,10 +158,10 @@ fi
 
 # ---- 2. the jobs
 # DT: the digits160-* jobs, the 160-step suite on the 80-step suite's survivors (chapter 7), at ℓ∞ 0.2 and 0.15,
-# and PurSAMERE at 0.1
+# and PurSAMERE at 0.1; DT2: digits320-0.2-ere, then the 320-step suite on what both left
 # CT: the cifar40-* jobs, the 40-step suite on the 20-step suite's survivors, at ℓ∞ 8/255
-if [ "$TINY" = tiny ]; then CN=4; CR=2; DN=8; CS="--steps 1"; CSS="--steps 2"; CT="--then-steps 4"; CT2="--then-steps 4,8"; CT3="--then-steps 4,8,16"; DS="--steps 1"; DSS="--steps 2 --restarts 2"; DT="--then-steps 4"
-else CN=256; CR=128; DN=476; CS=""; CSS="--strong"; CT="--then-steps 40"; CT2="--then-steps 40,80"; CT3="--then-steps 40,80,160"; DS="--steps 80"; DSS="--steps 160 --restarts 2"; DT="--then-steps 160"; fi
+if [ "$TINY" = tiny ]; then CN=4; CR=2; DN=8; CS="--steps 1"; CSS="--steps 2"; CT="--then-steps 4"; CT2="--then-steps 4,8"; CT3="--then-steps 4,8,16"; DS="--steps 1"; DSS="--steps 2 --restarts 2"; DT="--then-steps 4"; DT2="--then-steps 4,8"
+else CN=256; CR=128; DN=476; CS=""; CSS="--strong"; CT="--then-steps 40"; CT2="--then-steps 40,80"; CT3="--then-steps 40,80,160"; DS="--steps 80"; DSS="--steps 160 --restarts 2"; DT="--then-steps 160"; DT2="--then-steps 160,320"; fi
 export DEADLINE=$(( T0 + SECONDS_TOTAL - 100 ))
 say "jobs: $PARALLEL at a time for $(( DEADLINE - $(date +%s) )) s"
 if command -v nvidia-smi > /dev/null && [ -z "${CARRY_TO:-}" ]; then
@@ -167,7 +173,7 @@ D="--preset digits --weights shipped --n $DN --batch-size 512"
 cat > "$W/jobs.txt" <<JOBS
 ens cifar-rest-pursamere $C --n $CR --part rest $CS --only PurSAMERE --purifier-classifier clean; ens cifar40-rest-pursamere $C --n $CR --part rest $CS $CT --only PurSAMERE --purifier-classifier clean
 ens cifar-ere $C --n $CN --part key $CS --only 'ERE descent' --purifier-classifier clean
-ens digits160-0.2-ere $D $DS $DT --eps 0.2 --only 'ERE descent (no SAM) ε_pur=0.3'
+ens digits160-0.2-ere $D $DS $DT --eps 0.2 --only 'ERE descent (no SAM) ε_pur=0.3'; ens digits320-0.2-ere $D $DS $DT2 --eps 0.2 --only 'ERE descent (no SAM) ε_pur=0.3'
 ens digits160-0.2-at-ere $D $DS $DT --eps 0.2 --only 'PGD-AT + ERE descent (no SAM) ε_pur=0.3'
 ens digits160-0.15-ere $D $DS $DT --eps 0.15 --only 'ERE descent (no SAM) ε_pur=0.3'
 ens digits160-0.15-at-ere $D $DS $DT --eps 0.15 --only 'PGD-AT + ERE descent (no SAM) ε_pur=0.3'

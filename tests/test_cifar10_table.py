@@ -502,7 +502,7 @@ RUNG_TABLES = (("cifar10-cpu-table-40", 40), ("cifar10-cpu-table-80", 80), ("cif
 
 
 def test_cpu_queue_seeds_a_longer_suite_only_from_a_finished_job(tmp_path):
-    """scripts/cpu_queue.sh's job(): a cifar80-*/cifar160-* job starts from a copy of the job one rung shorter only
+    """scripts/cpu_queue.sh's job(): a cifar80-*/cifar160-*/digits320-* job starts from a copy of the job one rung shorter only
     once that job has finished (else its unfinished attacks would run in both folders); it says so and stops."""
     import os
     import re
@@ -515,7 +515,7 @@ def test_cpu_queue_seeds_a_longer_suite_only_from_a_finished_job(tmp_path):
     shim.chmod(0o755)
     whole = tmp_path / "results" / "whole"
     recorded = json.loads((ROOT / "book" / "data" / "cifar10-cpu-table" / "results.json").read_text())
-    for name, stopped in (("cifar80-a", False), ("cifar40-b", True)):  # a finished job; one stopped by its time budget
+    for name, stopped in (("cifar80-a", False), ("cifar40-b", True), ("digits160-c", False), ("digits160-d", True)):
         res = dict(recorded, worst_case=[w for w in recorded["worst_case"] if w["complete"]],
                    meta=dict(recorded["meta"], **({"stopped": "time budget spent"} if stopped else {})))
         (whole / name).mkdir(parents=True)
@@ -535,6 +535,11 @@ def test_cpu_queue_seeds_a_longer_suite_only_from_a_finished_job(tmp_path):
     left = job("cifar80-b")  # cifar40-b: stopped before its end
     assert left.returncode == 1 and "has not finished" in left.stdout and "start" not in left.stdout, left.stdout
     assert not (whole / "cifar80-b").exists() and not (whole / "cifar80-b.cpu.log").exists()
+    done = job("digits320-c")  # the digits 320-step rung from its finished 160-step job
+    assert done.returncode == 0 and "digits320-c: start" in done.stdout, done.stdout + done.stderr
+    assert (whole / "digits320-c" / "results.json").is_file()
+    left = job("digits320-d")
+    assert left.returncode == 1 and "has not finished" in left.stdout and not (whole / "digits320-d").exists()
 
 
 # the CIFAR-10 rungs that attack a few images for hours per attack: batches of 2 from 2026-12-04 on (rows in progress
@@ -672,6 +677,26 @@ def test_the_160_step_table_runs_the_longer_suite_on_the_80_step_survivors(rt):
     assert plan(("ERE descent (no SAM) ε_pur=0.3", "inf", 0.2), eighty) == eighty + [a.name for a in then]
     with pytest.raises(ValueError, match="share a name"):  # the same budget twice: the names would clash
         Protocol("ensemble", "x", (), suite_then(budget_at(80), budget_at(80)), (), None)
+
+
+def test_the_320_step_table_runs_ere_descent_at_0_2_after_both_shorter_suites(rt):
+    """digits-whole-test-320 (2026-12-05): ERE descent alone at ℓ∞ 0.2, where the 160-step suite broke more than 1
+    image in 100 of what the 80-step suite left; the three suites in a row, every longer attack cascaded; a group
+    recorded by the 160-step job is held to the 320-step suite too; the README's digits table counts it as a rung."""
+    from pursamere.evaluation.suite import standard_suite
+    from pursamere.experiments.protocols import budget_at
+
+    pr, keep = rt._protocol("digits-whole-test-320")
+    assert [t.eps for t in pr.threats] == [0.2] and [d.label for d in keep] == ["ERE descent (no SAM) ε_pur=0.3"]
+    assert rt.expected_groups("digits-whole-test-320") == [("ERE descent (no SAM) ε_pur=0.3", "inf", 0.2)]
+    suites = [[a.name for a in standard_suite(budget_at(n))] for n in (80, 160, 320)]
+    assert [a.name for a in pr.attacks] == suites[0] + suites[1] + suites[2]
+    assert all(a.cascade for a in pr.attacks[len(suites[0]):])
+    assert rt.belongs("digits320-0.2-ere", "digits320-") and not rt.belongs("digits320-0.2-ere", "digits160-")
+    assert not rt.belongs("digits320-0.2-ere", "digits-") and not rt.belongs("digits160-0.2-ere", "digits320-")
+    plan = rt.replan("digits-whole-test-320")
+    assert plan(("ERE descent (no SAM) ε_pur=0.3", "inf", 0.2), suites[0] + suites[1]) == suites[0] + suites[1] + suites[2]
+    assert [t for t, _ in rt.RUNGS["digits-whole-test"]] == ["digits-whole-test-160", "digits-whole-test-320"]
 
 
 def test_a_row_shared_with_another_table_keeps_its_machine(rt):
@@ -1212,7 +1237,7 @@ def test_the_other_rows_40_step_check_runs_their_pursamere_rows_only(rt, tmp_pat
 def test_device_queue_never_starts_a_40_step_job_from_an_unfinished_20_step_folder(tmp_path):
     """scripts/device_evaluate.sh: a cifar40-* job starts from its 20-step job's folder only once that has finished
     (else the 20-step attacks left would run twice, there and in the copy): a recorded folder still running is
-    refused, as is starting from scratch when the 20-step job did not finish in the call."""
+    refused, as is starting from scratch when the 20-step job did not finish in the call; digits320-0.2-ere too."""
     import os
     import shutil
     import stat
@@ -1236,3 +1261,11 @@ def test_device_queue_never_starts_a_40_step_job_from_an_unfinished_20_step_fold
         assert "cifar-rest-pursamere: exit 1" in status, (status, done.stderr)
         assert f"cifar40-rest-pursamere: skipped (cifar-rest-pursamere {why})" in status, status
         assert "cifar40-rest-pursamere: start" not in status
+    # the digits 320-step rung likewise: only after its 160-step job finished in the call, never from scratch
+    jobs = (ROOT / "scripts" / "device_evaluate.sh").read_text().split("<<JOBS\n")[1].split("\nJOBS\n")[0].splitlines()
+    line = next(i for i, x in enumerate(jobs, 1) if x.startswith("ens digits160-0.2-ere "))
+    assert "ens digits320-0.2-ere " in jobs[line - 1]  # on the same line, after it
+    subprocess.run(cmd, cwd=tmp_path, env={**env, "JOBS_FIRST": str(line)}, capture_output=True, text=True, timeout=300)
+    status = (tmp_path / "device-work" / "logs" / "status").read_text()
+    assert "digits160-0.2-ere: exit 1" in status, status
+    assert "digits320-0.2-ere: skipped (digits160-0.2-ere has not finished)" in status and "digits320-0.2-ere: start" not in status
