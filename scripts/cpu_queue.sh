@@ -38,8 +38,7 @@ job() {  # job NAME ARGS...: one ensemble job, resumed; exit 0 only when it fini
     if [ -n "$src" ] && [ ! -f "$ROOT/$name/results.json" ] && [ "${DRY:-}" != 1 ]; then
         [ -f "$src/results.json" ] || { echo "$name: no $src to start from"; return 1; }
         # only from a finished job: an unfinished one's attacks would run twice (there and in the copy)
-        $PY -c 'import sys; sys.path.insert(0, "scripts"); from pathlib import Path; import record_tables as r
-sys.exit(0 if r._finished(Path(sys.argv[1])) else 1)' "$src" || { echo "$name: $src has not finished; run it first"; return 1; }
+        $PY scripts/record_tables.py "$src" --finished > /dev/null || { echo "$name: $src has not finished; run it first"; return 1; }
         # into the folder, never over what it holds (rows in progress a restore wrote back before any results.json)
         # (cp -n: some coreutils versions exit 1 when they skip a file; what counts is the copied results.json)
         mkdir -p "$ROOT/$name" && { cp -rn "$src"/. "$ROOT/$name"/; [ -f "$ROOT/$name/results.json" ]; } || return 1

@@ -85,8 +85,7 @@ ens() {  # ens NAME ARGS...: one ensemble job until DEADLINE (epoch seconds), it
     elif [ -n "${RESUME_FROM:-}" ] && [ "${name#cifar40-}" != "$name" ] && [ -f "$RESUME_FROM/cifar-${name#cifar40-}/results.json" ]; then
         from="$RESUME_FROM/cifar-${name#cifar40-}"  # ... or as recorded, once finished (else its attacks would run twice)
         if [ -z "${CARRY_TO:-}" ]; then  # (a carry gathers that folder for its own job on the same line anyway)
-            $PY -c 'import sys; sys.path.insert(0, sys.argv[2]); from pathlib import Path; import record_tables as r
-sys.exit(0 if r._finished(Path(sys.argv[1])) else 3)' "$from" "$SCRIPTS_DIR"
+            $PY "$SCRIPTS_DIR/record_tables.py" "$from" --finished > /dev/null
             case $? in 0) ;; 3) say "$name: skipped (cifar-${name#cifar40-} has not finished)"; return ;;
                 *) say "$name: skipped (could not read whether cifar-${name#cifar40-} has finished: see the error above)"; return ;; esac
         fi

@@ -6,6 +6,7 @@
                                                              # (recording refuses a root that lacks recorded rows)
     python scripts/record_tables.py --readme README.md       # the README's marked tables rewritten from book/data
                                                              # (also after a recording: ... results/whole --readme README.md)
+    python scripts/record_tables.py results/whole/JOB --finished  # exit 0 if that job has finished, 3 if not
     python scripts/record_tables.py results/whole --from-device DIR  # first take in a GPU call's folders (its
                                                              # results.tar.gz unpacked into DIR), their new rows marked 'gpu'
 
@@ -926,6 +927,9 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-linf", action="store_true",
                     help="ROOT is one job folder: keep only its ℓ∞ rows, and drop the copied checks.json, checks-in-progress/, "
                          "table.md and summary.json (a cifar40-* job seeded from its 20-step job)")
+    ap.add_argument("--finished", action="store_true",
+                    help="ROOT is one job folder: exit 0 when it has finished (every group complete, not stopped, no row "
+                         "in progress), 3 when not (the queues seed a longer suite only from a finished job)")
     ap.add_argument("--readme", metavar="README", default=None,
                     help="then rewrite the recorded tables of this README (between its '<!-- recorded table: NAME -->' "
                          "markers) from --book; alone (no ROOT), only that")
@@ -948,6 +952,12 @@ def _main(args) -> int:
         changed = update_readme(Path(args.readme), Path(args.book))
         print(f"{args.readme}: " + (f"rewrote {', '.join(changed)}" if changed else "its recorded tables are current"))
         return 0
+    if args.finished:
+        if args.restore or args.keep_linf or args.examples or args.checks or args.from_device or args.readme:
+            raise ValueError("--finished only reads one job folder: give it alone")
+        done = _finished(Path(args.root))
+        print(f"{args.root}: " + ("finished" if done else "not finished (or no results.json)"))
+        return 0 if done else 3
     if args.keep_linf:
         if args.restore or args.examples or args.checks:
             raise ValueError("--keep-linf works on one job folder alone: give it without --restore, --examples or --checks")

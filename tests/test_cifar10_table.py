@@ -384,6 +384,12 @@ def test_recording_keeps_the_rows_in_progress_of_unfinished_jobs_and_restore_bri
     # a job stopped inside its first row, or with nothing run, is unfinished; a complete one is finished
     atomic_write_json(tmp_path / "empty" / "results.json", {"meta": {"schema": SCHEMA}, "rows": [], "worst_case": []})
     assert not rt._finished(tmp_path / "empty") and not rt._finished(jobs / new_job) and rt._finished(jobs / done_job)
+    # the same from the command line the two queues call: 0 finished, 3 not, 2 (one line) for a folder it cannot read
+    assert [rt.main([str(p), "--finished"]) for p in (jobs / done_job, jobs / new_job, tmp_path / "empty")] == [0, 3, 3]
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text("{")
+    assert rt.main([str(tmp_path / "bad"), "--finished"]) == 2
+    assert rt.main([str(jobs / done_job), "--finished", "--restore"]) == 2
     # restoring is all or nothing: one altered state and no folder is written
     (f,) = (kept / new_job).rglob("*.safetensors")
     blob = bytearray(f.read_bytes())
@@ -1250,7 +1256,7 @@ def test_device_queue_never_starts_a_40_step_job_from_an_unfinished_20_step_fold
     (whole / "cifar-rest-pursamere" / "rows-in-progress").mkdir()  # a row in progress: the job has not finished
     (whole / "cifar-rest-pursamere" / "rows-in-progress" / ("0" * 16 + ".ckpt")).write_bytes(b"")
     fake = tmp_path / "py"  # the real interpreter for the script's checks; every ensemble job fails at once
-    fake.write_text(f'#!/bin/bash\n[ "$1" = -c ] && exec {sys.executable} "$@"\nexit 1\n')
+    fake.write_text(f'#!/bin/bash\n[ "$1" = -m ] && exit 1\nexec {sys.executable} "$@"\n')
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     env = dict(os.environ, SMOKE="0", PARALLEL="1", JOBS_FIRST="1", PY=str(fake), DEVICE="cpu", LC_ALL="C.UTF-8")
     cmd = ["bash", str(ROOT / "scripts" / "device_evaluate.sh"), str(tmp_path / "out"), "100000", str(tmp_path / "data")]
