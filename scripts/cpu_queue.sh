@@ -23,6 +23,7 @@ LANES=${1:-2}
 ROOT=results/whole
 PY=${PY:-.venv/bin/python}
 DATA=${CIFAR_DATA:-../shared/data/cifar10-jpeg}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the scripts import the package from this checkout
 export ROOT PY DATA OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONUNBUFFERED=1
 
 job() {  # job NAME ARGS...: one ensemble job, resumed; exit 0 only when it finished (not stopped)
@@ -38,7 +39,9 @@ job() {  # job NAME ARGS...: one ensemble job, resumed; exit 0 only when it fini
     if [ -n "$src" ] && [ ! -f "$ROOT/$name/results.json" ] && [ "${DRY:-}" != 1 ]; then
         [ -f "$src/results.json" ] || { echo "$name: no $src to start from"; return 1; }
         # only from a finished job: an unfinished one's attacks would run twice (there and in the copy)
-        $PY scripts/record_tables.py "$src" --finished > /dev/null || { echo "$name: $src has not finished; run it first"; return 1; }
+        $PY scripts/record_tables.py "$src" --finished > /dev/null
+        case $? in 0) ;; 3) echo "$name: $src has not finished; run it first"; return 1 ;;
+            *) echo "$name: could not read whether $src has finished (see the error above)"; return 1 ;; esac
         # into the folder, never over what it holds (rows in progress a restore wrote back before any results.json)
         # (cp -n: some coreutils versions exit 1 when they skip a file; what counts is the copied results.json)
         mkdir -p "$ROOT/$name" && { cp -rn "$src"/. "$ROOT/$name"/; [ -f "$ROOT/$name/results.json" ]; } || return 1

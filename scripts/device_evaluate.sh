@@ -79,7 +79,12 @@ ens() {  # ens NAME ARGS...: one ensemble job until DEADLINE (epoch seconds), it
     local from=""
     if [ -n "${RESUME_FROM:-}" ] && [ -f "$RESUME_FROM/$name/results.json" ]; then from="$RESUME_FROM/$name"
     elif [ -n "${RESUME_FROM:-}" ] && [ "${name#digits160-}" != "$name" ] && [ -f "$RESUME_FROM/digits-${name#digits160-}/results.json" ]; then
-        from="$RESUME_FROM/digits-${name#digits160-}"  # a 160-step job starts from its 80-step job's rows
+        from="$RESUME_FROM/digits-${name#digits160-}"  # a 160-step job starts from its 80-step job's rows, once finished
+        if [ -z "${CARRY_TO:-}" ]; then
+            $PY "$SCRIPTS_DIR/record_tables.py" "$from" --finished > /dev/null
+            case $? in 0) ;; 3) say "$name: skipped (digits-${name#digits160-} has not finished)"; return ;;
+                *) say "$name: skipped (could not read whether digits-${name#digits160-} has finished: see the error above)"; return ;; esac
+        fi
     elif [ "${name#cifar40-}" != "$name" ] && [ -f "$W/logs/cifar-${name#cifar40-}.finished" ]; then
         from="$W/cifar-${name#cifar40-}"  # a 40-step CIFAR-10 job starts from its 20-step job's rows, finished in this call
     elif [ -n "${RESUME_FROM:-}" ] && [ "${name#cifar40-}" != "$name" ] && [ -f "$RESUME_FROM/cifar-${name#cifar40-}/results.json" ]; then

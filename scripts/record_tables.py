@@ -946,6 +946,9 @@ def main(argv=None) -> int:
 def _main(args) -> int:
     if args.from_device and (args.restore or args.keep_linf):
         raise ValueError("--from-device takes a GPU call's folders into ROOT before recording: not with --restore or --keep-linf")
+    if args.finished and (args.root is None or args.restore or args.keep_linf or args.examples or args.checks
+                          or args.from_device or args.readme):
+        raise ValueError("--finished reads one job folder: give it (ROOT) and nothing else")
     if args.root is None:
         if not args.readme or args.restore or args.keep_linf or args.examples or args.checks or args.from_device:
             raise ValueError("give the folder holding the jobs' results folders (ROOT); only --readme works without it")
@@ -953,8 +956,6 @@ def _main(args) -> int:
         print(f"{args.readme}: " + (f"rewrote {', '.join(changed)}" if changed else "its recorded tables are current"))
         return 0
     if args.finished:
-        if args.restore or args.keep_linf or args.examples or args.checks or args.from_device or args.readme:
-            raise ValueError("--finished only reads one job folder: give it alone")
         done = _finished(Path(args.root))
         print(f"{args.root}: " + ("finished" if done else "not finished (or no results.json)"))
         return 0 if done else 3

@@ -1240,6 +1240,30 @@ def test_the_other_rows_40_step_check_runs_their_pursamere_rows_only(rt, tmp_pat
             assert line.endswith("| – |"), line
 
 
+def test_device_queue_starts_the_digits_320_step_rung_from_its_160_step_job_finished_in_the_call(tmp_path):
+    """scripts/device_evaluate.sh: once digits160-0.2-ere finishes in a call, digits320-0.2-ere on the same line
+    starts from a copy of its folder and resumes it (--resume), at --then-steps 160,320."""
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    fake = tmp_path / "py"  # every ensemble job "finishes" at once: it writes a results.json that says nothing stopped it
+    fake.write_text('#!/bin/bash\nif [ "$1" = -m ]; then echo "$*" >> "$(dirname "$0")/calls"; while [ $# -gt 0 ]; do '
+                    '[ "$1" = --out ] && { mkdir -p "$2"; echo \'{"meta": {}}\' > "$2/results.json"; }; shift; done; exit 0; fi\n'
+                    f'exec {sys.executable} "$@"\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    jobs = (ROOT / "scripts" / "device_evaluate.sh").read_text().split("<<JOBS\n")[1].split("\nJOBS\n")[0].splitlines()
+    line = next(i for i, x in enumerate(jobs, 1) if x.startswith("ens digits160-0.2-ere "))
+    env = dict(os.environ, SMOKE="0", PARALLEL="1", JOBS_FIRST=str(line), PY=str(fake), DEVICE="cpu", LC_ALL="C.UTF-8")
+    cmd = ["bash", str(ROOT / "scripts" / "device_evaluate.sh"), str(tmp_path / "out"), "100000", str(tmp_path / "data")]
+    subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    status = (tmp_path / "device-work" / "logs" / "status").read_text()
+    assert "digits160-0.2-ere: exit 0" in status and "digits320-0.2-ere: start" in status and ", resuming" in status, status
+    (call,) = [c for c in (tmp_path / "calls").read_text().splitlines() if "digits320-0.2-ere" in c]
+    assert "--then-steps 160,320" in call and "--resume" in call and "--steps 80" in call
+
+
 def test_device_queue_never_starts_a_40_step_job_from_an_unfinished_20_step_folder(tmp_path):
     """scripts/device_evaluate.sh: a cifar40-* job starts from its 20-step job's folder only once that has finished
     (else the 20-step attacks left would run twice, there and in the copy): a recorded folder still running is
