@@ -74,13 +74,15 @@ ATERE="'PGD-AT + ERE descent (no SAM) ε_pur=0.3'"
 # 40-step check of PurSAMERE at ε_pur 8 and 16/255) follows cifar-rest-pursamere on its line, once that has
 # finished. On 2026-12-05 digits160-0.2-ere (2 attacks left) moved to the first line, ahead of that 5-hour check, with
 # digits320-0.2-ere after it: its 160-step suite broke 10 of 126 (over the 1-in-100 bar), so ERE descent at ε = 0.2
-# gets a 320-step rung (--then-steps 160,320) on what the 80- and 160-step suites left. CPU-hours per job:
-# book/reproducibility.md.
+# gets a 320-step rung (--then-steps 160,320) on what the 80- and 160-step suites left. Then cifar-ere, whose ℓ2 row
+# has one attack left and whose ℓ1 row (the issue's ℓ1 row for the key table's purifier) may be short (the eq.-17
+# pairing's took 31 minutes: ℓ1-APGD broke every image BPDA left), ahead of cifar-eq17-ere, which has only its
+# obfuscation checks left. CPU-hours per job: book/reproducibility.md.
 xargs -P "$LANES" -d '\n' -I{} bash -c '{}' <<JOBS
 job digits160-0.2-ere $D --then-steps 160 --eps 0.2 --only $ERE && job digits320-0.2-ere $D --then-steps 160,320 --eps 0.2 --only $ERE
-job cifar-eq17-ere $C --only 'ERE descent' --purifier-classifier eq17
-job cifar-rest-pursamere $CR --only PurSAMERE --purifier-classifier clean && job cifar40-rest-pursamere $CR2 --then-steps 40 --only PurSAMERE --purifier-classifier clean
 job cifar-ere $C --only 'ERE descent' --purifier-classifier clean
+job cifar-rest-pursamere $CR --only PurSAMERE --purifier-classifier clean && job cifar40-rest-pursamere $CR2 --then-steps 40 --only PurSAMERE --purifier-classifier clean
+job cifar-eq17-ere $C --only 'ERE descent' --purifier-classifier eq17
 job digits160-0.2-at-ere $D --then-steps 160 --eps 0.2 --only $ATERE
 job digits160-0.15-ere $D --then-steps 160 --eps 0.15 --only $ERE
 job cifar-eq17-pursamere $C --only PurSAMERE --purifier-classifier eq17
