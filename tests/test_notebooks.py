@@ -282,3 +282,33 @@ def test_06_on_the_recorded_table_counts_its_longer_suites(tmp_path):
                      for o in c.get("outputs", []))
     for e in json.loads((data / "cifar10-cpu-table" / "checks.json").read_text()):
         assert f"{e['defence']}, {e['gradient']}, n = {e['n']}: " in text
+
+
+def test_07_on_the_recorded_tables_counts_every_longer_suite(tmp_path):
+    """Chapter 7 as the book builds it (the recorded digits tables, no live run): its whole-test-set headline gives
+    each row at its worst case over the 80-step table and every recorded longer suite (160 steps, then 320 for ERE
+    descent at ε = 0.2), the same merge the README's digits table is written from."""
+    from pursamere.evaluation.results import over_longer_suites, read_results
+
+    from script_module import load_script  # tests/script_module.py
+
+    rt = load_script("record_tables")
+    name = "07_worst_case"
+    out_json, out_nb = tmp_path / f"{name}.json", tmp_path / f"{name}.ipynb"
+    papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out_nb), kernel_name="python3",
+                               parameters={"results_json": str(out_json)}, cwd=str(NOTEBOOKS), progress_bar=False)
+    nb = nbformat.read(out_nb, as_version=4)
+    assert not [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    res = json.loads(out_json.read_text())
+    data = NOTEBOOKS.parent / "book" / "data"
+    rungs = []
+    for table, steps in rt.RUNGS["digits-whole-test"]:
+        if not (data / table / "results.json").is_file():
+            break
+        rungs.append((steps, read_results(data / table)))
+    merged = over_longer_suites(read_results(data / "digits-whole-test"), rungs)
+    want = {(w["defence"], w["eps"]): (w["robust_acc"], [s["steps"] for s in w.get("longer_suites") or []])
+            for w in merged["worst_case"]}
+    got = {(r["defence"], r["eps"]): (r["robust_acc"], r["longer_suites"]) for r in res["whole_test_over_all_suites"]}
+    assert got == want and len(got) == 30
+    assert any(s for _, s in got.values())  # the 160-step suite is recorded: some row counts it
