@@ -98,3 +98,24 @@ def test_sam_step_edge_cases_and_bad_norms():
         project(torch.zeros(1, 2), torch.zeros(1, 2), 0.0, 2)
     for name, want in itertools.product(["inf", "linf", float("inf")], ["inf"]):
         assert canonical_norm(name) == want
+
+
+def test_l1_outside_an_linf_ball_is_the_l1_distance_to_its_nearest_point():
+    """l1_outside_linf_ball: the ℓ1 distance from the clean image to the ℓ∞ ball around the attacked one, per item,
+    against the ball's nearest point (the projection, which for ℓ∞ is nearest in ℓ1 too) and a random search of
+    the ball; zero when the perturbation lies inside the ball."""
+    from pursamere.method.geometry import l1_outside_linf_ball
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 3, 4, 4, generator=g, dtype=torch.float64)
+    adv = (x + 0.3 * torch.randn(5, 3, 4, 4, generator=g, dtype=torch.float64)).clamp(0, 1)
+    r = 0.1
+    got = l1_outside_linf_ball(adv - x, r)
+    nearest = project(x, adv, r, "inf")
+    assert torch.allclose(got, lp_norm(x - nearest, 1))
+    for _ in range(200):  # no point of the ball is nearer
+        other = project(adv + r * (2 * torch.rand(adv.shape, generator=g, dtype=torch.float64) - 1), adv, r, "inf")
+        assert bool((lp_norm(x - other, 1) >= got - 1e-12).all())
+    assert torch.equal(l1_outside_linf_ball(0.5 * r * torch.sign(adv - x), r), torch.zeros(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="radius"):
+        l1_outside_linf_ball(adv - x, -1.0)

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-__all__ = ["canonical_norm", "lp_norm", "project", "sam_step", "BISECTION_STEPS"]
+__all__ = ["canonical_norm", "lp_norm", "project", "sam_step", "l1_outside_linf_ball", "BISECTION_STEPS"]
 
 #: Bisection steps for the ℓ2/ℓ1 multipliers. 60 halvings of [0, 1] (or of [0, max|v−c|]) reach
 #: the float64 resolution; the returned point is always the feasible end of the bracket.
@@ -156,3 +156,15 @@ def sam_step(g: torch.Tensor, rho: float, q) -> torch.Tensor:
     idx = flat.abs().argmax(1, keepdim=True)
     out = torch.zeros_like(flat).scatter(1, idx, rho * flat.gather(1, idx).sign())
     return out.view_as(g)
+
+
+def l1_outside_linf_ball(delta: torch.Tensor, radius: float) -> torch.Tensor:
+    """Per item, the ℓ1 distance from a clean image to the ℓ∞ ball of ``radius`` around its attacked version,
+    ``delta = x_adv − x``: ``Σ_i max(|δ_i| − radius, 0)`` (each coordinate on its own: the nearest point of the ball
+    moves every coordinate back by at most ``radius``).
+
+    A purifier that searches the ℓ∞ ball of ε_pur around its input (eq. 12's constraint) returns a point at least
+    this far from the clean image in ℓ1, whatever its objective: the part of a perturbation it cannot undo."""
+    if not radius >= 0:
+        raise ValueError(f"radius must be ≥ 0, got {radius}")
+    return (delta.abs() - radius).clamp_min(0).flatten(1).sum(1)
