@@ -235,6 +235,17 @@ def test_08_your_purifier(tmp_path):
     assert res["paired_median_vs_none"]["n"] == 30
 
 
+def _recorded_run(name, tmp_path):
+    """A chapter run as the book builds it (default parameters: the recorded tables): its notebook, with no cell
+    failed, and its results JSON."""
+    out_json, out_nb = tmp_path / f"{name}.json", tmp_path / f"{name}.ipynb"
+    papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out_nb), kernel_name="python3",
+                               parameters={"results_json": str(out_json)}, cwd=str(NOTEBOOKS), progress_bar=False)
+    nb = nbformat.read(out_nb, as_version=4)
+    assert not [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    return nb, json.loads(out_json.read_text())
+
+
 def test_06_on_the_recorded_table_counts_its_longer_suites(tmp_path):
     """Chapter 6 as the book builds it (the recorded CIFAR-10 table, no live run): its headline and findings give
     each row at its worst case over the 20-step table and the recorded 40- and 80-step suites."""
@@ -242,12 +253,7 @@ def test_06_on_the_recorded_table_counts_its_longer_suites(tmp_path):
     from pursamere.evaluation.results import over_longer_suites, read_results
 
     name = "06_cifar10_gpu"
-    out_json, out_nb = tmp_path / f"{name}.json", tmp_path / f"{name}.ipynb"
-    papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out_nb), kernel_name="python3",
-                               parameters={"results_json": str(out_json)}, cwd=str(NOTEBOOKS), progress_bar=False)
-    nb = nbformat.read(out_nb, as_version=4)
-    assert not [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    res = json.loads(out_json.read_text())
+    nb, res = _recorded_run(name, tmp_path)
     data = NOTEBOOKS.parent / "book" / "data"
     table = read_results(data / "cifar10-cpu-table")
     rungs = chapter.longer_suites(table, [(40, data / "cifar10-cpu-table-40"), (80, data / "cifar10-cpu-table-80"),
@@ -294,12 +300,7 @@ def test_07_on_the_recorded_tables_counts_every_longer_suite(tmp_path):
 
     rt = load_script("record_tables")
     name = "07_worst_case"
-    out_json, out_nb = tmp_path / f"{name}.json", tmp_path / f"{name}.ipynb"
-    papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out_nb), kernel_name="python3",
-                               parameters={"results_json": str(out_json)}, cwd=str(NOTEBOOKS), progress_bar=False)
-    nb = nbformat.read(out_nb, as_version=4)
-    assert not [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    res = json.loads(out_json.read_text())
+    nb, res = _recorded_run(name, tmp_path)
     data = NOTEBOOKS.parent / "book" / "data"
     rungs = []
     for table, steps in rt.RUNGS["digits-whole-test"]:
