@@ -41,3 +41,23 @@ def test_bad_inputs_get_one_line(pp, tmp_path, capsys):
     with pytest.raises(SystemExit):
         pp.main([str(job), "d|A|1|12", "--radius", "twelve", "--out", str(out)])
     assert "--radius 'twelve'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("folder", ["cifar10-cpu-table", "cifar10-cpu-eq17"])
+def test_the_recorded_profiles_are_of_the_images_their_row_attacked(folder):
+    """Each recorded profile covers exactly the images its row's attack was given (those BPDA40 left at ℓ1), on the
+    ℓ1 sphere of radius 12, and bounds every one away from the clean image: it could not be of another row or job."""
+    from pathlib import Path
+
+    book = Path(__file__).resolve().parents[1] / "book" / "data" / folder
+    prof = json.loads((book / "l1-profile.json").read_text())
+    res = json.loads((book / "results.json").read_text())
+    rows = {r["key"]: r for r in res["rows"]}
+    row = rows.get(prof["row"])
+    assert row is not None, f"{prof['row']} is not a row of {folder}"
+    before = rows[row["key"].replace(row["attack"], "BPDA40")]
+    assert prof["data_fingerprint"] == res["meta"]["data_fingerprint"]
+    assert prof["images"] == sum(before["survived"]) > 0 and sum(row["survived"]) == 0
+    per = prof["per_image"]
+    assert all(abs(v - 12) < 1e-3 for v in per["l1"]) and len(per["l1"]) == prof["images"]
+    assert all(0 < v <= 12 for v in per["l1_outside_ball"])
