@@ -26,6 +26,16 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {v}")
+    return v
+
+
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -335,7 +345,7 @@ def cmd_ensemble(args) -> int:
                                        defences=tuple(protocols.select_defences(protocol.defences, _items(args.only))),
                                        threats=tuple(t for t in protocol.threats
                                                      if t.norm != "inf" or any(abs(t.eps - e) < 1e-9 for e in eps)))
-        _engine(args, protocol, f"ensemble-{args.part}")
+        _engine(args, _reseeded(protocol, args.seed), f"ensemble-{args.part}")
         return 0
     try:
         best = json.loads(args.best) if args.best else None
@@ -344,8 +354,21 @@ def cmd_ensemble(args) -> int:
                          'e.g. \'{"rho": 0.0}\'') from None
     if best is not None and not isinstance(best, dict):
         raise ValueError(f"--best must be a JSON object of purifier settings, got {args.best!r}")
-    _engine(args, protocols.ensemble(preset, plan, best=best, only=_items(args.only)), "ensemble")
+    _engine(args, _reseeded(protocols.ensemble(preset, plan, best=best, only=_items(args.only)), args.seed), "ensemble")
     return 0
+
+
+def _reseeded(protocol, seed: int):
+    """``protocol`` run from ``seed`` (``ensemble --seed``): every image's random starts, and the noise streams of the
+    stochastic purifiers (ADP, DiffPure-style; their config's seed + ``seed``), start from it. Seed 0 is the protocol as recorded. A fixed-seed
+    purifier keeps its noise: that noise is part of the defence, which the attacker knows. The seed is recorded in
+    the plan and in every row, so the rows of two seeds never mix."""
+    if not seed:
+        return protocol
+    defences = tuple(dataclasses.replace(d, purifier=d.purifier.replace(seed=d.purifier.seed + seed))
+                     if getattr(d.purifier, "fixed_noise", True) is False else d for d in protocol.defences)
+    return dataclasses.replace(protocol, seed=seed, defences=defences, plan={**(protocol.plan or {}), "seed": seed},
+                               title=f"{protocol.title}, seed {seed}")
 
 
 def cmd_study(args) -> int:
@@ -506,6 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="after the suite, run the whole suite again at N steps (N/2 exact, 5N Square queries) on "
                          "the images it left, every attack cascaded: the worst case over both (book chapter 7; "
                          "--preset cifar10-cpu: at ℓ∞ only); N,M: then again at M steps on what both left")
+    en.add_argument("--seed", type=_nonnegative_int, default=0,
+                    help="the run's seed: every image's random starts and the stochastic purifiers' noise (ADP, "
+                         "DiffPure-style) start from it; 0 (default) is the recorded tables'. The same suite from "
+                         "another seed measures how much a longer one gains by new draws alone")
     en.add_argument("--best", default="", help='purifier overrides chosen by the SAM study, as JSON, e.g. \'{"rho": 0.0}\'')
     en.add_argument("--only", default="", help="comma-separated families, classifiers or exact labels (default: all); a "
                     "family selects every row of that purifier: 'ERE descent' also picks 'PGD-AT + ERE descent …', an "

@@ -313,3 +313,6 @@ def test_07_on_the_recorded_tables_counts_every_longer_suite(tmp_path):
     got = {(r["defence"], r["eps"]): (r["robust_acc"], r["longer_suites"]) for r in res["whole_test_over_all_suites"]}
     assert got == want and len(got) == 30
     assert any(s for _, s in got.values())  # the 160-step suite is recorded: some row counts it
+    redraws = data / "digits-redraws" / "redraws.json"
+    if redraws.is_file():  # the stochastic rows' second draw, as recorded (scripts/record_redraws.py)
+        assert res["redraws"] == json.loads(redraws.read_text())["rows"]

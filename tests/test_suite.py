@@ -233,6 +233,38 @@ def test_tiny_adversarial_training_beats_the_plain_model_under_pgd(tiny_run):
     assert acc["pgd-at"] > acc["plain"] + 0.05 and acc["trades"] > acc["plain"] + 0.05, acc
 
 
+def test_ensemble_seed_moves_the_starts_and_the_stochastic_noise_only(tiny_run, capsys):
+    """ensemble --seed S: the run's seed and the stochastic purifiers' noise streams move by S; a fixed-seed
+    purifier's noise (part of that defence) and every other defence stay as they are; seed 0 is the recorded run."""
+    from pursamere.cli import _reseeded
+
+    pr = protocols.ensemble(TINY, PLAN)
+    assert _reseeded(pr, 0) is pr
+    q = _reseeded(pr, 2)
+    assert q.seed == 2 and q.plan["seed"] == 2 and "seed 2" in q.title and "seed" not in pr.plan
+    moved = {a.label for a, b in zip(pr.defences, q.defences) if a != b}
+    assert moved == {"ADP", "DiffPure-style"}
+    for a, b in zip(pr.defences, q.defences):
+        if a.label in moved:
+            assert b.purifier.seed == a.purifier.seed + 2 and b.purifier.replace(seed=a.purifier.seed) == a.purifier
+    _, work = tiny_run
+    args = ["ensemble", "--preset", "tiny", "--workdir", str(work / "runs"), "--n", "3", "--steps", "1", "--eps", "0.15",
+            "--square-queries", "2", "--only", "ADP", "--quiet"]
+    fps = {}
+    for seed in (0, 1):
+        out = work / f"seed{seed}"
+        assert main([*args, "--seed", str(seed), "--out", str(out)]) == 0
+        res = json.loads((out / "results.json").read_text())
+        assert res["meta"]["seed"] == seed and {r["seed"] for r in res["rows"]} == {seed}
+        fps[seed] = {r["defence"]: r["defence_fingerprint"] for r in res["rows"]}
+    assert set(fps[0]) == set(fps[1]) == {"ADP", "ADP (fixed seed)"}  # the family: both rows
+    assert fps[0]["ADP"] != fps[1]["ADP"]  # another noise stream: the rows of two seeds never mix
+    assert fps[0]["ADP (fixed seed)"] == fps[1]["ADP (fixed seed)"]  # the same defence, attacked from other starts
+    with pytest.raises(SystemExit):
+        main([*args, "--seed", "-1", "--out", str(work / "bad")])
+    assert "argument --seed: expected a whole number >= 0, got -1" in capsys.readouterr().err
+
+
 def test_cli_ensemble_and_studies_on_tiny(tiny_run, capsys):
     _, work = tiny_run
     runs = str(work / "runs")

@@ -22,7 +22,7 @@ from .defences import Family
 
 __all__ = ["SCHEMA", "wilson", "row_key", "make_row", "effective_settings", "suite_context", "read_results",
            "load_done", "load_plans", "reusable", "pending", "cumulative", "worst_case", "robust_flags", "sign_test", "paired",
-           "render_table", "norm_label", "merge_results"]
+           "render_table", "norm_label", "merge_results", "redraw_control"]
 
 #: Version of the results format (2: structured identities, per-image outcomes as lists).
 SCHEMA = 2
@@ -314,6 +314,54 @@ def convergence(w: dict) -> Optional[tuple]:
         elif c["complete"]:
             verdict = (True, c["steps"])
     return verdict
+
+
+def redraw_control(first: dict, again: dict, longer: Optional[tuple] = None) -> list[dict]:
+    """For each group of ``again`` — the same suite as ``first``'s, run from another seed (``ensemble --seed``) on the
+    same images — how much of what a longer suite breaks a second draw of the same suite breaks as well.
+
+    Against a stochastic purifier every attack draws fresh noise, so a longer suite (``longer``: ``(steps,
+    results)``, a ``--then-steps`` rung of ``first``) breaks images by its strength and by its new draws together;
+    the same suite again from another seed has only the new draws (and new random starts). Per group, on the images
+    ``first`` left (``of``): how many the second draw broke (``again_broke``), how many the longer suite broke
+    (``longer_broke``; None without it or while it is unfinished), the images only one of the two broke and the
+    exact sign test on them, and both runs' worst cases on all images with the worst case over the two. Only
+    groups both runs finished are compared; a group ``first`` lacks is refused."""
+    if first["meta"].get("data_fingerprint") != again["meta"].get("data_fingerprint"):
+        raise ValueError("the second run was made on other images than the first")
+    if first["meta"].get("models") != again["meta"].get("models"):
+        raise ValueError("the second run used other models than the first (their fingerprints differ)")
+    if first["meta"].get("seed", 0) == again["meta"].get("seed", 0):
+        raise ValueError(f"both runs have seed {again['meta'].get('seed', 0)}: run the second with ensemble --seed")
+    checked = over_longer_suites(first, [longer]) if longer else first
+    own = {(w["defence"], str(w["norm"]), w["eps"]): w for w in first["worst_case"]}
+    over = {(w["defence"], str(w["norm"]), w["eps"]): w for w in checked["worst_case"]}
+    out = []
+    for w in again["worst_case"]:
+        group = (w["defence"], str(w["norm"]), w["eps"])
+        if group not in own:
+            raise ValueError(f"{w['defence']} at {norm_label(w['norm'], w['eps'])}: the first run has no such row")
+        a = own[group]
+        if not (w.get("complete", True) and a.get("complete", True)):
+            continue
+        if list(a.get("attacks", [])) != list(w.get("attacks", [])):
+            raise ValueError(f"{w['defence']}: the two runs ran other suites ({a.get('attacks')} vs {w.get('attacks')})")
+        left, kept = [bool(v) for v in a["survived"]], [bool(v) for v in w["survived"]]
+        n = len(left)
+        entry = {"defence": w["defence"], "norm": w["norm"], "eps": w["eps"], "n": n,
+                 "seeds": [first["meta"].get("seed", 0), again["meta"].get("seed", 0)],
+                 "first_robust": sum(left), "again_robust": sum(kept),
+                 "both_robust": sum(x and y for x, y in zip(left, kept)), "of": sum(left),
+                 "again_broke": sum(x and not y for x, y in zip(left, kept)), "longer_steps": None, "longer_broke": None}
+        suites = over[group].get("longer_suites") or []
+        if longer and suites and suites[0]["complete"]:
+            after = [bool(v) for v in over[group]["survived"]]
+            only_longer = sum(x and not z and y for x, y, z in zip(left, kept, after))
+            only_again = sum(x and z and not y for x, y, z in zip(left, kept, after))
+            entry.update(longer_steps=suites[0]["steps"], longer_broke=suites[0]["broke"], only_longer=only_longer,
+                         only_again=only_again, p=sign_test(only_longer, only_again))
+        out.append(entry)
+    return out
 
 
 def norm_label(norm, eps: Optional[float] = None) -> str:
