@@ -45,9 +45,15 @@ def _main(args) -> int:
     out = Path(args.out) if args.out else book / "digits-redraws"
     first = read_results(book / "digits-whole-test")
     longer = (160, read_results(book / "digits-whole-test-160"))
+    metas = []
     for run in args.runs:
         if not (Path(run) / "results.json").is_file():
             raise ValueError(f"{run} holds no results.json")
+        metas.append(read_results(Path(run))["meta"])
+    for key in ("seed", "models"):  # the merged table keeps the first folder's meta: every folder must agree with it
+        if any(m.get(key) != metas[0].get(key) for m in metas):
+            raise ValueError(f"{', '.join(args.runs)}: these runs differ in their {key}; record runs of one seed and "
+                             "one set of models together")
     with tempfile.TemporaryDirectory() as tmp:  # nothing is written to the book until everything has matched
         again = merge_results(args.runs, tmp, title="digits: the ensemble from seed 1 (the stochastic rows' second draw)")
         entries = redraw_control(first, again, longer)
@@ -59,7 +65,7 @@ def _main(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         for name in ("results.json", "table.md", "redraws.json"):
             shutil.copyfile(Path(tmp) / name, out / f".{name}.new")
-        for name in ("results.json", "table.md", "redraws.json"):
+        for name in ("results.json", "table.md", "redraws.json"):  # each file whole; the set in three renames
             (out / f".{name}.new").replace(out / name)
     for e in entries:
         line = (f"{e['defence']} at {norm_label(e['norm'], e['eps'])}: of the {e['of']} images the 80-step suite left, "

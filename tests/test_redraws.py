@@ -1,4 +1,6 @@
 """A stochastic row's longer suite against the same suite from another seed (results.redraw_control)."""
+import json
+
 import pytest
 
 from pursamere.evaluation.results import redraw_control
@@ -37,7 +39,8 @@ def test_unfinished_groups_are_left_out_and_mismatches_refused():
                          ({**_res(1, [("ADP", [1, 1], A80, True)]), "meta": {"data_fingerprint": "d", "seed": 1,
                                                                               "models": {"score": "x"}}}, "other models"),
                          (_res(1, [("TRADES", [1, 1], A80, True)]), "TRADES at ℓ∞ ε=0.2: the first run has no such row"),
-                         (_res(1, [("ADP", [1, 1], A160, True)]), "ran other suites")):
+                         (_res(1, [("ADP", [1, 1], A160, True)]), "ran other suites"),
+                         ({**_res(1, [("ADP", [1, 1], A80, True)]), "rows": [{"seed": 0}]}, "rows of several seeds")):
         with pytest.raises(ValueError, match=match):
             redraw_control(first, again)
 
@@ -51,6 +54,16 @@ def test_the_script_refuses_bad_inputs_in_one_line(tmp_path, capsys):
     assert err.startswith("record_redraws:") and "holds no results.json" in err and "\n" not in err
     assert not (tmp_path / "out").exists()
     assert rr.main([str(tmp_path), "--book", str(tmp_path / "nobook"), "--out", str(tmp_path / "out")]) == 2
+    from pursamere.evaluation.results import SCHEMA
+
+    for seed in (0, 1):  # two folders of two seeds: the merged table would keep the first's meta
+        (tmp_path / f"s{seed}").mkdir()
+        meta = {"schema": SCHEMA, "n": 2, "seed": seed, "data_fingerprint": "d"}
+        (tmp_path / f"s{seed}" / "results.json").write_text(json.dumps({"meta": meta, "rows": [], "worst_case": []}))
+    capsys.readouterr()
+    assert rr.main([str(tmp_path / "s1"), str(tmp_path / "s0"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "differ in their seed" in err and "\n" not in err and not (tmp_path / "out").exists()
     assert "\n" not in capsys.readouterr().err.strip() and not (tmp_path / "out").exists()
 
 

@@ -331,6 +331,10 @@ def redraw_control(first: dict, again: dict, longer: Optional[tuple] = None) -> 
         raise ValueError("the second run was made on other images than the first")
     if first["meta"].get("models") != again["meta"].get("models"):
         raise ValueError("the second run used other models than the first (their fingerprints differ)")
+    for res, which in ((first, "first"), (again, "second")):  # a merged or resumed file could hold rows of two seeds
+        seeds = {r.get("seed", 0) for r in res.get("rows", [])} | {res["meta"].get("seed", 0)}
+        if len(seeds) > 1:
+            raise ValueError(f"the {which} run holds rows of several seeds {sorted(seeds)}: compare runs of one seed each")
     if first["meta"].get("seed", 0) == again["meta"].get("seed", 0):
         raise ValueError(f"both runs have seed {again['meta'].get('seed', 0)}: run the second with ensemble --seed")
     checked = over_longer_suites(first, [longer]) if longer else first
