@@ -358,9 +358,9 @@ def cmd_ensemble(args) -> int:
 
 def _reseeded(protocol, seed: int):
     """``protocol`` run from ``seed`` (``ensemble --seed``): every image's random starts, and the noise streams of the
-    stochastic purifiers (ADP, DiffPure-style; their config's seed + ``seed``), start from it. Seed 0 is the protocol as recorded. A fixed-seed
-    purifier keeps its noise: that noise is part of the defence, which the attacker knows. The seed is recorded in
-    the plan and in every row, so the rows of two seeds never mix."""
+    stochastic purifiers (ADP, DiffPure-style; their config's seed + ``seed``), start from it. Seed 0 is the
+    protocol as recorded. A fixed-seed purifier keeps its noise: that noise is part of the defence, which the
+    attacker knows. The seed is recorded in the plan and in every row, so the rows of two seeds never mix."""
     if not seed:
         return protocol
     defences = tuple(dataclasses.replace(d, purifier=d.purifier.replace(seed=d.purifier.seed + seed))
