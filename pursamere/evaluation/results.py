@@ -359,11 +359,11 @@ def redraw_control(first: dict, again: dict, longer: Optional[tuple] = None) -> 
                  "again_broke": sum(x and not y for x, y in zip(left, kept)), "longer_steps": None, "longer_broke": None}
         suites = over[group].get("longer_suites") or []
         if longer and suites and suites[0]["complete"]:
-            after = [bool(v) for v in over[group]["survived"]]
-            only_longer = sum(x and not z and y for x, y, z in zip(left, kept, after))
-            only_again = sum(x and z and not y for x, y, z in zip(left, kept, after))
-            entry.update(longer_steps=suites[0]["steps"], longer_broke=suites[0]["broke"], only_longer=only_longer,
-                         only_again=only_again, p=sign_test(only_longer, only_again))
+            after = over[group]["survived"]
+            # on the images the first run left: the second draw keeps what the longer suite broke, and the reverse
+            cmp = paired([k for k, x in zip(kept, left) if x], [bool(z) for z, x in zip(after, left) if x])
+            entry.update(longer_steps=suites[0]["steps"], longer_broke=suites[0]["broke"],
+                         only_longer=cmp["a_keeps_b_loses"], only_again=cmp["b_keeps_a_loses"], p=cmp["p"])
         out.append(entry)
     return out
 
